@@ -1,0 +1,146 @@
+//! Which script starts a test on a machine: `run.ps1` on Windows, `run.sh` elsewhere.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ErrorCode;
+
+/// A machine's operating system as the fleet file names it, lower-cased (`linux`, `macos`,
+/// `windows`, …).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(from = "String", into = "String")]
+pub struct TargetOs(String);
+
+/// The two ways testfleet talks to a remote shell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OsFamily {
+    Posix,
+    Windows,
+}
+
+impl TargetOs {
+    pub fn new(name: &str) -> Self {
+        Self(name.trim().to_lowercase())
+    }
+
+    pub fn linux() -> Self {
+        Self::new("linux")
+    }
+
+    pub fn windows() -> Self {
+        Self::new("windows")
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn family(&self) -> OsFamily {
+        if self.0 == "windows" { OsFamily::Windows } else { OsFamily::Posix }
+    }
+
+    /// The entrypoint file name for this OS.
+    pub fn entrypoint(&self) -> &'static str {
+        match self.family() {
+            OsFamily::Windows => "run.ps1",
+            OsFamily::Posix => "run.sh",
+        }
+    }
+}
+
+impl From<String> for TargetOs {
+    fn from(name: String) -> Self {
+        Self::new(&name)
+    }
+}
+
+impl From<TargetOs> for String {
+    fn from(os: TargetOs) -> Self {
+        os.0
+    }
+}
+
+impl fmt::Display for TargetOs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The entrypoint wanted for an OS is not in the test directory.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "test directory {dir} has no {wanted}, the entrypoint for {os} machines; add {wanted} at the \
+     top of the directory"
+)]
+pub struct EntrypointError {
+    pub os: TargetOs,
+    pub dir: PathBuf,
+    pub wanted: &'static str,
+}
+
+impl EntrypointError {
+    pub fn code(&self) -> ErrorCode {
+        ErrorCode::MissingEntrypoint
+    }
+}
+
+/// Returns the entrypoint's file name when `dir` holds it as a regular file.
+///
+/// # Errors
+/// [`EntrypointError`] when the file is absent (or is not a regular file: a symlink is not
+/// uploaded, so it cannot be the entrypoint).
+pub fn resolve_entrypoint(dir: &Path, os: &TargetOs) -> Result<&'static str, EntrypointError> {
+    let wanted = os.entrypoint();
+    match std::fs::symlink_metadata(dir.join(wanted)) {
+        Ok(metadata) if metadata.is_file() => Ok(wanted),
+        _ => Err(EntrypointError { os: os.clone(), dir: dir.to_path_buf(), wanted }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(os: &str, files: &[&str], expected: Result<&str, &str>) {
+        let dir = tempfile::tempdir().expect("a temp dir can be created");
+        for file in files {
+            std::fs::write(dir.path().join(file), "x").expect("the temp dir is writable");
+        }
+        let actual = resolve_entrypoint(dir.path(), &TargetOs::new(os));
+        match (actual, expected) {
+            (Ok(found), Ok(wanted)) => assert_eq!(found, wanted),
+            (Err(error), Err(wanted)) => {
+                assert_eq!(error.wanted, wanted);
+                assert_eq!(error.code(), ErrorCode::MissingEntrypoint);
+                let message = error.to_string();
+                assert!(message.contains(wanted), "{message}");
+                assert!(message.contains(&os.trim().to_lowercase()), "{message}");
+                assert!(message.contains(&dir.path().display().to_string()), "{message}");
+            }
+            (actual, expected) => panic!("{os}: got {actual:?}, wanted {expected:?}"),
+        }
+    }
+
+    #[test]
+    fn entrypoints_by_os() {
+        check("linux", &["run.sh"], Ok("run.sh"));
+        check("macos", &["run.sh", "run.ps1"], Ok("run.sh"));
+        check("freebsd", &["run.sh"], Ok("run.sh"));
+        check("windows", &["run.ps1"], Ok("run.ps1"));
+        check("Windows", &["run.sh", "run.ps1"], Ok("run.ps1"));
+        check("WINDOWS", &["run.sh"], Err("run.ps1"));
+        check("linux", &["run.ps1"], Err("run.sh"));
+        check("Linux", &[], Err("run.sh"));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_symlinked_entrypoint_is_missing() {
+        let dir = tempfile::tempdir().expect("a temp dir can be created");
+        std::fs::write(dir.path().join("real.sh"), "x").expect("writable");
+        std::os::unix::fs::symlink("real.sh", dir.path().join("run.sh")).expect("symlink");
+        assert!(resolve_entrypoint(dir.path(), &TargetOs::linux()).is_err());
+    }
+}

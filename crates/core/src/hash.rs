@@ -1,0 +1,350 @@
+//! The test-directory hash (DESIGN §2) and the manifest of what is uploaded.
+//!
+//! The walk is depth-first with each directory's entries sorted by the raw bytes of their
+//! names. Every regular file feeds `<relative path>\0<hex sha256 of contents>\n` into one
+//! running sha256. Symlinks are neither followed nor hashed, and are reported. What is hashed
+//! is exactly what is uploaded: the [`DirManifest`] lists those files and the directories that
+//! hold them.
+
+use std::fmt;
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use sha2::{Digest, Sha256};
+
+use crate::error::ErrorCode;
+use crate::ids::TestDirHash;
+
+/// The sha256 of one file's contents.
+pub type FileDigest = [u8; 32];
+
+/// A path relative to the test directory, as raw bytes with `/` separators.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RelPath(Vec<u8>);
+
+impl RelPath {
+    /// Builds a relative path from `/`-separated bytes. Callers guarantee that no component is
+    /// empty, `.` or `..` (the walk below only produces such paths).
+    fn from_components<'a>(components: impl Iterator<Item = &'a std::ffi::OsStr>) -> Self {
+        let mut bytes = Vec::new();
+        for component in components {
+            if !bytes.is_empty() {
+                bytes.push(b'/');
+            }
+            bytes.extend_from_slice(&os_str_bytes(component));
+        }
+        Self(bytes)
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The path as UTF-8, when it is (SFTP paths must be).
+    pub fn to_str(&self) -> Option<&str> {
+        std::str::from_utf8(&self.0).ok()
+    }
+
+    /// The path with invalid UTF-8 replaced, for messages.
+    pub fn to_string_lossy(&self) -> String {
+        String::from_utf8_lossy(&self.0).into_owned()
+    }
+
+    /// The local file this path names under `root`.
+    pub fn to_local(&self, root: &Path) -> PathBuf {
+        let mut path = root.to_path_buf();
+        for component in self.0.split(|&b| b == b'/') {
+            path.push(os_str_from_bytes(component));
+        }
+        path
+    }
+}
+
+impl fmt::Debug for RelPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.to_string_lossy(), f)
+    }
+}
+
+impl fmt::Display for RelPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_string_lossy())
+    }
+}
+
+#[cfg(unix)]
+fn os_str_bytes(s: &std::ffi::OsStr) -> std::borrow::Cow<'_, [u8]> {
+    use std::os::unix::ffi::OsStrExt;
+    std::borrow::Cow::Borrowed(s.as_bytes())
+}
+
+#[cfg(not(unix))]
+fn os_str_bytes(s: &std::ffi::OsStr) -> std::borrow::Cow<'_, [u8]> {
+    match s.to_string_lossy() {
+        std::borrow::Cow::Borrowed(text) => std::borrow::Cow::Borrowed(text.as_bytes()),
+        std::borrow::Cow::Owned(text) => std::borrow::Cow::Owned(text.into_bytes()),
+    }
+}
+
+#[cfg(unix)]
+fn os_str_from_bytes(bytes: &[u8]) -> &std::ffi::OsStr {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::OsStr::from_bytes(bytes)
+}
+
+#[cfg(not(unix))]
+fn os_str_from_bytes(bytes: &[u8]) -> &std::ffi::OsStr {
+    // Non-Unix paths were produced from valid UTF-8 (lossily), so this cannot fail.
+    std::ffi::OsStr::new(std::str::from_utf8(bytes).unwrap_or_default())
+}
+
+/// One regular file of the test directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestFile {
+    pub rel_path: RelPath,
+    pub size: u64,
+    /// Unix permission bits (`0o755`), `0o644` where the platform has none.
+    pub mode: u32,
+    pub digest: FileDigest,
+}
+
+/// Everything that is hashed, and therefore everything that is uploaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirManifest {
+    /// The resolved, absolute test directory.
+    pub root: PathBuf,
+    pub hash: TestDirHash,
+    /// Directories that hold at least one file, parents before children.
+    pub dirs: Vec<RelPath>,
+    /// Regular files in hash order.
+    pub files: Vec<ManifestFile>,
+    /// Symlinks found and skipped (neither followed nor hashed).
+    pub skipped_symlinks: Vec<RelPath>,
+    /// Sockets, FIFOs and devices found and skipped.
+    pub skipped_special: Vec<RelPath>,
+}
+
+impl DirManifest {
+    pub fn total_bytes(&self) -> u64 {
+        self.files.iter().map(|file| file.size).sum()
+    }
+}
+
+/// Why a directory could not be hashed.
+#[derive(Debug, thiserror::Error)]
+pub enum HashError {
+    #[error("test directory {path} does not exist or is not a directory")]
+    NotADirectory {
+        path: PathBuf,
+        #[source]
+        source: Option<io::Error>,
+    },
+    #[error("failed to read {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl HashError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::NotADirectory { .. } => ErrorCode::TestDirNotFound,
+            Self::Io { .. } => ErrorCode::TestDirNotFound,
+        }
+    }
+}
+
+/// Feeds files into the directory hash, in manifest order.
+#[derive(Debug, Clone, Default)]
+pub struct DirHasher {
+    running: Sha256,
+}
+
+impl DirHasher {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn add_file(&mut self, rel_path: &RelPath, digest: &FileDigest) {
+        self.running.update(rel_path.as_bytes());
+        self.running.update([0u8]);
+        self.running.update(hex::encode(digest).as_bytes());
+        self.running.update(b"\n");
+    }
+
+    pub fn finish(self) -> TestDirHash {
+        TestDirHash::from_digest(&self.running.finalize())
+    }
+}
+
+/// Streaming sha256 of a reader, in constant memory.
+///
+/// # Errors
+/// The reader's errors.
+pub fn digest_reader(mut reader: impl Read, buffer: &mut [u8]) -> io::Result<(FileDigest, u64)> {
+    let mut hasher = Sha256::new();
+    let mut n_bytes = 0u64;
+    loop {
+        let n_read = match reader.read(buffer) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+            Err(error) => return Err(error),
+        };
+        hasher.update(&buffer[..n_read]);
+        n_bytes += n_read as u64;
+    }
+    Ok((hasher.finalize().into(), n_bytes))
+}
+
+const READ_BUFFER_BYTES: usize = 256 * 1024;
+
+/// Hashes the test directory at `root` and lists what it holds.
+///
+/// # Errors
+/// [`HashError::NotADirectory`] when `root` is missing or not a directory (a symlink to a
+/// directory is followed); [`HashError::Io`] naming the path that could not be read.
+pub fn hash_dir(root: &Path) -> Result<DirManifest, HashError> {
+    let not_a_dir =
+        |source| HashError::NotADirectory { path: root.to_path_buf(), source };
+    let resolved = std::fs::canonicalize(root).map_err(|error| not_a_dir(Some(error)))?;
+    if !resolved.is_dir() {
+        return Err(not_a_dir(None));
+    }
+
+    let walk = walkdir::WalkDir::new(&resolved)
+        .follow_links(false)
+        .sort_by(|a, b| os_str_bytes(a.file_name()).cmp(&os_str_bytes(b.file_name())));
+
+    let mut files = Vec::new();
+    let mut dirs = Vec::new();
+    let mut skipped_symlinks = Vec::new();
+    let mut skipped_special = Vec::new();
+    for entry in walk {
+        let entry = entry.map_err(|error| {
+            let path = error.path().unwrap_or(&resolved).to_path_buf();
+            let source = error.into_io_error().unwrap_or_else(|| io::Error::other("walk failed"));
+            HashError::Io { path, source }
+        })?;
+        if entry.depth() == 0 {
+            continue;
+        }
+        let relative = entry.path().strip_prefix(&resolved).unwrap_or(entry.path());
+        let rel_path = RelPath::from_components(relative.iter());
+        let file_type = entry.file_type();
+        if file_type.is_dir() {
+            dirs.push(rel_path);
+        } else if file_type.is_file() {
+            let metadata = entry.metadata().map_err(|error| HashError::Io {
+                path: entry.path().to_path_buf(),
+                source: error.into_io_error().unwrap_or_else(|| io::Error::other("stat failed")),
+            })?;
+            files.push(ManifestFile {
+                rel_path,
+                size: metadata.len(),
+                mode: mode_bits(&metadata),
+                digest: [0; 32],
+            });
+        } else if file_type.is_symlink() {
+            skipped_symlinks.push(rel_path);
+        } else {
+            skipped_special.push(rel_path);
+        }
+    }
+
+    digest_files(&resolved, &mut files)?;
+
+    let mut hasher = DirHasher::new();
+    for file in &files {
+        hasher.add_file(&file.rel_path, &file.digest);
+    }
+    let dirs = dirs_holding_files(dirs, &files);
+    Ok(DirManifest {
+        root: resolved,
+        hash: hasher.finish(),
+        dirs,
+        files,
+        skipped_symlinks,
+        skipped_special,
+    })
+}
+
+/// Keeps the directories that hold a file somewhere below them, in walk order (parents first).
+fn dirs_holding_files(dirs: Vec<RelPath>, files: &[ManifestFile]) -> Vec<RelPath> {
+    let mut needed = std::collections::HashSet::new();
+    for file in files {
+        let bytes = file.rel_path.as_bytes();
+        for (idx, _) in bytes.iter().enumerate().filter(|(_, b)| **b == b'/') {
+            needed.insert(&bytes[..idx]);
+        }
+    }
+    dirs.into_iter().filter(|dir| needed.contains(dir.as_bytes())).collect()
+}
+
+/// Fills in each file's digest, several files at a time when there are several.
+fn digest_files(root: &Path, files: &mut [ManifestFile]) -> Result<(), HashError> {
+    let n_workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(8)
+        .min(files.len().max(1));
+    let digest_one = |file: &ManifestFile, buffer: &mut [u8]| {
+        let path = file.rel_path.to_local(root);
+        File::open(&path)
+            .and_then(|handle| digest_reader(handle, buffer))
+            .map_err(|source| HashError::Io { path, source })
+    };
+    if n_workers == 1 {
+        let mut buffer = vec![0u8; READ_BUFFER_BYTES];
+        for file in files.iter_mut() {
+            let (digest, size) = digest_one(file, &mut buffer)?;
+            file.digest = digest;
+            file.size = size;
+        }
+        return Ok(());
+    }
+
+    let next_file_idx = AtomicUsize::new(0);
+    let results: Vec<Result<Vec<(usize, FileDigest, u64)>, HashError>> = std::thread::scope(|scope| {
+        let files: &[ManifestFile] = files;
+        let handles: Vec<_> = (0..n_workers)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut buffer = vec![0u8; READ_BUFFER_BYTES];
+                    let mut done = Vec::new();
+                    loop {
+                        let file_idx = next_file_idx.fetch_add(1, Ordering::Relaxed);
+                        let Some(file) = files.get(file_idx) else { return Ok(done) };
+                        let (digest, size) = digest_one(file, &mut buffer)?;
+                        done.push((file_idx, digest, size));
+                    }
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|handle| handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+            .collect()
+    });
+    for result in results {
+        for (file_idx, digest, size) in result? {
+            files[file_idx].digest = digest;
+            files[file_idx].size = size;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(unix)]
+fn mode_bits(metadata: &std::fs::Metadata) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    metadata.permissions().mode() & 0o7777
+}
+
+#[cfg(not(unix))]
+fn mode_bits(_metadata: &std::fs::Metadata) -> u32 {
+    0o644
+}

@@ -1,0 +1,204 @@
+//! Validated identifiers: run ids, machine names and directory hashes.
+//!
+//! Each is a newtype whose only constructor checks its precondition, so a value that exists is
+//! valid and code that receives one never re-checks it.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Why a string was refused as an identifier.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {what} {value:?}: {reason}")]
+pub struct IdError {
+    what: &'static str,
+    value: String,
+    reason: &'static str,
+}
+
+/// The id of one run: a ULID, unique across processes and sorting by creation time.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct RunId(String);
+
+impl RunId {
+    /// Parses the canonical 26-character Crockford base32 form (case-insensitive input,
+    /// stored in upper case).
+    ///
+    /// # Errors
+    /// When `value` is not a ULID.
+    pub fn parse(value: &str) -> Result<Self, IdError> {
+        match ulid::Ulid::from_string(value) {
+            Ok(ulid) => Ok(Self(ulid.to_string())),
+            Err(_) => Err(IdError {
+                what: "run id",
+                value: value.to_owned(),
+                reason: "expected a 26-character ULID such as 01JD0000000000000000000000",
+            }),
+        }
+    }
+
+    /// Builds a run id from its timestamp (ms since the Unix epoch) and 80 random bits.
+    pub fn from_parts(unix_ms: u64, random: u128) -> Self {
+        Self(ulid::Ulid::from_parts(unix_ms, random).to_string())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for RunId {
+    type Error = IdError;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::parse(&value)
+    }
+}
+
+impl From<RunId> for String {
+    fn from(id: RunId) -> Self {
+        id.0
+    }
+}
+
+impl fmt::Display for RunId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The name of a machine of the fleet: letters, digits, `.`, `_` and `-`, 1 to 64 bytes.
+///
+/// The name appears in file names, log prefixes and SQL; the restriction keeps it safe in all
+/// of them.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct MachineName(String);
+
+impl MachineName {
+    /// # Errors
+    /// When `value` is empty, longer than 64 bytes, or holds a character outside
+    /// `[A-Za-z0-9._-]`.
+    pub fn parse(value: &str) -> Result<Self, IdError> {
+        let refuse = |reason| IdError { what: "machine name", value: value.to_owned(), reason };
+        if value.is_empty() {
+            return Err(refuse("it is empty"));
+        }
+        if value.len() > 64 {
+            return Err(refuse("it is longer than 64 bytes"));
+        }
+        if !value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) {
+            return Err(refuse("only letters, digits, '.', '_' and '-' are allowed"));
+        }
+        Ok(Self(value.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for MachineName {
+    type Error = IdError;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::parse(&value)
+    }
+}
+
+impl From<MachineName> for String {
+    fn from(name: MachineName) -> Self {
+        name.0
+    }
+}
+
+impl fmt::Display for MachineName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The hash of a test directory: 64 lowercase hex digits of a sha256.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct TestDirHash(String);
+
+impl TestDirHash {
+    /// # Errors
+    /// When `value` is not 64 lowercase hex digits.
+    pub fn parse(value: &str) -> Result<Self, IdError> {
+        if value.len() == 64 && value.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            Ok(Self(value.to_owned()))
+        } else {
+            Err(IdError {
+                what: "test directory hash",
+                value: value.to_owned(),
+                reason: "expected 64 lowercase hex digits",
+            })
+        }
+    }
+
+    pub(crate) fn from_digest(digest: &[u8]) -> Self {
+        Self(hex::encode(digest))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for TestDirHash {
+    type Error = IdError;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::parse(&value)
+    }
+}
+
+impl From<TestDirHash> for String {
+    fn from(hash: TestDirHash) -> Self {
+        hash.0
+    }
+}
+
+impl fmt::Display for TestDirHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_id_round_trips_and_upper_cases() {
+        let id = RunId::from_parts(1_700_000_000_000, 42);
+        assert_eq!(RunId::parse(&id.as_str().to_lowercase()), Ok(id.clone()));
+        assert!(RunId::parse("not-a-ulid").is_err());
+        assert!(RunId::parse("").is_err());
+    }
+
+    #[test]
+    fn run_ids_sort_by_time() {
+        let earlier = RunId::from_parts(1_000, u128::MAX >> 48);
+        let later = RunId::from_parts(1_001, 0);
+        assert!(earlier < later);
+    }
+
+    #[test]
+    fn machine_names() {
+        for ok in ["linux-1", "a", "mac_mini.lab", &"x".repeat(64)] {
+            assert!(MachineName::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "a b", "../x", "x/y", "é", &"x".repeat(65), "a;rm"] {
+            assert!(MachineName::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn hashes() {
+        let zero = "0".repeat(64);
+        assert!(TestDirHash::parse(&zero).is_ok());
+        assert!(TestDirHash::parse(&"A".repeat(64)).is_err());
+        assert!(TestDirHash::parse(&"0".repeat(63)).is_err());
+    }
+}

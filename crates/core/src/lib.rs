@@ -1,0 +1,24 @@
+//! testfleet's domain: hashing a test directory, choosing its entrypoint, the run lifecycle,
+//! the error codes, the ports to the outside world and the runner that drives them.
+//!
+//! This crate does no network I/O and no SQL; adapters implement [`ports`].
+
+pub mod entrypoint;
+pub mod error;
+pub mod hash;
+pub mod ids;
+pub mod ports;
+pub mod remote;
+pub mod run;
+pub mod runner;
+pub mod time;
+
+pub use entrypoint::{EntrypointError, OsFamily, TargetOs, resolve_entrypoint};
+pub use error::{DispatchError, ErrorCode, RunError, error_chain};
+pub use hash::{DirManifest, HashError, ManifestFile, RelPath, hash_dir};
+pub use ids::{IdError, MachineName, RunId, TestDirHash};
+pub use run::{
+    ArtifactSummary, DispatchedRun, LifecycleEvent, NewRun, Run, RunEventRecord, RunOwner,
+    RunPaths, RunStatus, Transition, transition,
+};
+pub use time::Timestamp;

@@ -1,0 +1,469 @@
+//! The ports through which the core reaches the world: the run store, SSH, the clock and the
+//! run-id generator. Adapters implement them; the runner holds them as `Arc<dyn …>`.
+//!
+//! Every implementation must pass the matching contract suite in `testfleet-testkit`.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::error::ErrorCode;
+use crate::hash::DirManifest;
+use crate::ids::{MachineName, RunId};
+use crate::remote::RemoteShell;
+use crate::run::{Run, RunEventRecord, RunStatus, NewRun, Transition};
+use crate::time::Timestamp;
+
+/// A shareable error source.
+pub type SharedError = Arc<dyn StdError + Send + Sync + 'static>;
+
+// ---------------------------------------------------------------------------------------------
+// Run store
+
+/// The result of [`RunStore::claim`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// No run was active on the machine; this new pending run now holds it.
+    Created(Run),
+    /// This pending or running run already holds the machine; nothing was written.
+    Active(Run),
+}
+
+/// Which runs [`RunStore::list`] returns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunFilter {
+    pub machine: Option<MachineName>,
+    pub status: Option<RunStatus>,
+    /// At most this many runs; all when `None`.
+    pub limit: Option<usize>,
+}
+
+/// Why a store operation failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("run {0} not found")]
+    NotFound(RunId),
+    /// A compare-and-set lost: the run was not in the expected status.
+    #[error("run {id} is {actual}, not {expected}")]
+    Conflict { id: RunId, expected: RunStatus, actual: RunStatus },
+    /// The lifecycle has no such edge.
+    #[error("run {id} cannot go from {from} to {to}")]
+    InvalidTransition { id: RunId, from: RunStatus, to: RunStatus },
+    /// The backend failed (I/O, SQL, a newer schema, a corrupt file …).
+    #[error("{message}")]
+    Backend {
+        message: String,
+        #[source]
+        source: Option<SharedError>,
+    },
+}
+
+impl StoreError {
+    pub fn backend(message: impl Into<String>, source: impl StdError + Send + Sync + 'static) -> Self {
+        Self::Backend { message: message.into(), source: Some(Arc::new(source)) }
+    }
+
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::NotFound(_) => ErrorCode::RunNotFound,
+            Self::Conflict { .. } | Self::InvalidTransition { .. } | Self::Backend { .. } => {
+                ErrorCode::StoreError
+            }
+        }
+    }
+}
+
+/// Durable record of runs and their events. The machine lock lives here: at most one pending
+/// or running run per machine, enforced atomically by the store itself.
+#[async_trait]
+pub trait RunStore: Send + Sync + fmt::Debug {
+    /// Atomically records `new` as a pending run unless another run is pending or running on
+    /// the same machine, in which case that run is returned and nothing is written. The
+    /// creation is appended to the run's events (an event with no `from`).
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] on any backend failure; never a duplicate of an active run.
+    async fn claim(&self, new: NewRun) -> Result<Claim, StoreError>;
+
+    /// The run with this id.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] for an unknown id; [`StoreError::Backend`].
+    async fn get(&self, id: &RunId) -> Result<Run, StoreError>;
+
+    /// Compare-and-set: applies `change` (with [`Run::apply`]) only if the run's status is
+    /// `change.from`, and appends the event, atomically. Returns the updated run.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`]; [`StoreError::Conflict`] when the status is not `change.from`
+    /// (nothing written); [`StoreError::InvalidTransition`] when the lifecycle has no edge
+    /// `from → to`; [`StoreError::Backend`].
+    async fn transition(&self, id: &RunId, change: Transition) -> Result<Run, StoreError>;
+
+    /// Records the absolute remote run folder of a run.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`]; [`StoreError::Backend`].
+    async fn set_remote_dir(&self, id: &RunId, remote_dir: &str) -> Result<(), StoreError>;
+
+    /// Makes `owner` the owner of a non-terminal run (a detached worker taking it over).
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`]; [`StoreError::Conflict`] when the run is already terminal
+    /// (`expected` is then `pending`); [`StoreError::Backend`].
+    async fn set_owner(&self, id: &RunId, owner: crate::run::RunOwner) -> Result<Run, StoreError>;
+
+    /// Runs matching `filter`, newest first.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    async fn list(&self, filter: &RunFilter) -> Result<Vec<Run>, StoreError>;
+
+    /// The event history of a run, oldest first, starting with its creation.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`]; [`StoreError::Backend`].
+    async fn events(&self, id: &RunId) -> Result<Vec<RunEventRecord>, StoreError>;
+
+    /// Every pending or running run, oldest first (for the reaper).
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    async fn active_runs(&self) -> Result<Vec<Run>, StoreError>;
+}
+
+// ---------------------------------------------------------------------------------------------
+// SSH
+
+/// What to do with a host key that known_hosts does not hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HostKeyPolicy {
+    /// Refuse it (`HOST_KEY_UNKNOWN`).
+    #[default]
+    Strict,
+    /// Record it in known_hosts and go on, like OpenSSH's `accept-new`. A changed key is still
+    /// refused.
+    AcceptNew,
+}
+
+/// Everything needed to reach one machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshTarget {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    /// Identity files to try after the agent, in order.
+    pub identity_files: Vec<PathBuf>,
+    pub known_hosts: PathBuf,
+    pub host_key_policy: HostKeyPolicy,
+    pub connect_timeout: Duration,
+    pub keepalive_interval: Duration,
+    /// Keepalives missed in a row before the connection counts as lost.
+    pub keepalive_max: u32,
+}
+
+impl SshTarget {
+    pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+    pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
+    pub const DEFAULT_KEEPALIVE_MAX: u32 = 3;
+}
+
+/// Why an SSH operation failed. Each variant maps to one stable code.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SshError {
+    #[error(
+        "host key of {host}:{port} is not in {known_hosts} (offered {fingerprint}); check the \
+         fingerprint, then run `testfleet machines trust <machine>` or pass --accept-new-host-key"
+    )]
+    HostKeyUnknown { host: String, port: u16, fingerprint: String, known_hosts: PathBuf },
+    #[error(
+        "host key of {host}:{port} ({fingerprint}) does not match the key recorded in \
+         {known_hosts}{line}; the host may have been reinstalled, or someone may be \
+         intercepting the connection: verify the new key out of band and edit known_hosts",
+        line = .line.map(|n| format!(" at line {n}")).unwrap_or_default()
+    )]
+    HostKeyMismatch {
+        host: String,
+        port: u16,
+        fingerprint: String,
+        known_hosts: PathBuf,
+        line: Option<usize>,
+    },
+    #[error("authentication as {user}@{host} failed: {reason}")]
+    AuthFailed { user: String, host: String, reason: String },
+    #[error("failed to connect to {host}:{port}: {reason}")]
+    DialFailed {
+        host: String,
+        port: u16,
+        reason: String,
+        #[source]
+        source: Option<SharedError>,
+    },
+    #[error("upload failed at {path}: {reason}")]
+    UploadFailed {
+        path: String,
+        reason: String,
+        #[source]
+        source: Option<SharedError>,
+    },
+    #[error("download failed at {path}: {reason}")]
+    DownloadFailed {
+        path: String,
+        reason: String,
+        #[source]
+        source: Option<SharedError>,
+    },
+    #[error("{path} changed after it was hashed; dispatch again to run the new contents")]
+    TestDirChanged { path: String },
+    #[error("failed to start the remote command: {reason}")]
+    ExecFailed {
+        reason: String,
+        #[source]
+        source: Option<SharedError>,
+    },
+    #[error("connection lost: {reason}")]
+    ConnectionLost {
+        reason: String,
+        #[source]
+        source: Option<SharedError>,
+    },
+    #[error("ssh: {reason}")]
+    Other {
+        reason: String,
+        #[source]
+        source: Option<SharedError>,
+    },
+}
+
+impl SshError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::HostKeyUnknown { .. } => ErrorCode::HostKeyUnknown,
+            Self::HostKeyMismatch { .. } => ErrorCode::HostKeyMismatch,
+            Self::AuthFailed { .. } => ErrorCode::AuthFailed,
+            Self::DialFailed { .. } => ErrorCode::DialFailed,
+            Self::UploadFailed { .. } => ErrorCode::UploadFailed,
+            Self::DownloadFailed { .. } => ErrorCode::DownloadFailed,
+            Self::TestDirChanged { .. } => ErrorCode::TestDirChanged,
+            Self::ExecFailed { .. } => ErrorCode::ExecFailed,
+            Self::ConnectionLost { .. } => ErrorCode::ConnectionLost,
+            Self::Other { .. } => ErrorCode::Internal,
+        }
+    }
+}
+
+/// Progress of an upload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TransferProgress {
+    pub files_done: u64,
+    pub files_total: u64,
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+}
+
+/// Receives upload progress; called often, so it must be cheap.
+pub trait ProgressSink: Send + Sync {
+    fn progress(&self, progress: TransferProgress);
+}
+
+/// A progress sink that ignores everything.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoProgress;
+
+impl ProgressSink for NoProgress {
+    fn progress(&self, _progress: TransferProgress) {}
+}
+
+/// Totals of a finished transfer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TransferStats {
+    pub files: u64,
+    pub bytes: u64,
+}
+
+/// Which output stream bytes came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OutputStream {
+    Stdout,
+    Stderr,
+}
+
+/// Receives a remote command's output as it arrives. It never fails: a sink that cannot
+/// store bytes remembers its error for its owner, so that the channel is always drained.
+#[async_trait]
+pub trait ExecOutput: Send {
+    async fn write(&mut self, stream: OutputStream, data: &[u8]);
+}
+
+/// How a remote command ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RemoteExit {
+    /// The command exited with this status.
+    Code(i32),
+    /// The command was killed by this signal (`TERM`, `KILL`, …; no `SIG` prefix).
+    Signal(String),
+    /// The channel closed without an exit status or signal.
+    NoStatus,
+}
+
+/// A request to kill the process tree of a run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KillRequest {
+    pub shell: RemoteShell,
+    /// The pid file the exec command wrote (SFTP path form).
+    pub pid_file: String,
+    /// Time between `TERM` and `KILL` (POSIX).
+    pub grace: Duration,
+}
+
+/// A remote name that was refused during a download, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusedEntry {
+    /// The remote path of the entry (relative to the downloaded folder).
+    pub path: String,
+    pub reason: String,
+}
+
+/// The result of downloading a folder.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DownloadReport {
+    pub files: u64,
+    pub bytes: u64,
+    /// Entries not downloaded: hostile names, symlinks, special files.
+    pub refused: Vec<RefusedEntry>,
+}
+
+/// Dials machines.
+#[async_trait]
+pub trait SshConnector: Send + Sync + fmt::Debug {
+    /// Connects, verifies the host key against `target.known_hosts` (before anything else is
+    /// sent) and logs in.
+    ///
+    /// # Errors
+    /// [`SshError::DialFailed`] (DNS, refused, unreachable, connect timeout);
+    /// [`SshError::HostKeyUnknown`] (strict policy, host absent);
+    /// [`SshError::HostKeyMismatch`] (another key recorded, whatever the policy);
+    /// [`SshError::AuthFailed`] (no key accepted, or an encrypted key without an agent).
+    async fn connect(&self, target: &SshTarget) -> Result<Box<dyn SshSession>, SshError>;
+}
+
+/// One logged-in connection. Methods take `&self` so that a kill can run while an exec is
+/// still streaming.
+#[async_trait]
+pub trait SshSession: Send + Sync {
+    /// Creates `path` and its missing parents (SFTP path form; relative to the login
+    /// directory when relative). An existing directory is not an error.
+    ///
+    /// # Errors
+    /// [`SshError::UploadFailed`] naming the path; [`SshError::ConnectionLost`].
+    async fn create_dir_all(&self, path: &str) -> Result<(), SshError>;
+
+    /// The absolute form of an existing remote path, as SFTP `realpath` gives it.
+    ///
+    /// # Errors
+    /// [`SshError::UploadFailed`] naming the path; [`SshError::ConnectionLost`].
+    async fn realpath(&self, path: &str) -> Result<String, SshError>;
+
+    /// Uploads exactly `manifest`'s directories and files into `remote_dir` (created, with
+    /// its parents already present), preserving permission bits, and reports progress. Bytes
+    /// are hashed as they are read and checked against the manifest's digests.
+    ///
+    /// # Errors
+    /// [`SshError::TestDirChanged`] naming the file whose contents or size differ from the
+    /// manifest; [`SshError::UploadFailed`] naming the remote path;
+    /// [`SshError::ConnectionLost`].
+    async fn upload(
+        &self,
+        manifest: &DirManifest,
+        remote_dir: &str,
+        progress: &dyn ProgressSink,
+    ) -> Result<TransferStats, SshError>;
+
+    /// Runs `command`, streaming its stdout and stderr to `output` as they arrive, until the
+    /// channel closes. Dropping the future abandons the command (it is not killed: use
+    /// [`SshSession::kill`]).
+    ///
+    /// # Errors
+    /// [`SshError::ExecFailed`] when the command could not be started;
+    /// [`SshError::ConnectionLost`] when the transport failed while it ran.
+    async fn exec(&self, command: &str, output: &mut dyn ExecOutput) -> Result<RemoteExit, SshError>;
+
+    /// Kills the process tree recorded in `request.pid_file`, over a channel of its own.
+    ///
+    /// # Errors
+    /// [`SshError::ExecFailed`] when the kill command could not run;
+    /// [`SshError::ConnectionLost`].
+    async fn kill(&self, request: &KillRequest) -> Result<(), SshError>;
+
+    /// Downloads the remote folder `remote_dir` into `local_dir` (created if needed). A missing
+    /// remote folder downloads nothing and is not an error. Every remote name is checked with
+    /// [`crate::remote::check_remote_name`]; bad names and symlinks are refused, reported, and
+    /// nothing is written outside `local_dir`.
+    ///
+    /// # Errors
+    /// [`SshError::DownloadFailed`] naming the path; [`SshError::ConnectionLost`].
+    async fn download_dir(&self, remote_dir: &str, local_dir: &Path) -> Result<DownloadReport, SshError>;
+
+    /// Removes a remote file, or a folder and everything in it. A missing path is not an error.
+    ///
+    /// # Errors
+    /// [`SshError::Other`] naming the path; [`SshError::ConnectionLost`].
+    async fn remove(&self, path: &str) -> Result<(), SshError>;
+
+    /// Ends the connection politely.
+    ///
+    /// # Errors
+    /// [`SshError::ConnectionLost`] when it was already gone.
+    async fn close(&self) -> Result<(), SshError>;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Time and ids
+
+/// The source of "now".
+pub trait Clock: Send + Sync + fmt::Debug {
+    fn now(&self) -> Timestamp;
+}
+
+/// The system clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Timestamp {
+        Timestamp::now()
+    }
+}
+
+/// The source of new run ids.
+pub trait RunIdGenerator: Send + Sync + fmt::Debug {
+    /// A new id, greater than every id this generator returned before.
+    fn next_id(&self, now: Timestamp) -> RunId;
+}
+
+/// ULIDs, monotonic within the process and random across processes.
+#[derive(Debug, Default)]
+pub struct UlidGenerator {
+    inner: Mutex<ulid::Generator>,
+}
+
+impl RunIdGenerator for UlidGenerator {
+    fn next_id(&self, now: Timestamp) -> RunId {
+        let mut generator = self.inner.lock().unwrap_or_else(|poison| poison.into_inner());
+        let at = std::time::UNIX_EPOCH
+            + Duration::from_millis(u64::try_from(now.unix_ms()).unwrap_or(0));
+        match generator.generate_from_datetime(at) {
+            Ok(ulid) => RunId::from_parts(ulid.timestamp_ms(), ulid.random()),
+            // The random part overflowed within one millisecond: take a fresh random ULID of
+            // the next millisecond, which still sorts after every earlier id.
+            Err(_) => {
+                let fresh = ulid::Ulid::from_datetime(at + Duration::from_millis(1));
+                RunId::from_parts(fresh.timestamp_ms(), fresh.random())
+            }
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! The RunStore contract suite.

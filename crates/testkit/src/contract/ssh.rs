@@ -1,0 +1,1 @@
+//! The SSH port contract suite.

@@ -1,0 +1,1 @@
+//! A scriptable fake of the SSH ports that records every call.

@@ -1,1 +1,196 @@
 //! An in-memory RunStore with the same atomic claim and compare-and-set as the real one.
+//!
+//! Every operation holds one mutex for its whole duration, so a claim or a transition is as
+//! atomic here as an `IMMEDIATE` transaction is in SQLite. The fake passes the same contract
+//! suite ([`crate::contract::run_store`]) as every real store.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use async_trait::async_trait;
+use testfleet_core::RunId;
+use testfleet_core::ports::{Claim, RunFilter, RunStore, StoreError};
+use testfleet_core::run::{
+    ApplyError, NewRun, Run, RunEventRecord, RunOwner, RunStatus, Transition,
+};
+
+/// An in-memory [`RunStore`].
+#[derive(Debug, Default)]
+pub struct FakeStore {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// Ordered by id, hence by creation time.
+    runs: BTreeMap<RunId, Run>,
+    events: HashMap<RunId, Vec<RunEventRecord>>,
+    /// When set, every operation fails with this backend message.
+    broken: Option<String>,
+}
+
+impl Inner {
+    fn check_broken(&self) -> Result<(), StoreError> {
+        match &self.broken {
+            Some(message) => Err(StoreError::Backend {
+                message: message.clone(),
+                source: None,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn run_mut(&mut self, id: &RunId) -> Result<&mut Run, StoreError> {
+        self.runs
+            .get_mut(id)
+            .ok_or_else(|| StoreError::NotFound(id.clone()))
+    }
+}
+
+impl FakeStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Makes every later operation fail with [`StoreError::Backend`] carrying `message`
+    /// (`None` heals the store). Lets tests exercise a failing store.
+    pub fn set_broken(&self, message: Option<&str>) {
+        self.lock().broken = message.map(str::to_owned);
+    }
+
+    /// Every run, oldest first, whatever the broken state.
+    pub fn all_runs(&self) -> Vec<Run> {
+        self.lock().runs.values().cloned().collect()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic in another test thread must not hide this store's state from the rest.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Maps a refused [`Run::apply`] to the store error the port promises.
+pub(crate) fn apply_error(id: &RunId, error: ApplyError) -> StoreError {
+    match error {
+        ApplyError::StatusMismatch { expected, actual } => StoreError::Conflict {
+            id: id.clone(),
+            expected,
+            actual,
+        },
+        ApplyError::NotAnEdge { from, to } => StoreError::InvalidTransition {
+            id: id.clone(),
+            from,
+            to,
+        },
+    }
+}
+
+#[async_trait]
+impl RunStore for FakeStore {
+    async fn claim(&self, new: NewRun) -> Result<Claim, StoreError> {
+        let mut inner = self.lock();
+        inner.check_broken()?;
+        if let Some(active) = inner
+            .runs
+            .values()
+            .find(|run| run.machine == new.machine && run.status.is_active())
+        {
+            return Ok(Claim::Active(active.clone()));
+        }
+        if inner.runs.contains_key(&new.id) {
+            return Err(StoreError::Backend {
+                message: format!("run id {} is already recorded", new.id),
+                source: None,
+            });
+        }
+        let run = Run::pending(new);
+        inner
+            .events
+            .insert(run.id.clone(), vec![RunEventRecord::created(&run)]);
+        inner.runs.insert(run.id.clone(), run.clone());
+        Ok(Claim::Created(run))
+    }
+
+    async fn get(&self, id: &RunId) -> Result<Run, StoreError> {
+        let mut inner = self.lock();
+        inner.check_broken()?;
+        inner.run_mut(id).map(|run| run.clone())
+    }
+
+    async fn transition(&self, id: &RunId, change: Transition) -> Result<Run, StoreError> {
+        let mut inner = self.lock();
+        inner.check_broken()?;
+        let run = inner.run_mut(id)?;
+        // Apply to a copy so that a refused change leaves the stored run untouched.
+        let mut updated = run.clone();
+        let event = updated
+            .apply(&change)
+            .map_err(|error| apply_error(id, error))?;
+        *run = updated.clone();
+        inner.events.entry(id.clone()).or_default().push(event);
+        Ok(updated)
+    }
+
+    async fn set_remote_dir(&self, id: &RunId, remote_dir: &str) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        inner.check_broken()?;
+        inner.run_mut(id)?.remote_dir = Some(remote_dir.to_owned());
+        Ok(())
+    }
+
+    async fn set_owner(&self, id: &RunId, owner: RunOwner) -> Result<Run, StoreError> {
+        let mut inner = self.lock();
+        inner.check_broken()?;
+        let run = inner.run_mut(id)?;
+        if run.status.is_terminal() {
+            return Err(StoreError::Conflict {
+                id: id.clone(),
+                expected: RunStatus::Pending,
+                actual: run.status,
+            });
+        }
+        run.worker_pid = Some(owner.pid);
+        run.worker_start_time = owner.start_time;
+        Ok(run.clone())
+    }
+
+    async fn list(&self, filter: &RunFilter) -> Result<Vec<Run>, StoreError> {
+        let inner = self.lock();
+        inner.check_broken()?;
+        let matching = inner
+            .runs
+            .values()
+            .rev()
+            .filter(|run| {
+                filter
+                    .machine
+                    .as_ref()
+                    .is_none_or(|machine| run.machine == *machine)
+            })
+            .filter(|run| filter.status.is_none_or(|status| run.status == status))
+            .take(filter.limit.unwrap_or(usize::MAX))
+            .cloned()
+            .collect();
+        Ok(matching)
+    }
+
+    async fn events(&self, id: &RunId) -> Result<Vec<RunEventRecord>, StoreError> {
+        let inner = self.lock();
+        inner.check_broken()?;
+        if !inner.runs.contains_key(id) {
+            return Err(StoreError::NotFound(id.clone()));
+        }
+        Ok(inner.events.get(id).cloned().unwrap_or_default())
+    }
+
+    async fn active_runs(&self) -> Result<Vec<Run>, StoreError> {
+        let inner = self.lock();
+        inner.check_broken()?;
+        Ok(inner
+            .runs
+            .values()
+            .filter(|run| run.status.is_active())
+            .cloned()
+            .collect())
+    }
+}

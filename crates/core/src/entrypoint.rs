@@ -38,7 +38,11 @@ impl TargetOs {
     }
 
     pub fn family(&self) -> OsFamily {
-        if self.0 == "windows" { OsFamily::Windows } else { OsFamily::Posix }
+        if self.0 == "windows" {
+            OsFamily::Windows
+        } else {
+            OsFamily::Posix
+        }
     }
 
     /// The entrypoint file name for this OS.
@@ -95,7 +99,11 @@ pub fn resolve_entrypoint(dir: &Path, os: &TargetOs) -> Result<&'static str, Ent
     let wanted = os.entrypoint();
     match std::fs::symlink_metadata(dir.join(wanted)) {
         Ok(metadata) if metadata.is_file() => Ok(wanted),
-        _ => Err(EntrypointError { os: os.clone(), dir: dir.to_path_buf(), wanted }),
+        _ => Err(EntrypointError {
+            os: os.clone(),
+            dir: dir.to_path_buf(),
+            wanted,
+        }),
     }
 }
 
@@ -117,7 +125,10 @@ mod tests {
                 let message = error.to_string();
                 assert!(message.contains(wanted), "{message}");
                 assert!(message.contains(&os.trim().to_lowercase()), "{message}");
-                assert!(message.contains(&dir.path().display().to_string()), "{message}");
+                assert!(
+                    message.contains(&dir.path().display().to_string()),
+                    "{message}"
+                );
             }
             (actual, expected) => panic!("{os}: got {actual:?}, wanted {expected:?}"),
         }

@@ -116,7 +116,10 @@ pub struct RunError {
 
 impl RunError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self {
+            code,
+            message: message.into(),
+        }
     }
 }
 
@@ -154,7 +157,11 @@ pub enum DispatchError {
         "machine {machine} is busy with run {active_run} (test directory hash {active_hash}); \
          wait for it (`testfleet wait {active_run}`) or cancel it (`testfleet cancel {active_run}`)"
     )]
-    MachineBusy { machine: MachineName, active_run: RunId, active_hash: TestDirHash },
+    MachineBusy {
+        machine: MachineName,
+        active_run: RunId,
+        active_hash: TestDirHash,
+    },
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
     #[error("run {0} not found")]

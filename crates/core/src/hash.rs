@@ -209,8 +209,10 @@ const READ_BUFFER_BYTES: usize = 256 * 1024;
 /// [`HashError::NotADirectory`] when `root` is missing or not a directory (a symlink to a
 /// directory is followed); [`HashError::Io`] naming the path that could not be read.
 pub fn hash_dir(root: &Path) -> Result<DirManifest, HashError> {
-    let not_a_dir =
-        |source| HashError::NotADirectory { path: root.to_path_buf(), source };
+    let not_a_dir = |source| HashError::NotADirectory {
+        path: root.to_path_buf(),
+        source,
+    };
     let resolved = std::fs::canonicalize(root).map_err(|error| not_a_dir(Some(error)))?;
     if !resolved.is_dir() {
         return Err(not_a_dir(None));
@@ -227,7 +229,9 @@ pub fn hash_dir(root: &Path) -> Result<DirManifest, HashError> {
     for entry in walk {
         let entry = entry.map_err(|error| {
             let path = error.path().unwrap_or(&resolved).to_path_buf();
-            let source = error.into_io_error().unwrap_or_else(|| io::Error::other("walk failed"));
+            let source = error
+                .into_io_error()
+                .unwrap_or_else(|| io::Error::other("walk failed"));
             HashError::Io { path, source }
         })?;
         if entry.depth() == 0 {
@@ -241,7 +245,9 @@ pub fn hash_dir(root: &Path) -> Result<DirManifest, HashError> {
         } else if file_type.is_file() {
             let metadata = entry.metadata().map_err(|error| HashError::Io {
                 path: entry.path().to_path_buf(),
-                source: error.into_io_error().unwrap_or_else(|| io::Error::other("stat failed")),
+                source: error
+                    .into_io_error()
+                    .unwrap_or_else(|| io::Error::other("stat failed")),
             })?;
             files.push(ManifestFile {
                 rel_path,
@@ -282,7 +288,9 @@ fn dirs_holding_files(dirs: Vec<RelPath>, files: &[ManifestFile]) -> Vec<RelPath
             needed.insert(&bytes[..idx]);
         }
     }
-    dirs.into_iter().filter(|dir| needed.contains(dir.as_bytes())).collect()
+    dirs.into_iter()
+        .filter(|dir| needed.contains(dir.as_bytes()))
+        .collect()
 }
 
 /// Fills in each file's digest, several files at a time when there are several.
@@ -308,27 +316,34 @@ fn digest_files(root: &Path, files: &mut [ManifestFile]) -> Result<(), HashError
     }
 
     let next_file_idx = AtomicUsize::new(0);
-    let results: Vec<Result<Vec<(usize, FileDigest, u64)>, HashError>> = std::thread::scope(|scope| {
-        let files: &[ManifestFile] = files;
-        let handles: Vec<_> = (0..n_workers)
-            .map(|_| {
-                scope.spawn(|| {
-                    let mut buffer = vec![0u8; READ_BUFFER_BYTES];
-                    let mut done = Vec::new();
-                    loop {
-                        let file_idx = next_file_idx.fetch_add(1, Ordering::Relaxed);
-                        let Some(file) = files.get(file_idx) else { return Ok(done) };
-                        let (digest, size) = digest_one(file, &mut buffer)?;
-                        done.push((file_idx, digest, size));
-                    }
+    let results: Vec<Result<Vec<(usize, FileDigest, u64)>, HashError>> =
+        std::thread::scope(|scope| {
+            let files: &[ManifestFile] = files;
+            let handles: Vec<_> = (0..n_workers)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut buffer = vec![0u8; READ_BUFFER_BYTES];
+                        let mut done = Vec::new();
+                        loop {
+                            let file_idx = next_file_idx.fetch_add(1, Ordering::Relaxed);
+                            let Some(file) = files.get(file_idx) else {
+                                return Ok(done);
+                            };
+                            let (digest, size) = digest_one(file, &mut buffer)?;
+                            done.push((file_idx, digest, size));
+                        }
+                    })
                 })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|handle| handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
-            .collect()
-    });
+                .collect();
+            handles
+                .into_iter()
+                .map(|handle| {
+                    handle
+                        .join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                })
+                .collect()
+        });
     for result in results {
         for (file_idx, digest, size) in result? {
             files[file_idx].digest = digest;

@@ -80,14 +80,21 @@ impl MachineName {
     /// When `value` is empty, longer than 64 bytes, or holds a character outside
     /// `[A-Za-z0-9._-]`.
     pub fn parse(value: &str) -> Result<Self, IdError> {
-        let refuse = |reason| IdError { what: "machine name", value: value.to_owned(), reason };
+        let refuse = |reason| IdError {
+            what: "machine name",
+            value: value.to_owned(),
+            reason,
+        };
         if value.is_empty() {
             return Err(refuse("it is empty"));
         }
         if value.len() > 64 {
             return Err(refuse("it is longer than 64 bytes"));
         }
-        if !value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) {
+        if !value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        {
             return Err(refuse("only letters, digits, '.', '_' and '-' are allowed"));
         }
         Ok(Self(value.to_owned()))
@@ -126,7 +133,11 @@ impl TestDirHash {
     /// # Errors
     /// When `value` is not 64 lowercase hex digits.
     pub fn parse(value: &str) -> Result<Self, IdError> {
-        if value.len() == 64 && value.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        if value.len() == 64
+            && value
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
             Ok(Self(value.to_owned()))
         } else {
             Err(IdError {

@@ -15,7 +15,7 @@ use crate::error::ErrorCode;
 use crate::hash::DirManifest;
 use crate::ids::{MachineName, RunId};
 use crate::remote::RemoteShell;
-use crate::run::{Run, RunEventRecord, RunStatus, NewRun, Transition};
+use crate::run::{NewRun, Run, RunEventRecord, RunStatus, Transition};
 use crate::time::Timestamp;
 
 /// A shareable error source.
@@ -49,10 +49,18 @@ pub enum StoreError {
     NotFound(RunId),
     /// A compare-and-set lost: the run was not in the expected status.
     #[error("run {id} is {actual}, not {expected}")]
-    Conflict { id: RunId, expected: RunStatus, actual: RunStatus },
+    Conflict {
+        id: RunId,
+        expected: RunStatus,
+        actual: RunStatus,
+    },
     /// The lifecycle has no such edge.
     #[error("run {id} cannot go from {from} to {to}")]
-    InvalidTransition { id: RunId, from: RunStatus, to: RunStatus },
+    InvalidTransition {
+        id: RunId,
+        from: RunStatus,
+        to: RunStatus,
+    },
     /// The backend failed (I/O, SQL, a newer schema, a corrupt file …).
     #[error("{message}")]
     Backend {
@@ -63,8 +71,14 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    pub fn backend(message: impl Into<String>, source: impl StdError + Send + Sync + 'static) -> Self {
-        Self::Backend { message: message.into(), source: Some(Arc::new(source)) }
+    pub fn backend(
+        message: impl Into<String>,
+        source: impl StdError + Send + Sync + 'static,
+    ) -> Self {
+        Self::Backend {
+            message: message.into(),
+            source: Some(Arc::new(source)),
+        }
     }
 
     pub fn code(&self) -> ErrorCode {
@@ -179,7 +193,12 @@ pub enum SshError {
         "host key of {host}:{port} is not in {known_hosts} (offered {fingerprint}); check the \
          fingerprint, then run `testfleet machines trust <machine>` or pass --accept-new-host-key"
     )]
-    HostKeyUnknown { host: String, port: u16, fingerprint: String, known_hosts: PathBuf },
+    HostKeyUnknown {
+        host: String,
+        port: u16,
+        fingerprint: String,
+        known_hosts: PathBuf,
+    },
     #[error(
         "host key of {host}:{port} ({fingerprint}) does not match the key recorded in \
          {known_hosts}{line}; the host may have been reinstalled, or someone may be \
@@ -194,7 +213,11 @@ pub enum SshError {
         line: Option<usize>,
     },
     #[error("authentication as {user}@{host} failed: {reason}")]
-    AuthFailed { user: String, host: String, reason: String },
+    AuthFailed {
+        user: String,
+        host: String,
+        reason: String,
+    },
     #[error("failed to connect to {host}:{port}: {reason}")]
     DialFailed {
         host: String,
@@ -390,7 +413,11 @@ pub trait SshSession: Send + Sync {
     /// # Errors
     /// [`SshError::ExecFailed`] when the command could not be started;
     /// [`SshError::ConnectionLost`] when the transport failed while it ran.
-    async fn exec(&self, command: &str, output: &mut dyn ExecOutput) -> Result<RemoteExit, SshError>;
+    async fn exec(
+        &self,
+        command: &str,
+        output: &mut dyn ExecOutput,
+    ) -> Result<RemoteExit, SshError>;
 
     /// Kills the process tree recorded in `request.pid_file`, over a channel of its own.
     ///
@@ -406,7 +433,11 @@ pub trait SshSession: Send + Sync {
     ///
     /// # Errors
     /// [`SshError::DownloadFailed`] naming the path; [`SshError::ConnectionLost`].
-    async fn download_dir(&self, remote_dir: &str, local_dir: &Path) -> Result<DownloadReport, SshError>;
+    async fn download_dir(
+        &self,
+        remote_dir: &str,
+        local_dir: &Path,
+    ) -> Result<DownloadReport, SshError>;
 
     /// Removes a remote file, or a folder and everything in it. A missing path is not an error.
     ///
@@ -453,7 +484,10 @@ pub struct UlidGenerator {
 
 impl RunIdGenerator for UlidGenerator {
     fn next_id(&self, now: Timestamp) -> RunId {
-        let mut generator = self.inner.lock().unwrap_or_else(|poison| poison.into_inner());
+        let mut generator = self
+            .inner
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
         let at = std::time::UNIX_EPOCH
             + Duration::from_millis(u64::try_from(now.unix_ms()).unwrap_or(0));
         match generator.generate_from_datetime(at) {

@@ -209,11 +209,16 @@ pub fn powershell_command(shell: WindowsShell, script: &str) -> String {
 /// Decodes the script of a [`powershell_command`], for tests and diagnostics.
 pub fn decode_powershell_command(command: &str) -> Option<String> {
     let encoded = command.rsplit_once("-EncodedCommand ")?.1.trim();
-    let bytes = base64::engine::general_purpose::STANDARD.decode(encoded).ok()?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .ok()?;
     if bytes.len() % 2 != 0 {
         return None;
     }
-    let units: Vec<u16> = bytes.chunks_exact(2).map(|pair| u16::from_le_bytes([pair[0], pair[1]])).collect();
+    let units: Vec<u16> = bytes
+        .chunks_exact(2)
+        .map(|pair| u16::from_le_bytes([pair[0], pair[1]]))
+        .collect();
     String::from_utf16(&units).ok()
 }
 
@@ -268,7 +273,12 @@ pub struct BadRemoteName {
 /// # Errors
 /// [`BadRemoteName`] saying which rule the name broke.
 pub fn check_remote_name(name: &str) -> Result<(), BadRemoteName> {
-    let refuse = |reason| Err(BadRemoteName { name: name.to_owned(), reason });
+    let refuse = |reason| {
+        Err(BadRemoteName {
+            name: name.to_owned(),
+            reason,
+        })
+    };
     if name.is_empty() {
         return refuse("empty name");
     }
@@ -298,8 +308,14 @@ mod tests {
             root: "/home/ci/.testfleet".into(),
             run_id: RunId::parse("01JD0000000000000000000000").expect("a valid ulid"),
         };
-        assert_eq!(layout.run_dir(), "/home/ci/.testfleet/runs/01JD0000000000000000000000");
-        assert_eq!(layout.pid_file(), "/home/ci/.testfleet/runs/01JD0000000000000000000000.pid");
+        assert_eq!(
+            layout.run_dir(),
+            "/home/ci/.testfleet/runs/01JD0000000000000000000000"
+        );
+        assert_eq!(
+            layout.pid_file(),
+            "/home/ci/.testfleet/runs/01JD0000000000000000000000.pid"
+        );
         assert_eq!(
             layout.artifacts_dir(),
             "/home/ci/.testfleet/runs/01JD0000000000000000000000/artifacts"
@@ -312,7 +328,10 @@ mod tests {
     fn windows_paths() {
         for (sftp, windows) in [
             ("/C:/Users/x", r"C:\Users\x"),
-            ("/c:/Users/ci/.testfleet/runs/A", r"c:\Users\ci\.testfleet\runs\A"),
+            (
+                "/c:/Users/ci/.testfleet/runs/A",
+                r"c:\Users\ci\.testfleet\runs\A",
+            ),
             ("C:/Users/x", r"C:\Users\x"),
             (".testfleet/runs", r".testfleet\runs"),
         ] {
@@ -329,10 +348,30 @@ mod tests {
 
     #[test]
     fn remote_names() {
-        for ok in ["a", "report.xml", ".hidden", "..x", "x..", "日本", "a b", "C"] {
+        for ok in [
+            "a",
+            "report.xml",
+            ".hidden",
+            "..x",
+            "x..",
+            "日本",
+            "a b",
+            "C",
+        ] {
             assert_eq!(check_remote_name(ok), Ok(()), "{ok}");
         }
-        for bad in ["", ".", "..", "../escape", "/abs/path", "a/b", "a\\b", "a\0b", "C:", "c:x"] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "../escape",
+            "/abs/path",
+            "a/b",
+            "a\\b",
+            "a\0b",
+            "C:",
+            "c:x",
+        ] {
             assert!(check_remote_name(bad).is_err(), "{bad:?}");
         }
     }
@@ -340,7 +379,12 @@ mod tests {
     #[test]
     fn powershell_payload_round_trips() {
         let command = powershell_command(WindowsShell::Pwsh, "Write-Output 'é'\r\n");
-        assert!(command.starts_with("pwsh -NoProfile -NonInteractive -ExecutionPolicy Bypass -EncodedCommand "));
-        assert_eq!(decode_powershell_command(&command).as_deref(), Some("Write-Output 'é'\r\n"));
+        assert!(command.starts_with(
+            "pwsh -NoProfile -NonInteractive -ExecutionPolicy Bypass -EncodedCommand "
+        ));
+        assert_eq!(
+            decode_powershell_command(&command).as_deref(),
+            Some("Write-Output 'é'\r\n")
+        );
     }
 }

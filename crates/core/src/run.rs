@@ -61,7 +61,9 @@ impl RunStatus {
 
     /// Whether some lifecycle event leads from `self` to `to`.
     pub fn can_become(self, to: RunStatus) -> bool {
-        LifecycleEvent::ALL.into_iter().any(|event| transition(self, event) == Ok(to))
+        LifecycleEvent::ALL
+            .into_iter()
+            .any(|event| transition(self, event) == Ok(to))
     }
 }
 
@@ -88,8 +90,13 @@ pub enum LifecycleEvent {
 }
 
 impl LifecycleEvent {
-    pub const ALL: [LifecycleEvent; 5] =
-        [Self::Start, Self::ExitedZero, Self::Failed, Self::TimedOut, Self::Interrupted];
+    pub const ALL: [LifecycleEvent; 5] = [
+        Self::Start,
+        Self::ExitedZero,
+        Self::Failed,
+        Self::TimedOut,
+        Self::Interrupted,
+    ];
 }
 
 /// An event that the lifecycle does not allow in the current status.
@@ -228,7 +235,10 @@ impl Run {
     }
 
     pub fn owner(&self) -> Option<RunOwner> {
-        self.worker_pid.map(|pid| RunOwner { pid, start_time: self.worker_start_time })
+        self.worker_pid.map(|pid| RunOwner {
+            pid,
+            start_time: self.worker_start_time,
+        })
     }
 
     /// Applies a transition whose `from` matches the current status, filling the fields the
@@ -240,10 +250,16 @@ impl Run {
     /// [`ApplyError::NotAnEdge`] when the lifecycle has no edge `from → to`.
     pub fn apply(&mut self, change: &Transition) -> Result<RunEventRecord, ApplyError> {
         if self.status != change.from {
-            return Err(ApplyError::StatusMismatch { expected: change.from, actual: self.status });
+            return Err(ApplyError::StatusMismatch {
+                expected: change.from,
+                actual: self.status,
+            });
         }
         if !change.from.can_become(change.to) {
-            return Err(ApplyError::NotAnEdge { from: change.from, to: change.to });
+            return Err(ApplyError::NotAnEdge {
+                from: change.from,
+                to: change.to,
+            });
         }
         self.status = change.to;
         if change.to == RunStatus::Running {
@@ -252,7 +268,8 @@ impl Run {
         if change.to.is_terminal() {
             self.finished_at = Some(change.at);
             let began = self.started_at.unwrap_or(self.created_at);
-            self.duration_ms = Some(u64::try_from(change.at.since(began).as_millis()).unwrap_or(u64::MAX));
+            self.duration_ms =
+                Some(u64::try_from(change.at.since(began).as_millis()).unwrap_or(u64::MAX));
             self.error = change.error.clone();
             self.exit_code = change.exit_code;
             self.signal = change.signal.clone();
@@ -267,7 +284,10 @@ impl Run {
             from: Some(change.from),
             to: change.to,
             code: change.error.as_ref().map(|error| error.code),
-            detail: change.detail.clone().or_else(|| change.error.as_ref().map(|e| e.message.clone())),
+            detail: change
+                .detail
+                .clone()
+                .or_else(|| change.error.as_ref().map(|e| e.message.clone())),
         })
     }
 }
@@ -276,7 +296,10 @@ impl Run {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ApplyError {
     #[error("the run is {actual}, not {expected}")]
-    StatusMismatch { expected: RunStatus, actual: RunStatus },
+    StatusMismatch {
+        expected: RunStatus,
+        actual: RunStatus,
+    },
     #[error("a run cannot go from {from} to {to}")]
     NotAnEdge { from: RunStatus, to: RunStatus },
 }
@@ -314,7 +337,16 @@ pub struct Transition {
 impl Transition {
     /// A change with no outcome fields set.
     pub fn new(from: RunStatus, to: RunStatus, at: Timestamp) -> Self {
-        Self { from, to, at, error: None, exit_code: None, signal: None, artifacts: None, detail: None }
+        Self {
+            from,
+            to,
+            at,
+            error: None,
+            exit_code: None,
+            signal: None,
+            artifacts: None,
+            detail: None,
+        }
     }
 
     pub fn with_error(mut self, code: ErrorCode, message: impl Into<String>) -> Self {
@@ -341,7 +373,13 @@ pub struct RunEventRecord {
 impl RunEventRecord {
     /// The event that records a run's creation.
     pub fn created(run: &Run) -> Self {
-        Self { at: run.created_at, from: None, to: RunStatus::Pending, code: None, detail: None }
+        Self {
+            at: run.created_at,
+            from: None,
+            to: RunStatus::Pending,
+            code: None,
+            detail: None,
+        }
     }
 }
 

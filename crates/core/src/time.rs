@@ -18,8 +18,12 @@ impl Timestamp {
     }
 
     pub fn now() -> Self {
-        let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-        Self { unix_ms: i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX) }
+        let since_epoch = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        Self {
+            unix_ms: i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX),
+        }
     }
 
     pub const fn unix_ms(self) -> i64 {
@@ -45,13 +49,19 @@ impl Timestamp {
     pub fn parse_rfc3339(text: &str) -> Result<Self, humantime::TimestampError> {
         let time = humantime::parse_rfc3339_weak(text)?;
         let since_epoch = time.duration_since(UNIX_EPOCH).unwrap_or_default();
-        Ok(Self { unix_ms: i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX) })
+        Ok(Self {
+            unix_ms: i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX),
+        })
     }
 }
 
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", humantime::format_rfc3339_millis(self.to_system_time()))
+        write!(
+            f,
+            "{}",
+            humantime::format_rfc3339_millis(self.to_system_time())
+        )
     }
 }
 

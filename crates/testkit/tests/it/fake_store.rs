@@ -1,0 +1,25 @@
+//! FakeStore passes the RunStore contract, and its failure switch works.
+
+use testfleet_core::ports::{RunFilter, RunStore, StoreError};
+use testfleet_testkit::contract::run_store::{Subject, run_store};
+use testfleet_testkit::fake_store::FakeStore;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fake_store_passes_the_run_store_contract() {
+    run_store(|| Subject::new(FakeStore::new())).await;
+}
+
+#[tokio::test]
+async fn a_broken_fake_store_fails_every_call_until_healed() {
+    let store = FakeStore::default();
+    store.set_broken(Some("disk on fire"));
+    match store.list(&RunFilter::default()).await {
+        Err(StoreError::Backend { message, .. }) => assert_eq!(message, "disk on fire"),
+        other => panic!("expected a backend error, got {other:?}"),
+    }
+    store.set_broken(None);
+    assert_eq!(
+        store.list(&RunFilter::default()).await.ok(),
+        Some(Vec::new())
+    );
+}

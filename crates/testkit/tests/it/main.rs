@@ -1,0 +1,3 @@
+//! Integration tests of testfleet-testkit: the fakes against their port contracts.
+
+mod fake_store;

@@ -293,6 +293,9 @@ fn dirs_holding_files(dirs: Vec<RelPath>, files: &[ManifestFile]) -> Vec<RelPath
         .collect()
 }
 
+/// A file's index in the manifest, its digest and its size as read.
+type DigestedFile = (usize, FileDigest, u64);
+
 /// Fills in each file's digest, several files at a time when there are several.
 fn digest_files(root: &Path, files: &mut [ManifestFile]) -> Result<(), HashError> {
     let n_workers = std::thread::available_parallelism()
@@ -316,34 +319,33 @@ fn digest_files(root: &Path, files: &mut [ManifestFile]) -> Result<(), HashError
     }
 
     let next_file_idx = AtomicUsize::new(0);
-    let results: Vec<Result<Vec<(usize, FileDigest, u64)>, HashError>> =
-        std::thread::scope(|scope| {
-            let files: &[ManifestFile] = files;
-            let handles: Vec<_> = (0..n_workers)
-                .map(|_| {
-                    scope.spawn(|| {
-                        let mut buffer = vec![0u8; READ_BUFFER_BYTES];
-                        let mut done = Vec::new();
-                        loop {
-                            let file_idx = next_file_idx.fetch_add(1, Ordering::Relaxed);
-                            let Some(file) = files.get(file_idx) else {
-                                return Ok(done);
-                            };
-                            let (digest, size) = digest_one(file, &mut buffer)?;
-                            done.push((file_idx, digest, size));
-                        }
-                    })
+    let results: Vec<Result<Vec<DigestedFile>, HashError>> = std::thread::scope(|scope| {
+        let files: &[ManifestFile] = files;
+        let handles: Vec<_> = (0..n_workers)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut buffer = vec![0u8; READ_BUFFER_BYTES];
+                    let mut done = Vec::new();
+                    loop {
+                        let file_idx = next_file_idx.fetch_add(1, Ordering::Relaxed);
+                        let Some(file) = files.get(file_idx) else {
+                            return Ok(done);
+                        };
+                        let (digest, size) = digest_one(file, &mut buffer)?;
+                        done.push((file_idx, digest, size));
+                    }
                 })
-                .collect();
-            handles
-                .into_iter()
-                .map(|handle| {
-                    handle
-                        .join()
-                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-                })
-                .collect()
-        });
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|handle| {
+                handle
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    });
     for result in results {
         for (file_idx, digest, size) in result? {
             files[file_idx].digest = digest;

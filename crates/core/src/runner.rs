@@ -494,7 +494,7 @@ impl Runner {
                 () = signals.cancel.cancelled() => Ok(StopReason::Cancelled),
                 () = sleep_or_forever(timeout) => Ok(StopReason::TimedOut),
             };
-            let finished = match stop {
+            match stop {
                 Err(finished) => finished.map(Some),
                 Ok(reason) => {
                     let kill = KillRequest {
@@ -524,8 +524,7 @@ impl Runner {
                     outcome.stopped = Some(reason);
                     finished
                 }
-            };
-            finished
+            }
         };
         let log_error = logs.take_error();
 
@@ -856,10 +855,10 @@ impl ExecOutput for LogSink<'_> {
             OutputStream::Stdout => &mut self.stdout,
             OutputStream::Stderr => &mut self.stderr,
         };
-        if self.error.is_none() {
-            if let Err(error) = file.write_all(data) {
-                self.error = Some(error);
-            }
+        if self.error.is_none()
+            && let Err(error) = file.write_all(data)
+        {
+            self.error = Some(error);
         }
         self.observer.output(self.run, stream, data);
     }

@@ -1,1 +1,350 @@
 //! A scriptable fake of the SSH ports that records every call.
+//!
+//! Each step (connect, upload, exec, kill, download, remove) can be made to fail or to take a
+//! while; the exec plays canned output and ends with a scripted exit, or with `TERM` when it
+//! is killed first. The call log lets tests assert what the runner asked for, in order.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use testfleet_core::hash::{DirManifest, digest_reader};
+use testfleet_core::ports::{
+    DownloadReport, ExecOutput, KillRequest, OutputStream, ProgressSink, RefusedEntry, RemoteExit,
+    SshConnector, SshError, SshSession, SshTarget, TransferProgress, TransferStats,
+};
+use tokio::sync::Notify;
+
+/// One call made to the fake, in the order it was made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SshCall {
+    Connect {
+        host: String,
+        port: u16,
+        user: String,
+    },
+    CreateDirAll(String),
+    Realpath(String),
+    Upload {
+        remote_dir: String,
+        files: Vec<String>,
+    },
+    Exec(String),
+    Kill(KillRequest),
+    Download {
+        remote_dir: String,
+        local_dir: PathBuf,
+    },
+    Remove(String),
+    Close,
+}
+
+impl SshCall {
+    /// The call's name, for compact assertions (`["connect", "upload", …]`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Connect { .. } => "connect",
+            Self::CreateDirAll(_) => "create_dir_all",
+            Self::Realpath(_) => "realpath",
+            Self::Upload { .. } => "upload",
+            Self::Exec(_) => "exec",
+            Self::Kill(_) => "kill",
+            Self::Download { .. } => "download",
+            Self::Remove(_) => "remove",
+            Self::Close => "close",
+        }
+    }
+}
+
+/// What the fake exec does.
+#[derive(Debug, Clone)]
+pub struct FakeExec {
+    /// Output chunks written to the sink, in order, before the command "runs".
+    pub output: Vec<(OutputStream, Vec<u8>)>,
+    /// How long the command runs after its output, unless killed.
+    pub duration: Duration,
+    /// How it ends when not killed.
+    pub exit: RemoteExit,
+    /// How it ends when killed.
+    pub exit_when_killed: RemoteExit,
+    /// Fail instead of running (after the output, if any).
+    pub error: Option<SshError>,
+    /// Ignore kills (a command that never ends).
+    pub ignore_kill: bool,
+}
+
+impl Default for FakeExec {
+    fn default() -> Self {
+        Self {
+            output: Vec::new(),
+            duration: Duration::ZERO,
+            exit: RemoteExit::Code(0),
+            exit_when_killed: RemoteExit::Signal("TERM".to_owned()),
+            error: None,
+            ignore_kill: false,
+        }
+    }
+}
+
+/// What the fake artifact download does.
+#[derive(Debug, Clone, Default)]
+pub struct FakeDownload {
+    /// Files written under the local folder: relative path (`/`-separated) and contents.
+    pub files: Vec<(String, Vec<u8>)>,
+    pub refused: Vec<RefusedEntry>,
+    pub error: Option<SshError>,
+}
+
+/// The whole script of a fake machine.
+#[derive(Debug, Clone)]
+pub struct FakeScript {
+    pub connect_error: Option<SshError>,
+    pub connect_delay: Duration,
+    /// The login directory; `realpath` of a relative path resolves against it.
+    pub home: String,
+    pub create_dir_error: Option<SshError>,
+    pub upload_error: Option<SshError>,
+    pub upload_delay: Duration,
+    pub exec: FakeExec,
+    pub kill_error: Option<SshError>,
+    pub download: FakeDownload,
+    pub remove_error: Option<SshError>,
+}
+
+impl Default for FakeScript {
+    fn default() -> Self {
+        Self {
+            connect_error: None,
+            connect_delay: Duration::ZERO,
+            home: "/home/ci".to_owned(),
+            create_dir_error: None,
+            upload_error: None,
+            upload_delay: Duration::ZERO,
+            exec: FakeExec::default(),
+            kill_error: None,
+            download: FakeDownload::default(),
+            remove_error: None,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    script: Mutex<FakeScript>,
+    calls: Mutex<Vec<SshCall>>,
+    killed: Notify,
+}
+
+/// A fake [`SshConnector`]; every session it opens shares its script and call log.
+#[derive(Debug, Clone, Default)]
+pub struct FakeSsh {
+    shared: Arc<Shared>,
+}
+
+impl FakeSsh {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn with_script(script: FakeScript) -> Self {
+        let fake = Self::default();
+        *lock(&fake.shared.script) = script;
+        fake
+    }
+
+    /// Changes the script in place.
+    pub fn edit_script(&self, edit: impl FnOnce(&mut FakeScript)) {
+        edit(&mut lock(&self.shared.script));
+    }
+
+    /// Every call so far.
+    pub fn calls(&self) -> Vec<SshCall> {
+        lock(&self.shared.calls).clone()
+    }
+
+    /// The names of every call so far.
+    pub fn call_names(&self) -> Vec<&'static str> {
+        lock(&self.shared.calls).iter().map(SshCall::name).collect()
+    }
+
+    fn record(&self, call: SshCall) {
+        lock(&self.shared.calls).push(call);
+    }
+
+    fn script(&self) -> FakeScript {
+        lock(&self.shared.script).clone()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poison| poison.into_inner())
+}
+
+fn fail_or_ok(error: Option<SshError>) -> Result<(), SshError> {
+    match error {
+        Some(error) => Err(error),
+        None => Ok(()),
+    }
+}
+
+#[async_trait]
+impl SshConnector for FakeSsh {
+    async fn connect(&self, target: &SshTarget) -> Result<Box<dyn SshSession>, SshError> {
+        self.record(SshCall::Connect {
+            host: target.host.clone(),
+            port: target.port,
+            user: target.user.clone(),
+        });
+        let script = self.script();
+        tokio::time::sleep(script.connect_delay).await;
+        fail_or_ok(script.connect_error)?;
+        Ok(Box::new(FakeSession { fake: self.clone() }))
+    }
+}
+
+struct FakeSession {
+    fake: FakeSsh,
+}
+
+#[async_trait]
+impl SshSession for FakeSession {
+    async fn create_dir_all(&self, path: &str) -> Result<(), SshError> {
+        self.fake.record(SshCall::CreateDirAll(path.to_owned()));
+        fail_or_ok(self.fake.script().create_dir_error)
+    }
+
+    async fn realpath(&self, path: &str) -> Result<String, SshError> {
+        self.fake.record(SshCall::Realpath(path.to_owned()));
+        if path.starts_with('/') {
+            Ok(path.to_owned())
+        } else {
+            Ok(format!(
+                "{}/{}",
+                self.fake.script().home.trim_end_matches('/'),
+                path
+            ))
+        }
+    }
+
+    async fn upload(
+        &self,
+        manifest: &DirManifest,
+        remote_dir: &str,
+        progress: &dyn ProgressSink,
+    ) -> Result<TransferStats, SshError> {
+        let files = manifest
+            .files
+            .iter()
+            .map(|file| file.rel_path.to_string_lossy())
+            .collect();
+        self.fake.record(SshCall::Upload {
+            remote_dir: remote_dir.to_owned(),
+            files,
+        });
+        let script = self.fake.script();
+        tokio::time::sleep(script.upload_delay).await;
+        fail_or_ok(script.upload_error)?;
+        // Like the real adapter, read every file again and check it against the manifest.
+        let mut done = TransferProgress {
+            files_total: manifest.files.len() as u64,
+            bytes_total: manifest.total_bytes(),
+            ..TransferProgress::default()
+        };
+        let mut buffer = vec![0u8; 64 * 1024];
+        for file in &manifest.files {
+            let path = file.rel_path.to_local(&manifest.root);
+            let changed = || SshError::TestDirChanged {
+                path: path.display().to_string(),
+            };
+            let (digest, size) = std::fs::File::open(&path)
+                .and_then(|handle| digest_reader(handle, &mut buffer))
+                .map_err(|_| changed())?;
+            if digest != file.digest || size != file.size {
+                return Err(changed());
+            }
+            done.files_done += 1;
+            done.bytes_done += size;
+            progress.progress(done);
+        }
+        Ok(TransferStats {
+            files: done.files_done,
+            bytes: done.bytes_done,
+        })
+    }
+
+    async fn exec(
+        &self,
+        command: &str,
+        output: &mut dyn ExecOutput,
+    ) -> Result<RemoteExit, SshError> {
+        self.fake.record(SshCall::Exec(command.to_owned()));
+        let exec = self.fake.script().exec;
+        for (stream, data) in &exec.output {
+            output.write(*stream, data).await;
+        }
+        fail_or_ok(exec.error)?;
+        let killed = self.fake.shared.killed.notified();
+        tokio::pin!(killed);
+        if exec.ignore_kill {
+            tokio::time::sleep(exec.duration).await;
+            return Ok(exec.exit);
+        }
+        tokio::select! {
+            () = tokio::time::sleep(exec.duration) => Ok(exec.exit),
+            () = &mut killed => Ok(exec.exit_when_killed),
+        }
+    }
+
+    async fn kill(&self, request: &KillRequest) -> Result<(), SshError> {
+        self.fake.record(SshCall::Kill(request.clone()));
+        fail_or_ok(self.fake.script().kill_error)?;
+        self.fake.shared.killed.notify_waiters();
+        Ok(())
+    }
+
+    async fn download_dir(
+        &self,
+        remote_dir: &str,
+        local_dir: &Path,
+    ) -> Result<DownloadReport, SshError> {
+        self.fake.record(SshCall::Download {
+            remote_dir: remote_dir.to_owned(),
+            local_dir: local_dir.to_path_buf(),
+        });
+        let download = self.fake.script().download;
+        fail_or_ok(download.error)?;
+        let write_error = |path: &Path, error: std::io::Error| SshError::DownloadFailed {
+            path: path.display().to_string(),
+            reason: error.to_string(),
+            source: None,
+        };
+        std::fs::create_dir_all(local_dir).map_err(|e| write_error(local_dir, e))?;
+        let mut report = DownloadReport {
+            refused: download.refused,
+            ..DownloadReport::default()
+        };
+        for (rel_path, contents) in download.files {
+            let path = rel_path
+                .split('/')
+                .fold(local_dir.to_path_buf(), |dir, part| dir.join(part));
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| write_error(parent, e))?;
+            }
+            std::fs::write(&path, &contents).map_err(|e| write_error(&path, e))?;
+            report.files += 1;
+            report.bytes += contents.len() as u64;
+        }
+        Ok(report)
+    }
+
+    async fn remove(&self, path: &str) -> Result<(), SshError> {
+        self.fake.record(SshCall::Remove(path.to_owned()));
+        fail_or_ok(self.fake.script().remove_error)
+    }
+
+    async fn close(&self) -> Result<(), SshError> {
+        self.fake.record(SshCall::Close);
+        Ok(())
+    }
+}

@@ -1,0 +1,254 @@
+//! The directory hash: the shared vectors, and properties over generated trees.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use base64::Engine as _;
+use proptest::prelude::*;
+use serde_json::Value;
+use testfleet_core::hash::hash_dir;
+
+const VECTORS: &str = include_str!("../data/hash-vectors.json");
+
+/// Creates the entries of one vector case under `root`.
+fn create_entries(root: &Path, entries: &[Value]) {
+    for entry in entries {
+        let rel = entry["path"].as_str().expect("every entry has a path");
+        let path = root.join(rel);
+        let kind = entry.get("kind").and_then(Value::as_str).unwrap_or("file");
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).expect("temp dir is writable");
+        }
+        match kind {
+            "dir" => std::fs::create_dir_all(&path).expect("temp dir is writable"),
+            "symlink" => {
+                let target = entry["target"].as_str().expect("a symlink has a target");
+                std::os::unix::fs::symlink(target, &path).expect("symlinks can be made");
+            }
+            "file" => {
+                let contents: Vec<u8> =
+                    if let Some(text) = entry.get("text").and_then(Value::as_str) {
+                        text.as_bytes().to_vec()
+                    } else if let Some(b64) = entry.get("b64").and_then(Value::as_str) {
+                        base64::engine::general_purpose::STANDARD
+                            .decode(b64)
+                            .expect("valid base64")
+                    } else if let Some(unit) = entry.get("repeat").and_then(Value::as_str) {
+                        let times = entry["times"].as_u64().expect("repeat has times");
+                        unit.repeat(usize::try_from(times).expect("fits"))
+                            .into_bytes()
+                    } else {
+                        Vec::new()
+                    };
+                std::fs::write(&path, contents).expect("temp dir is writable");
+                let mode = entry.get("mode").and_then(Value::as_str).unwrap_or("644");
+                set_mode(&path, u32::from_str_radix(mode, 8).expect("octal mode"));
+            }
+            other => panic!("unknown entry kind {other}"),
+        }
+    }
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod works");
+}
+
+#[test]
+fn every_shared_vector_passes() {
+    let vectors: Value = serde_json::from_str(VECTORS).expect("the vectors are JSON");
+    let cases = vectors["cases"].as_array().expect("cases is a list");
+    assert!(cases.len() >= 15, "the vector file lost cases");
+    let mut failures = Vec::new();
+    for case in cases {
+        let name = case["name"].as_str().expect("a case has a name");
+        let dir = tempfile::tempdir().expect("temp dir");
+        create_entries(
+            dir.path(),
+            case["entries"].as_array().expect("entries is a list"),
+        );
+        let manifest = hash_dir(dir.path()).expect("the vector tree hashes");
+        if manifest.hash.as_str() != case["expected"].as_str().expect("expected digest") {
+            failures.push(format!("{name}: got {}", manifest.hash));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "vectors failed:\n{}",
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn symlinks_and_empty_dirs_are_reported_not_hashed_or_uploaded() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    create_entries(
+        dir.path(),
+        &serde_json::from_str::<Vec<Value>>(
+            r#"[{"path": "run.sh", "text": "echo\n"},
+                {"path": "link", "kind": "symlink", "target": "run.sh"},
+                {"path": "sub/deeper/file", "text": "x"},
+                {"path": "sub/empty", "kind": "dir"},
+                {"path": "lonely", "kind": "dir"},
+                {"path": "sub/dirlink", "kind": "symlink", "target": "/etc"}]"#,
+        )
+        .expect("valid JSON"),
+    );
+    let manifest = hash_dir(dir.path()).expect("hashes");
+    let names = |paths: &[testfleet_core::RelPath]| {
+        paths.iter().map(ToString::to_string).collect::<Vec<_>>()
+    };
+    assert_eq!(names(&manifest.skipped_symlinks), ["link", "sub/dirlink"]);
+    assert_eq!(names(&manifest.dirs), ["sub", "sub/deeper"]);
+    let files: Vec<_> = manifest
+        .files
+        .iter()
+        .map(|f| f.rel_path.to_string())
+        .collect();
+    assert_eq!(files, ["run.sh", "sub/deeper/file"]);
+    assert_eq!(manifest.total_bytes(), 6);
+}
+
+#[test]
+fn a_symlinked_root_is_followed() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let real = dir.path().join("real");
+    std::fs::create_dir(&real).expect("mkdir");
+    std::fs::write(real.join("run.sh"), "#!/bin/sh\necho hello\n").expect("write");
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&real, &link).expect("symlink");
+    let manifest = hash_dir(&link).expect("a symlinked root is followed");
+    assert_eq!(
+        manifest.hash.as_str(),
+        "b340587a93c0883e20fe684c1455dd07ec41ba55934623b806a6677e8c7f5a5d"
+    );
+    assert_eq!(
+        manifest.root,
+        std::fs::canonicalize(&real).expect("canonical")
+    );
+}
+
+#[test]
+fn missing_and_non_directory_roots_are_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("file");
+    std::fs::write(&file, "x").expect("write");
+    for path in [dir.path().join("absent"), file] {
+        let error = hash_dir(&path).expect_err("not a directory");
+        assert_eq!(error.code(), testfleet_core::ErrorCode::TestDirNotFound);
+        assert!(
+            error.to_string().contains(&path.display().to_string()),
+            "{error}"
+        );
+    }
+}
+
+#[test]
+fn non_utf8_names_hash_as_raw_bytes() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let name = std::ffi::OsStr::from_bytes(b"caf\xe9");
+    std::fs::write(dir.path().join(name), "x").expect("ext4 takes any bytes");
+    let manifest = hash_dir(dir.path()).expect("hashes");
+    assert_eq!(manifest.files[0].rel_path.as_bytes(), b"caf\xe9");
+    assert_eq!(manifest.files[0].rel_path.to_str(), None);
+}
+
+/// A generated tree: relative file path → contents. Names avoid `/` and stay short.
+fn tree_strategy() -> impl Strategy<Value = BTreeMap<String, Vec<u8>>> {
+    let name = "[a-zA-Z0-9 ._'\"$-]{1,8}".prop_filter("not . or ..", |n| n != "." && n != "..");
+    let path = prop::collection::vec(name, 1..4).prop_map(|parts| parts.join("/"));
+    prop::collection::btree_map(path, prop::collection::vec(any::<u8>(), 0..64), 1..12).prop_filter(
+        "no file is also a directory",
+        |tree| {
+            tree.keys()
+                .all(|a| !tree.keys().any(|b| b.starts_with(&format!("{a}/"))))
+        },
+    )
+}
+
+fn write_tree(root: &Path, tree: &BTreeMap<String, Vec<u8>>, order: &[usize]) {
+    let entries: Vec<_> = tree.iter().collect();
+    for &idx in order {
+        let (rel, contents) = entries[idx];
+        let path = root.join(rel);
+        std::fs::create_dir_all(path.parent().expect("has a parent")).expect("mkdir");
+        std::fs::write(path, contents).expect("write");
+    }
+}
+
+fn hash_of(tree: &BTreeMap<String, Vec<u8>>) -> String {
+    let dir = tempfile::tempdir().expect("temp dir");
+    write_tree(dir.path(), tree, &(0..tree.len()).collect::<Vec<_>>());
+    hash_dir(dir.path()).expect("hashes").hash.to_string()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn creation_order_does_not_change_the_hash(
+        tree in tree_strategy(),
+        seed in any::<u64>(),
+    ) {
+        let mut order: Vec<usize> = (0..tree.len()).collect();
+        // A deterministic shuffle from the seed.
+        let mut state = seed | 1;
+        for idx in (1..order.len()).rev() {
+            state ^= state << 13; state ^= state >> 7; state ^= state << 17;
+            order.swap(idx, usize::try_from(state % (idx as u64 + 1)).expect("fits"));
+        }
+        let dir = tempfile::tempdir().expect("temp dir");
+        write_tree(dir.path(), &tree, &order);
+        prop_assert_eq!(hash_dir(dir.path()).expect("hashes").hash.to_string(), hash_of(&tree));
+    }
+
+    #[test]
+    fn one_changed_byte_changes_the_hash(
+        tree in tree_strategy(),
+        pick in any::<prop::sample::Index>(),
+        byte in any::<prop::sample::Index>(),
+        delta in 1u8..=255,
+    ) {
+        let original = hash_of(&tree);
+        let mut changed = tree.clone();
+        let key = changed.keys().nth(pick.index(changed.len())).expect("non-empty").clone();
+        let contents = changed.get_mut(&key).expect("present");
+        if contents.is_empty() {
+            contents.push(delta);
+        } else {
+            let idx = byte.index(contents.len());
+            contents[idx] = contents[idx].wrapping_add(delta);
+        }
+        prop_assert_ne!(hash_of(&changed), original);
+    }
+
+    #[test]
+    fn a_renamed_or_added_file_changes_the_hash(
+        tree in tree_strategy(),
+        pick in any::<prop::sample::Index>(),
+    ) {
+        let original = hash_of(&tree);
+        let key = tree.keys().nth(pick.index(tree.len())).expect("non-empty").clone();
+        let mut renamed = tree.clone();
+        let contents = renamed.remove(&key).expect("present");
+        renamed.insert(format!("{key}~"), contents);
+        prop_assert_ne!(hash_of(&renamed), original.clone());
+
+        let mut added = tree.clone();
+        added.insert("zz-added".to_owned(), Vec::new());
+        if added.len() > tree.len() {
+            prop_assert_ne!(hash_of(&added), original);
+        }
+    }
+
+    #[test]
+    fn mode_bits_do_not_change_the_hash(tree in tree_strategy(), modes in prop::collection::vec(0o400u32..0o777, 12)) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        write_tree(dir.path(), &tree, &(0..tree.len()).collect::<Vec<_>>());
+        for (rel, mode) in tree.keys().zip(&modes) {
+            set_mode(&dir.path().join(rel), *mode | 0o400);
+        }
+        prop_assert_eq!(hash_dir(dir.path()).expect("hashes").hash.to_string(), hash_of(&tree));
+    }
+}

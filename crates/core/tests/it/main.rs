@@ -1,0 +1,6 @@
+//! Integration tests of testfleet-core: one binary so they link once.
+
+mod hash;
+mod lifecycle;
+mod remote;
+mod runner;

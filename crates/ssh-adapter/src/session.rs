@@ -1,0 +1,295 @@
+//! One logged-in connection: commands over exec channels, files over one SFTP session.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use russh::{ChannelMsg, Disconnect, Sig, client};
+use russh_sftp::client::SftpSession;
+use testfleet_core::hash::DirManifest;
+use testfleet_core::ports::{
+    DownloadReport, ExecOutput, KillRequest, OutputStream, ProgressSink, RemoteExit, SshError,
+    SshSession, TransferStats,
+};
+
+use crate::TransferTuning;
+use crate::dial::{ClientHandler, SharedState, lock};
+
+/// A logged-in russh connection.
+pub(crate) struct RusshSession {
+    pub(crate) handle: client::Handle<ClientHandler>,
+    state: SharedState,
+    pub(crate) host: String,
+    pub(crate) tuning: TransferTuning,
+    sftp: tokio::sync::OnceCell<Arc<SftpSession>>,
+}
+
+impl std::fmt::Debug for RusshSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RusshSession")
+            .field("host", &self.host)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RusshSession {
+    pub(crate) fn new(
+        handle: client::Handle<ClientHandler>,
+        state: SharedState,
+        host: String,
+        tuning: TransferTuning,
+    ) -> Self {
+        Self {
+            handle,
+            state,
+            host,
+            tuning,
+            sftp: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// Why the connection is gone, for messages.
+    pub(crate) fn lost_reason(&self) -> String {
+        lock(&self.state)
+            .disconnect_reason
+            .clone()
+            .unwrap_or_else(|| "the connection closed".to_owned())
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.handle.is_closed()
+    }
+
+    pub(crate) fn connection_lost(&self, source: Option<russh::Error>) -> SshError {
+        SshError::ConnectionLost {
+            reason: self.lost_reason(),
+            source: source.map(|error| Arc::new(error) as _),
+        }
+    }
+
+    /// The SFTP session, opened on first use and shared by every transfer.
+    pub(crate) async fn sftp(&self) -> Result<Arc<SftpSession>, SshError> {
+        self.sftp
+            .get_or_try_init(|| async {
+                let channel = self
+                    .handle
+                    .channel_open_session()
+                    .await
+                    .map_err(|error| self.open_failed(error))?;
+                channel
+                    .request_subsystem(true, "sftp")
+                    .await
+                    .map_err(|error| self.open_failed(error))?;
+                let config = russh_sftp::client::Config {
+                    max_concurrent_writes: self.tuning.writes_in_flight,
+                    max_concurrent_reads: self.tuning.reads_in_flight,
+                    max_write_packet_len: self.tuning.write_len,
+                    request_timeout_secs: self.tuning.request_timeout_secs,
+                    ..russh_sftp::client::Config::default()
+                };
+                let session = SftpSession::new_with_config(channel.into_stream(), config)
+                    .await
+                    .map_err(|error| {
+                        if self.is_closed() {
+                            self.connection_lost(None)
+                        } else {
+                            SshError::Other {
+                                reason: "failed to start the sftp subsystem".into(),
+                                source: Some(Arc::new(error)),
+                            }
+                        }
+                    })?;
+                Ok(Arc::new(session))
+            })
+            .await
+            .cloned()
+    }
+
+    fn open_failed(&self, error: russh::Error) -> SshError {
+        if self.is_closed() {
+            self.connection_lost(Some(error))
+        } else {
+            SshError::Other {
+                reason: "failed to open an sftp channel".into(),
+                source: Some(Arc::new(error)),
+            }
+        }
+    }
+
+    /// Runs `command` on a fresh channel, feeding its output to `output`.
+    async fn run(
+        &self,
+        command: &str,
+        output: &mut dyn ExecOutput,
+    ) -> Result<RemoteExit, SshError> {
+        let exec_failed = |error: russh::Error| {
+            if self.is_closed() {
+                self.connection_lost(Some(error))
+            } else {
+                SshError::ExecFailed {
+                    reason: error.to_string(),
+                    source: Some(Arc::new(error)),
+                }
+            }
+        };
+        let mut channel = self
+            .handle
+            .channel_open_session()
+            .await
+            .map_err(exec_failed)?;
+        channel.exec(true, command).await.map_err(exec_failed)?;
+
+        let mut exit: Option<RemoteExit> = None;
+        let mut closed = false;
+        let mut started = false;
+        // Drain until the channel ends: some servers send the exit status before EOF, others
+        // after, some never; an undrained channel would freeze the whole connection.
+        while let Some(message) = channel.wait().await {
+            match message {
+                ChannelMsg::Data { data } => output.write(OutputStream::Stdout, &data).await,
+                ChannelMsg::ExtendedData { data, ext: 1 } => {
+                    output.write(OutputStream::Stderr, &data).await
+                }
+                ChannelMsg::ExitStatus { exit_status } => {
+                    exit.get_or_insert(RemoteExit::Code(
+                        i32::try_from(exit_status).unwrap_or(i32::MAX),
+                    ));
+                }
+                ChannelMsg::ExitSignal { signal_name, .. } => {
+                    exit.get_or_insert(RemoteExit::Signal(signal_text(&signal_name)));
+                }
+                ChannelMsg::Success => started = true,
+                ChannelMsg::Failure if !started => {
+                    return Err(SshError::ExecFailed {
+                        reason: "the server refused to run the command".into(),
+                        source: None,
+                    });
+                }
+                ChannelMsg::Close => {
+                    closed = true;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        if !closed && exit.is_none() {
+            return Err(self.connection_lost(None));
+        }
+        Ok(exit.unwrap_or(RemoteExit::NoStatus))
+    }
+}
+
+fn signal_text(signal: &Sig) -> String {
+    match signal {
+        Sig::ABRT => "ABRT".into(),
+        Sig::ALRM => "ALRM".into(),
+        Sig::FPE => "FPE".into(),
+        Sig::HUP => "HUP".into(),
+        Sig::ILL => "ILL".into(),
+        Sig::INT => "INT".into(),
+        Sig::KILL => "KILL".into(),
+        Sig::PIPE => "PIPE".into(),
+        Sig::QUIT => "QUIT".into(),
+        Sig::SEGV => "SEGV".into(),
+        Sig::TERM => "TERM".into(),
+        Sig::USR1 => "USR1".into(),
+        Sig::Custom(name) => name.trim_start_matches("SIG").to_owned(),
+    }
+}
+
+/// Keeps the last bytes of a kill command's output for its error message.
+#[derive(Default)]
+struct Collect(Vec<u8>);
+
+#[async_trait]
+impl ExecOutput for Collect {
+    async fn write(&mut self, _stream: OutputStream, data: &[u8]) {
+        const KEEP: usize = 4096;
+        self.0.extend_from_slice(data);
+        if self.0.len() > KEEP {
+            self.0.drain(..self.0.len() - KEEP);
+        }
+    }
+}
+
+#[async_trait]
+impl SshSession for RusshSession {
+    async fn create_dir_all(&self, path: &str) -> Result<(), SshError> {
+        crate::sftp::create_dir_all(self, path).await
+    }
+
+    async fn realpath(&self, path: &str) -> Result<String, SshError> {
+        crate::sftp::realpath(self, path).await
+    }
+
+    async fn upload(
+        &self,
+        manifest: &DirManifest,
+        remote_dir: &str,
+        progress: &dyn ProgressSink,
+    ) -> Result<TransferStats, SshError> {
+        crate::sftp::upload(self, manifest, remote_dir, progress).await
+    }
+
+    async fn exec(
+        &self,
+        command: &str,
+        output: &mut dyn ExecOutput,
+    ) -> Result<RemoteExit, SshError> {
+        self.run(command, output).await
+    }
+
+    async fn kill(&self, request: &KillRequest) -> Result<(), SshError> {
+        let command = request.shell.kill_command(&request.pid_file, request.grace);
+        let mut output = Collect::default();
+        match self.run(&command, &mut output).await? {
+            RemoteExit::Code(0) => Ok(()),
+            other => Err(SshError::ExecFailed {
+                reason: format!(
+                    "the kill command ended with {other:?}{}: {}",
+                    if other == RemoteExit::Code(3) {
+                        " (no pid file appeared)"
+                    } else {
+                        ""
+                    },
+                    String::from_utf8_lossy(&output.0).trim()
+                ),
+                source: None,
+            }),
+        }
+    }
+
+    async fn download_dir(
+        &self,
+        remote_dir: &str,
+        local_dir: &Path,
+    ) -> Result<DownloadReport, SshError> {
+        crate::sftp::download_dir(self, remote_dir, local_dir).await
+    }
+
+    async fn remove(&self, path: &str) -> Result<(), SshError> {
+        crate::sftp::remove(self, path).await
+    }
+
+    async fn close(&self) -> Result<(), SshError> {
+        if self.is_closed() {
+            return Err(self.connection_lost(None));
+        }
+        if let Some(sftp) = self.sftp.get() {
+            // Closing the subsystem first lets the server end its side cleanly; a failure here
+            // changes nothing about the disconnect below.
+            let _ = tokio::time::timeout(Duration::from_secs(2), sftp.close()).await;
+        }
+        self.handle
+            .disconnect(Disconnect::ByApplication, "", "en")
+            .await
+            .map_err(|error| self.connection_lost(Some(error)))?;
+        // The session task ends with Err(Disconnect) once the message is out: that is success.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !self.is_closed() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(())
+    }
+}

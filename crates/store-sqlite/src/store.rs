@@ -1,0 +1,341 @@
+//! [`SqliteStore`]: the [`RunStore`] port on one SQLite file.
+//!
+//! Every operation runs on tokio's blocking pool with a pooled connection. Writes are one
+//! `IMMEDIATE` transaction each, so a claim or a compare-and-set reads and writes under the
+//! database's write lock; the partial unique index on active runs backs the machine lock.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use r2d2::Pool;
+use r2d2_sqlite::SqliteConnectionManager;
+use rusqlite::types::Value;
+use rusqlite::{
+    Connection, OptionalExtension, Transaction, TransactionBehavior, params, params_from_iter,
+};
+use testfleet_core::RunId;
+use testfleet_core::ports::{Claim, RunFilter, RunStore, StoreError};
+use testfleet_core::run::{
+    ApplyError, NewRun, Run, RunEventRecord, RunOwner, RunStatus, Transition,
+};
+
+use crate::codec::{
+    EVENT_COLUMNS, RUN_COLUMNS, event_from_row, insert_event, insert_run, run_from_row, update_run,
+};
+use crate::error::Error;
+use crate::retry::{is_busy, retry_busy};
+use crate::schema::{configure, open_and_migrate, open_flags};
+
+/// Connections kept by the pool: enough for concurrent readers beside the one writer.
+const POOL_SIZE: u32 = 8;
+/// How long an operation waits for a free pooled connection.
+const POOL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A [`RunStore`] on one SQLite database file; cheap to clone.
+#[derive(Clone)]
+pub struct SqliteStore {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    path: PathBuf,
+    pool: Pool<SqliteConnectionManager>,
+}
+
+impl fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.shared.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens the run database at `path` (usually `<state dir>/testfleet.db`), creating the
+    /// file when it is missing (but not its directory) and bringing its schema up to date.
+    ///
+    /// This blocks on file I/O; call it before entering async code or on a blocking thread.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`], its message naming the path and why, when the directory is
+    /// missing or not writable, the file is not an SQLite database or holds a newer schema (the
+    /// file is then left untouched), or SQLite fails.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        open_and_migrate(path)?;
+        let manager = SqliteConnectionManager::file(path)
+            .with_flags(open_flags())
+            .with_init(|conn| configure(conn));
+        // No connection is opened here: the file was just checked, and r2d2 would hide a
+        // failure behind its connection timeout.
+        let pool = Pool::builder()
+            .max_size(POOL_SIZE)
+            .min_idle(Some(0))
+            .connection_timeout(POOL_TIMEOUT)
+            .build(manager)
+            .map_err(|source| Error::Pool {
+                path: path.to_owned(),
+                source,
+            })?;
+        Ok(Self {
+            shared: Arc::new(Shared {
+                path: path.to_owned(),
+                pool,
+            }),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.shared.path
+    }
+
+    /// Runs `work` with a pooled connection on the blocking pool, retrying it as a whole
+    /// while SQLite reports a lock.
+    async fn blocking<T, F>(&self, action: &'static str, mut work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnMut(&mut Connection) -> Result<T, OpError> + Send + 'static,
+    {
+        let shared = Arc::clone(&self.shared);
+        let task = tokio::task::spawn_blocking(move || {
+            let mut conn = shared.pool.get().map_err(|source| Error::Pool {
+                path: shared.path.clone(),
+                source,
+            })?;
+            retry_busy(
+                || work(&mut conn),
+                |error| matches!(error, OpError::Sql(source) if is_busy(source)),
+            )
+            .map_err(|error| match error {
+                OpError::Sql(source) => Error::Sqlite {
+                    action,
+                    path: shared.path.clone(),
+                    source,
+                }
+                .into(),
+                OpError::Store(error) => error,
+            })
+        });
+        match task.await {
+            Ok(outcome) => outcome,
+            Err(source) => Err(Error::Task { action, source }.into()),
+        }
+    }
+}
+
+/// Why one attempt of an operation failed: SQLite (perhaps busy, then retried), or a verdict
+/// of the store itself.
+enum OpError {
+    Sql(rusqlite::Error),
+    Store(StoreError),
+}
+
+impl From<rusqlite::Error> for OpError {
+    fn from(error: rusqlite::Error) -> Self {
+        Self::Sql(error)
+    }
+}
+
+impl From<StoreError> for OpError {
+    fn from(error: StoreError) -> Self {
+        Self::Store(error)
+    }
+}
+
+fn begin(conn: &mut Connection) -> rusqlite::Result<Transaction<'_>> {
+    conn.transaction_with_behavior(TransactionBehavior::Immediate)
+}
+
+fn load_run(conn: &Connection, id: &RunId) -> Result<Run, OpError> {
+    conn.prepare_cached(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1"))?
+        .query_row(params![id.as_str()], run_from_row)
+        .optional()?
+        .ok_or_else(|| OpError::Store(StoreError::NotFound(id.clone())))
+}
+
+fn load_active_run(conn: &Connection, machine: &str) -> rusqlite::Result<Option<Run>> {
+    conn.prepare_cached(&format!(
+        "SELECT {RUN_COLUMNS} FROM runs WHERE machine = ?1 AND status IN ('pending', 'running')"
+    ))?
+    .query_row(params![machine], run_from_row)
+    .optional()
+}
+
+fn apply_error(id: &RunId, error: ApplyError) -> StoreError {
+    match error {
+        ApplyError::StatusMismatch { expected, actual } => StoreError::Conflict {
+            id: id.clone(),
+            expected,
+            actual,
+        },
+        ApplyError::NotAnEdge { from, to } => StoreError::InvalidTransition {
+            id: id.clone(),
+            from,
+            to,
+        },
+    }
+}
+
+#[async_trait]
+impl RunStore for SqliteStore {
+    async fn claim(&self, new: NewRun) -> Result<Claim, StoreError> {
+        let run = Run::pending(new);
+        self.blocking("claim a machine", move |conn| {
+            let tx = begin(conn)?;
+            match insert_run(&tx, &run) {
+                Ok(()) => {
+                    insert_event(&tx, &run.id, &RunEventRecord::created(&run))?;
+                    tx.commit()?;
+                    Ok(Claim::Created(run.clone()))
+                }
+                Err(error)
+                    if error.sqlite_error_code()
+                        == Some(rusqlite::ErrorCode::ConstraintViolation) =>
+                {
+                    // The machine lock (or a duplicate id, which is a real error).
+                    match load_active_run(&tx, run.machine.as_str())? {
+                        Some(active) => Ok(Claim::Active(active)),
+                        None => Err(error.into()),
+                    }
+                }
+                Err(error) => Err(error.into()),
+            }
+        })
+        .await
+    }
+
+    async fn get(&self, id: &RunId) -> Result<Run, StoreError> {
+        let id = id.clone();
+        self.blocking("read a run", move |conn| load_run(conn, &id))
+            .await
+    }
+
+    async fn transition(&self, id: &RunId, change: Transition) -> Result<Run, StoreError> {
+        let id = id.clone();
+        self.blocking("record a run's transition", move |conn| {
+            let tx = begin(conn)?;
+            let mut run = load_run(&tx, &id)?;
+            let event = run
+                .apply(&change)
+                .map_err(|error| apply_error(&id, error))?;
+            if !update_run(&tx, &run, change.from)? {
+                // Unreachable under the write lock, but never write the event of a lost race.
+                let actual = load_run(&tx, &id)?.status;
+                return Err(StoreError::Conflict {
+                    id: id.clone(),
+                    expected: change.from,
+                    actual,
+                }
+                .into());
+            }
+            insert_event(&tx, &id, &event)?;
+            tx.commit()?;
+            Ok(run)
+        })
+        .await
+    }
+
+    async fn set_remote_dir(&self, id: &RunId, remote_dir: &str) -> Result<(), StoreError> {
+        let id = id.clone();
+        let remote_dir = remote_dir.to_owned();
+        self.blocking("record a run's remote folder", move |conn| {
+            let updated = conn
+                .prepare_cached("UPDATE runs SET remote_dir = ?1 WHERE id = ?2")?
+                .execute(params![remote_dir, id.as_str()])?;
+            if updated == 0 {
+                return Err(StoreError::NotFound(id.clone()).into());
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn set_owner(&self, id: &RunId, owner: RunOwner) -> Result<Run, StoreError> {
+        let id = id.clone();
+        self.blocking("record a run's owner", move |conn| {
+            let tx = begin(conn)?;
+            let mut run = load_run(&tx, &id)?;
+            if run.status.is_terminal() {
+                return Err(StoreError::Conflict {
+                    id: id.clone(),
+                    expected: RunStatus::Pending,
+                    actual: run.status,
+                }
+                .into());
+            }
+            run.worker_pid = Some(owner.pid);
+            run.worker_start_time = owner.start_time;
+            update_run(&tx, &run, run.status)?;
+            tx.commit()?;
+            Ok(run)
+        })
+        .await
+    }
+
+    async fn list(&self, filter: &RunFilter) -> Result<Vec<Run>, StoreError> {
+        let mut conditions = Vec::new();
+        let mut values = Vec::new();
+        if let Some(machine) = &filter.machine {
+            values.push(Value::Text(machine.as_str().to_owned()));
+            conditions.push(format!("machine = ?{}", values.len()));
+        }
+        if let Some(status) = filter.status {
+            values.push(Value::Text(status.as_str().to_owned()));
+            conditions.push(format!("status = ?{}", values.len()));
+        }
+        let where_clause = if conditions.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", conditions.join(" AND "))
+        };
+        // A negative limit is no limit in SQLite.
+        let limit = filter
+            .limit
+            .map_or(-1, |limit| i64::try_from(limit).unwrap_or(i64::MAX));
+        values.push(Value::Integer(limit));
+        let sql = format!(
+            "SELECT {RUN_COLUMNS} FROM runs{where_clause} ORDER BY id DESC LIMIT ?{}",
+            values.len()
+        );
+        self.blocking("list runs", move |conn| {
+            let mut statement = conn.prepare_cached(&sql)?;
+            let runs = statement.query_map(params_from_iter(values.iter()), run_from_row)?;
+            Ok(runs.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn events(&self, id: &RunId) -> Result<Vec<RunEventRecord>, StoreError> {
+        let id = id.clone();
+        self.blocking("read a run's events", move |conn| {
+            // One read transaction, so that the run and its events are seen at one instant.
+            let tx = conn.transaction()?;
+            let events = tx
+                .prepare_cached(&format!(
+                    "SELECT {EVENT_COLUMNS} FROM run_events WHERE run_id = ?1 ORDER BY seq"
+                ))?
+                .query_map(params![id.as_str()], event_from_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            if events.is_empty() {
+                // Every run has its creation event; no events means no such run.
+                load_run(&tx, &id)?;
+            }
+            Ok(events)
+        })
+        .await
+    }
+
+    async fn active_runs(&self) -> Result<Vec<Run>, StoreError> {
+        self.blocking("list active runs", move |conn| {
+            let mut statement = conn.prepare_cached(&format!(
+                "SELECT {RUN_COLUMNS} FROM runs WHERE status IN ('pending', 'running') ORDER BY id"
+            ))?;
+            let runs = statement.query_map([], run_from_row)?;
+            Ok(runs.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+}

@@ -213,7 +213,7 @@ mod tests {
 
     #[test]
     fn verdicts() {
-        let hashed_localhost_13265 = "|1|O33ESRMWPVkMYIwJ1Uw+n877jTo=|nuuC5vEqXlEZ/8BXQR7m619W6Ak=";
+        let hashed_example_com = "|1|O33ESRMWPVkMYIwJ1Uw+n877jTo=|nuuC5vEqXlEZ/8BXQR7m619W6Ak=";
         for (text, host, port, offered, expected) in [
             (
                 format!("[h]:2222 {KEY_A}\n"),
@@ -276,18 +276,25 @@ mod tests {
                 Verdict::Known,
             ),
             (
-                format!("{hashed_localhost_13265} {KEY_A}\n"),
-                "localhost",
-                13265,
+                format!("{hashed_example_com} {KEY_A}\n"),
+                "example.com",
+                22,
                 KEY_A,
                 Verdict::Known,
             ),
             (
-                format!("{hashed_localhost_13265} {KEY_B}\n"),
-                "localhost",
-                13265,
+                format!("{hashed_example_com} {KEY_B}\n"),
+                "example.com",
+                22,
                 KEY_A,
                 Verdict::Mismatch { line: 1 },
+            ),
+            (
+                format!("{hashed_example_com} {KEY_A}\n"),
+                "example.org",
+                22,
+                KEY_A,
+                Verdict::Unknown,
             ),
         ] {
             assert_eq!(

@@ -1,0 +1,101 @@
+//! Killing a run: no process of its tree survives.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use testfleet_core::hash::hash_dir;
+use testfleet_core::ports::{KillRequest, NoProgress, RemoteExit};
+use testfleet_core::remote::RemoteShell;
+use testfleet_testkit::contract::ssh::Captured;
+use testfleet_testkit::server::{ServerConfig, TestServer};
+
+/// Children, grandchildren and a process in its own subshell, every pid recorded.
+const TREE_SCRIPT: &[u8] = b"#!/bin/sh
+echo $$ >> pids
+sleep 300 &
+echo $! >> pids
+sh -c 'sleep 300 & echo $! >> pids; echo $$ >> pids; wait' &
+echo $! >> pids
+( sleep 300; echo never ) &
+echo $! >> pids
+echo ready
+wait
+";
+
+fn alive(pid: u32) -> bool {
+    // A zombie has exited; only its parent's reaping is pending.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+fn read_pids(path: &Path) -> Vec<u32> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| line.trim().parse().ok())
+        .collect()
+}
+
+async fn poll_until(deadline: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < deadline {
+        if done() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    done()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_leaves_no_process_of_the_run() {
+    let server = TestServer::start(ServerConfig::default()).await;
+    let local = tempfile::tempdir().expect("temp dir");
+    crate::write_file(local.path(), "run.sh", TREE_SCRIPT, 0o755);
+    let manifest = hash_dir(local.path()).expect("hashes");
+    let session = crate::connect(&server.target()).await;
+    session
+        .create_dir_all(".testfleet/runs")
+        .await
+        .expect("created");
+    let root = session.realpath(".testfleet/runs").await.expect("exists");
+    let run_dir = format!("{root}/r1");
+    let pid_file = format!("{root}/r1.pid");
+    session
+        .upload(&manifest, &run_dir, &NoProgress)
+        .await
+        .expect("uploaded");
+
+    let pids_path = server.home().join(".testfleet/runs/r1/pids");
+    let command = RemoteShell::Posix.exec_command(&run_dir, &pid_file, "run.sh");
+    let mut output = Captured::default();
+    let request = KillRequest {
+        shell: RemoteShell::Posix,
+        pid_file,
+        grace: Duration::from_secs(2),
+    };
+    let killer = async {
+        let started =
+            poll_until(Duration::from_secs(10), || read_pids(&pids_path).len() >= 6).await;
+        assert!(started, "the tree started: {:?}", read_pids(&pids_path));
+        session.kill(&request).await
+    };
+    let (exit, killed) = tokio::join!(session.exec(&command, &mut output), killer);
+    killed.expect("the kill command ran");
+    let exit = exit.expect("the exec ended");
+    assert_eq!(exit, RemoteExit::Signal("TERM".into()), "{output:?}");
+
+    let pids = read_pids(&pids_path);
+    assert_eq!(pids.len(), 6, "{pids:?}");
+    let all_gone = poll_until(Duration::from_secs(10), || {
+        pids.iter().all(|pid| !alive(*pid))
+    })
+    .await;
+    let survivors: Vec<u32> = pids.iter().copied().filter(|pid| alive(*pid)).collect();
+    assert!(all_gone, "survivors: {survivors:?}");
+    assert!(!output.stdout_text().contains("never"));
+}

@@ -243,16 +243,12 @@ pub fn hash_dir(root: &Path) -> Result<DirManifest, HashError> {
         if file_type.is_dir() {
             dirs.push(rel_path);
         } else if file_type.is_file() {
-            let metadata = entry.metadata().map_err(|error| HashError::Io {
-                path: entry.path().to_path_buf(),
-                source: error
-                    .into_io_error()
-                    .unwrap_or_else(|| io::Error::other("stat failed")),
-            })?;
+            // Size and mode are read by the digest workers from the open handle (fstat), so the
+            // walk itself stays one readdir per directory.
             files.push(ManifestFile {
                 rel_path,
-                size: metadata.len(),
-                mode: mode_bits(&metadata),
+                size: 0,
+                mode: 0,
                 digest: [0; 32],
             });
         } else if file_type.is_symlink() {
@@ -293,8 +289,8 @@ fn dirs_holding_files(dirs: Vec<RelPath>, files: &[ManifestFile]) -> Vec<RelPath
         .collect()
 }
 
-/// A file's index in the manifest, its digest and its size as read.
-type DigestedFile = (usize, FileDigest, u64);
+/// A file's index in the manifest, its digest, its size as read and its mode.
+type DigestedFile = (usize, FileDigest, u64, u32);
 
 /// Fills in each file's digest, several files at a time when there are several.
 fn digest_files(root: &Path, files: &mut [ManifestFile]) -> Result<(), HashError> {
@@ -304,16 +300,24 @@ fn digest_files(root: &Path, files: &mut [ManifestFile]) -> Result<(), HashError
         .min(files.len().max(1));
     let digest_one = |file: &ManifestFile, buffer: &mut [u8]| {
         let path = file.rel_path.to_local(root);
-        File::open(&path)
-            .and_then(|handle| digest_reader(handle, buffer))
-            .map_err(|source| HashError::Io { path, source })
+        let mut read = || {
+            let handle = File::open(&path)?;
+            let mode = mode_bits(&handle.metadata()?);
+            let (digest, size) = digest_reader(handle, buffer)?;
+            Ok((digest, size, mode))
+        };
+        read().map_err(|source| HashError::Io {
+            path: path.clone(),
+            source,
+        })
     };
     if n_workers == 1 {
         let mut buffer = vec![0u8; READ_BUFFER_BYTES];
         for file in files.iter_mut() {
-            let (digest, size) = digest_one(file, &mut buffer)?;
+            let (digest, size, mode) = digest_one(file, &mut buffer)?;
             file.digest = digest;
             file.size = size;
+            file.mode = mode;
         }
         return Ok(());
     }
@@ -331,8 +335,8 @@ fn digest_files(root: &Path, files: &mut [ManifestFile]) -> Result<(), HashError
                         let Some(file) = files.get(file_idx) else {
                             return Ok(done);
                         };
-                        let (digest, size) = digest_one(file, &mut buffer)?;
-                        done.push((file_idx, digest, size));
+                        let (digest, size, mode) = digest_one(file, &mut buffer)?;
+                        done.push((file_idx, digest, size, mode));
                     }
                 })
             })
@@ -347,9 +351,10 @@ fn digest_files(root: &Path, files: &mut [ManifestFile]) -> Result<(), HashError
             .collect()
     });
     for result in results {
-        for (file_idx, digest, size) in result? {
+        for (file_idx, digest, size, mode) in result? {
             files[file_idx].digest = digest;
             files[file_idx].size = size;
+            files[file_idx].mode = mode;
         }
     }
     Ok(())

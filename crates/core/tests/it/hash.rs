@@ -110,6 +110,28 @@ fn symlinks_and_empty_dirs_are_reported_not_hashed_or_uploaded() {
 }
 
 #[test]
+fn the_manifest_keeps_sizes_and_permission_bits() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("run.sh"), "#!/bin/sh\n").expect("write");
+    set_mode(&dir.path().join("run.sh"), 0o755);
+    std::fs::write(dir.path().join("data"), vec![7u8; 70_000]).expect("write");
+    set_mode(&dir.path().join("data"), 0o600);
+    let manifest = hash_dir(dir.path()).expect("hashes");
+    let summary: Vec<_> = manifest
+        .files
+        .iter()
+        .map(|f| (f.rel_path.to_string(), f.size, f.mode))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("data".to_owned(), 70_000, 0o600),
+            ("run.sh".to_owned(), 10, 0o755)
+        ]
+    );
+}
+
+#[test]
 fn a_symlinked_root_is_followed() {
     let dir = tempfile::tempdir().expect("temp dir");
     let real = dir.path().join("real");

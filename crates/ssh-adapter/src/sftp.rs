@@ -136,23 +136,47 @@ async fn create_dir(
     }
 }
 
-pub(crate) async fn create_dir_all(session: &RusshSession, path: &str) -> Result<(), SshError> {
+async fn create_dir_all_inner(session: &RusshSession, path: &str) -> Result<(), SshError> {
     let sftp = session.sftp().await?;
-    if let Ok(attrs) = sftp.metadata(path).await
-        && kind_of(&attrs) == Some(Kind::Dir)
-    {
-        return Ok(());
-    }
-    let mut prefix = String::new();
-    if path.starts_with('/') {
-        prefix.push('/');
-    }
-    for component in path
+    let absolute = path.starts_with('/');
+    let components: Vec<&str> = path
         .split('/')
         .filter(|component| !component.is_empty() && *component != ".")
-    {
-        prefix = join_remote(&prefix, component);
-        create_dir(session, &sftp, &prefix).await?;
+        .collect();
+    let prefix_of = |n_components: usize| {
+        let joined = components[..n_components].join("/");
+        if absolute {
+            format!("/{joined}")
+        } else {
+            joined
+        }
+    };
+    // Find the deepest folder that exists, walking up: the levels above it may not be
+    // creatable or even statable (`/C:` on Windows, an unreadable `/home`).
+    let mut n_existing = components.len();
+    while n_existing > 0 {
+        match sftp.metadata(prefix_of(n_existing)).await {
+            Ok(attrs) if kind_of(&attrs) == Some(Kind::Dir) => break,
+            Ok(_) => {
+                return Err(SshError::UploadFailed {
+                    path: prefix_of(n_existing),
+                    reason: "exists and is not a directory".into(),
+                    source: None,
+                });
+            }
+            Err(error) if is_status(&error, StatusCode::NoSuchFile) => n_existing -= 1,
+            Err(error) => {
+                return Err(sftp_failed(
+                    session,
+                    Op::Upload,
+                    &prefix_of(n_existing),
+                    error,
+                ));
+            }
+        }
+    }
+    for n_components in n_existing + 1..=components.len() {
+        create_dir(session, &sftp, &prefix_of(n_components)).await?;
     }
     Ok(())
 }
@@ -184,7 +208,7 @@ impl Progress<'_> {
     }
 }
 
-pub(crate) async fn upload(
+async fn upload_inner(
     session: &RusshSession,
     manifest: &DirManifest,
     remote_dir: &str,
@@ -347,7 +371,7 @@ struct PendingDownload {
     mode: Option<u32>,
 }
 
-pub(crate) async fn download_dir(
+async fn download_dir_inner(
     session: &RusshSession,
     remote_dir: &str,
     local_dir: &Path,
@@ -564,4 +588,59 @@ async fn remove_file(
         Err(error) if is_status(&error, StatusCode::NoSuchFile) => Ok(()),
         Err(error) => Err(sftp_failed(session, Op::Remove, path, error)),
     }
+}
+
+/// An SFTP failure can arrive a moment before the session notices that the transport is gone;
+/// an error in a session that closes right after is reported as the connection loss it is.
+async fn settle<T>(session: &RusshSession, result: Result<T, SshError>) -> Result<T, SshError> {
+    let error = match result {
+        Ok(value) => return Ok(value),
+        Err(
+            error @ (SshError::UploadFailed { .. }
+            | SshError::DownloadFailed { .. }
+            | SshError::Other { .. }),
+        ) => error,
+        Err(error) => return Err(error),
+    };
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(500);
+    while !session.is_closed() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    if session.is_closed() {
+        let reason = format!("{} ({error})", session.lost_reason());
+        return Err(SshError::ConnectionLost {
+            reason,
+            source: Some(Arc::new(error)),
+        });
+    }
+    Err(error)
+}
+
+pub(crate) async fn create_dir_all(session: &RusshSession, path: &str) -> Result<(), SshError> {
+    settle(session, create_dir_all_inner(session, path).await).await
+}
+
+pub(crate) async fn upload(
+    session: &RusshSession,
+    manifest: &DirManifest,
+    remote_dir: &str,
+    sink: &dyn ProgressSink,
+) -> Result<TransferStats, SshError> {
+    settle(
+        session,
+        upload_inner(session, manifest, remote_dir, sink).await,
+    )
+    .await
+}
+
+pub(crate) async fn download_dir(
+    session: &RusshSession,
+    remote_dir: &str,
+    local_dir: &Path,
+) -> Result<DownloadReport, SshError> {
+    settle(
+        session,
+        download_dir_inner(session, remote_dir, local_dir).await,
+    )
+    .await
 }

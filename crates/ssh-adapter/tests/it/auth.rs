@@ -22,10 +22,7 @@ async fn an_encrypted_key_without_agent_says_so() {
     .expect("written");
     let mut target = server.target();
     target.identity_files = vec![path.clone()];
-    let error = crate::try_connect(&target)
-        .await
-        .err()
-        .expect("no usable key");
+    let error = crate::connect_err(&target).await;
     assert_eq!(error.code(), ErrorCode::AuthFailed);
     let message = error.to_string();
     assert!(message.contains("encrypted"), "{message}");
@@ -49,7 +46,7 @@ async fn an_unauthorized_key_is_auth_failed_and_the_next_key_is_tried() {
     .expect("written");
     let mut target = server.target();
     target.identity_files = vec![stranger.clone()];
-    let error = crate::try_connect(&target).await.err().expect("refused");
+    let error = crate::connect_err(&target).await;
     assert_eq!(error.code(), ErrorCode::AuthFailed, "{error}");
     assert!(error.to_string().contains("id_stranger"), "{error}");
 

@@ -22,10 +22,7 @@ async fn refused_auth_is_auth_failed() {
         ..Faults::default()
     }))
     .await;
-    let error = crate::try_connect(&server.target())
-        .await
-        .err()
-        .expect("login is refused");
+    let error = crate::connect_err(&server.target()).await;
     assert_eq!(error.code(), ErrorCode::AuthFailed, "{error}");
     assert!(
         error.to_string().contains("id_ed25519"),
@@ -41,17 +38,11 @@ async fn a_closed_port_is_dial_failed() {
     let server = TestServer::start(ServerConfig::default()).await;
     let mut target = server.target();
     target.port = port;
-    let error = crate::try_connect(&target)
-        .await
-        .err()
-        .expect("nothing listens");
+    let error = crate::connect_err(&target).await;
     assert_eq!(error.code(), ErrorCode::DialFailed, "{error}");
 
     target.host = "no-such-host.invalid".into();
-    let error = crate::try_connect(&target)
-        .await
-        .err()
-        .expect("the name does not resolve");
+    let error = crate::connect_err(&target).await;
     assert_eq!(error.code(), ErrorCode::DialFailed, "{error}");
 }
 
@@ -67,10 +58,7 @@ async fn a_server_that_never_speaks_is_a_dial_timeout() {
     target.port = port;
     target.connect_timeout = Duration::from_millis(300);
     let held = tokio::spawn(async move { listener.accept().await.map(|(socket, _)| socket) });
-    let error = crate::try_connect(&target)
-        .await
-        .err()
-        .expect("the handshake times out");
+    let error = crate::connect_err(&target).await;
     assert_eq!(error.code(), ErrorCode::DialFailed, "{error}");
     assert!(error.to_string().contains("timed out"), "{error}");
     held.abort();
@@ -90,8 +78,7 @@ async fn connection_dropped_during_upload_is_connection_lost() {
     let error = session
         .upload(&manifest, "up", &NoProgress)
         .await
-        .err()
-        .expect("the upload fails");
+        .expect_err("the upload fails");
     assert_eq!(error.code(), ErrorCode::ConnectionLost, "{error}");
 }
 
@@ -113,16 +100,14 @@ async fn connection_dropped_during_download_is_connection_lost() {
     let error = session
         .download_dir("out/artifacts", dest.path())
         .await
-        .err()
-        .expect("the download fails");
+        .expect_err("the download fails");
     assert_eq!(error.code(), ErrorCode::ConnectionLost, "{error}");
     // The exec channel is gone with the connection too.
     let mut output = Captured::default();
     let error = session
         .exec("true", &mut output)
         .await
-        .err()
-        .expect("the connection is gone");
+        .expect_err("the connection is gone");
     assert_eq!(error.code(), ErrorCode::ConnectionLost, "{error}");
 }
 
@@ -202,8 +187,7 @@ async fn a_file_changed_after_hashing_is_test_dir_changed() {
         let error = session
             .upload(&manifest, "changed", &NoProgress)
             .await
-            .err()
-            .expect("the change is caught");
+            .expect_err("the change is caught");
         assert!(
             matches!(&error, SshError::TestDirChanged { path } if path == "sub/b.txt"),
             "{change}: {error}"
@@ -213,8 +197,7 @@ async fn a_file_changed_after_hashing_is_test_dir_changed() {
     let error = session
         .upload(&manifest, "changed", &NoProgress)
         .await
-        .err()
-        .expect("the removal is caught");
+        .expect_err("the removal is caught");
     assert_eq!(error.code(), ErrorCode::TestDirChanged, "{error}");
 }
 
@@ -231,8 +214,7 @@ async fn a_non_utf8_path_is_upload_failed_naming_it() {
     let error = session
         .upload(&manifest, "bad", &NoProgress)
         .await
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     assert!(
         matches!(&error, SshError::UploadFailed { path, .. } if path.starts_with("bad-")),
         "{error}"

@@ -21,10 +21,7 @@ async fn an_unknown_host_is_refused_with_its_fingerprint() {
     let server = TestServer::start(ServerConfig::default()).await;
     let mut target = server.target();
     target.known_hosts = server.client_dir().join("empty_known_hosts");
-    let error = crate::try_connect(&target)
-        .await
-        .err()
-        .expect("unknown host");
+    let error = crate::connect_err(&target).await;
     match &error {
         SshError::HostKeyUnknown {
             fingerprint, port, ..
@@ -53,10 +50,7 @@ async fn a_changed_key_is_refused_whatever_the_policy() {
         let mut target = server.target();
         target.known_hosts = path.clone();
         target.host_key_policy = policy;
-        let error = crate::try_connect(&target)
-            .await
-            .err()
-            .expect("changed key");
+        let error = crate::connect_err(&target).await;
         assert!(
             matches!(&error, SshError::HostKeyMismatch { line: Some(2), .. }),
             "{policy:?}: {error}"
@@ -88,7 +82,7 @@ async fn a_revoked_key_is_refused() {
     .expect("written");
     let mut target = server.target();
     target.known_hosts = path;
-    let error = crate::try_connect(&target).await.err().expect("revoked");
+    let error = crate::connect_err(&target).await;
     assert_eq!(error.code(), ErrorCode::HostKeyMismatch, "{error}");
 }
 

@@ -26,6 +26,14 @@ pub async fn try_connect(target: &SshTarget) -> Result<Box<dyn SshSession>, SshE
     connector().connect(target).await
 }
 
+/// The error of a connection that must fail.
+pub async fn connect_err(target: &SshTarget) -> SshError {
+    match try_connect(target).await {
+        Ok(_) => panic!("connected although it must fail"),
+        Err(error) => error,
+    }
+}
+
 pub async fn connect(target: &SshTarget) -> Box<dyn SshSession> {
     match try_connect(target).await {
         Ok(session) => session,

@@ -20,7 +20,9 @@ use russh::keys::ssh_key::LineEnding;
 use russh::keys::{Algorithm, HashAlg, PrivateKey, PublicKey};
 use russh::server::{Auth, ChannelOpenHandle, Msg, Session};
 use russh::{Channel, ChannelId, Sig};
+use std::future::Future as _;
 use testfleet_core::ports::{HostKeyPolicy, SshTarget};
+
 use tokio::io::AsyncWriteExt as _;
 use tokio_util::sync::CancellationToken;
 
@@ -374,6 +376,10 @@ async fn accept_loop(
         };
         let config = Arc::clone(&config);
         tokio::spawn(async move {
+            let socket = DroppableStream {
+                inner: socket,
+                cancelled: Box::pin(connection.clone().cancelled_owned()),
+            };
             let session = match russh::server::run_stream(config, socket, handler).await {
                 Ok(session) => session,
                 Err(error) => {
@@ -381,16 +387,68 @@ async fn accept_loop(
                     return;
                 }
             };
-            // Cancelling drops the session and with it the socket: an abrupt connection loss.
-            tokio::select! {
-                () = connection.cancelled() => {}
-                result = session => {
-                    if let Err(error) = result {
-                        tracing::debug!(%error, "test server: connection ended");
-                    }
-                }
+            // Cancelling fails the socket under the session, which then ends and closes it: an
+            // abrupt connection loss.
+            if let Err(error) = session.await {
+                tracing::debug!(%error, "test server: connection ended");
             }
         });
+    }
+}
+
+/// A TCP stream that fails every read and write once its token is cancelled, so that the
+/// russh session on top of it ends and drops the socket.
+struct DroppableStream {
+    inner: tokio::net::TcpStream,
+    cancelled: std::pin::Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
+}
+
+impl DroppableStream {
+    fn check(&mut self, cx: &mut std::task::Context<'_>) -> std::io::Result<()> {
+        match self.cancelled.as_mut().poll(cx) {
+            std::task::Poll::Ready(()) => Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "dropped by a test fault",
+            )),
+            std::task::Poll::Pending => Ok(()),
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for DroppableStream {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.check(cx)?;
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for DroppableStream {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.check(cx)?;
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.check(cx)?;
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -530,10 +588,8 @@ async fn serve_sftp(channel: Channel<Msg>, handler: sftp::SftpHandler) {
     let inbound = async move {
         while let Some(message) = read_half.wait().await {
             match message {
-                russh::ChannelMsg::Data { data } => {
-                    if to_sftp.write_all(&data).await.is_err() {
-                        break;
-                    }
+                russh::ChannelMsg::Data { data } if to_sftp.write_all(&data).await.is_err() => {
+                    break;
                 }
                 russh::ChannelMsg::Eof | russh::ChannelMsg::Close => break,
                 _ => {}

@@ -1,7 +1,14 @@
 //! testfleet's automation, run as `cargo xtask <task>`.
 //!
 //! - `ci`: exactly what `.ci/run` runs — the README's test command, fmt, clippy, docs, e2e.
+//! - `e2e`: the release binary against the testkit server and a real OpenSSH sshd.
+//! - `demo`: the built-in SSH server, a temporary fleet, and two example runs.
 //! - `bench [hash|store|all]`: benchmarks that measure the reference tools in the same run.
+
+mod demo;
+mod e2e;
+mod targets;
+mod tf;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -12,7 +19,9 @@ use anyhow::{Context as _, Result, bail};
 const USAGE: &str = "usage: cargo xtask <task>
 
 tasks:
-  ci                  everything CI runs: tests, fmt, clippy, docs (and e2e once it exists)
+  ci                  everything CI runs: tests, fmt, clippy, docs, e2e
+  e2e                 end-to-end scenarios against the testkit server and a real OpenSSH sshd
+  demo                dispatch examples/hello and examples/artifacts to the built-in SSH server
   bench [hash|store]  benchmarks, side by side with the reference tools, printed as ratios";
 
 fn main() -> Result<()> {
@@ -20,6 +29,8 @@ fn main() -> Result<()> {
     let task = args.first().map(String::as_str);
     match task {
         Some("ci") => ci(),
+        Some("e2e") => e2e(),
+        Some("demo") => demo::run(&build_binary(Profile::Debug)?),
         Some("bench") => bench(args.get(1).map(String::as_str).unwrap_or("all")),
         Some("-h" | "--help" | "help") | None => {
             println!("{USAGE}");
@@ -77,6 +88,36 @@ fn ci() -> Result<()> {
     )?;
     eprintln!("\nci passed in {:.0?}", started.elapsed());
     Ok(())
+}
+
+fn e2e() -> Result<()> {
+    if testfleet_testkit::sshd::find_sshd().is_none() {
+        bail!("{}", testfleet_testkit::sshd::INSTALL_HINT);
+    }
+    e2e::run(&build_binary(Profile::Release)?)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Profile {
+    Debug,
+    Release,
+}
+
+/// Builds the `testfleet` binary and returns its path.
+fn build_binary(profile: Profile) -> Result<PathBuf> {
+    let (args, folder): (&[&str], &str) = match profile {
+        Profile::Debug => (&["build", "-p", "testfleet"], "debug"),
+        Profile::Release => (&["build", "--release", "-p", "testfleet"], "release"),
+    };
+    cargo(args, &[])?;
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"));
+    let bin = target_dir.join(folder).join("testfleet");
+    if !bin.is_file() {
+        bail!("the build did not produce {}", bin.display());
+    }
+    Ok(bin)
 }
 
 fn bench(which: &str) -> Result<()> {

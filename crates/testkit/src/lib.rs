@@ -7,3 +7,4 @@ pub mod contract;
 pub mod fake_ssh;
 pub mod fake_store;
 pub mod server;
+pub mod sshd;

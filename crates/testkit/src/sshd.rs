@@ -1,0 +1,258 @@
+//! A private OpenSSH `sshd` on a free 127.0.0.1 port, with its own host key, client key,
+//! `authorized_keys`, `known_hosts` and config in a temp dir. Used by `cargo xtask e2e` and the
+//! benchmarks, never by `cargo test` (tests need nothing outside the workspace).
+//!
+//! The daemon is stopped by its pid when the value is dropped.
+
+use std::fmt;
+use std::io::Read as _;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Why the private sshd could not start.
+#[derive(Debug)]
+pub struct SshdError(String);
+
+impl fmt::Display for SshdError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for SshdError {}
+
+/// The install hint printed when `sshd` is missing.
+pub const INSTALL_HINT: &str = "OpenSSH's sshd is not installed; install it with `apt-get update && apt-get install -y openssh-server` (Debian/Ubuntu)";
+
+/// A running private sshd.
+#[derive(Debug)]
+pub struct PrivateSshd {
+    child: Child,
+    dir: tempfile::TempDir,
+    port: u16,
+    user: String,
+}
+
+/// Finds the sshd binary: `PATH`, then the usual sbin folders.
+pub fn find_sshd() -> Option<PathBuf> {
+    let from_path = std::env::var_os("PATH")
+        .map(|paths| {
+            std::env::split_paths(&paths)
+                .map(|dir| dir.join("sshd"))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    from_path
+        .into_iter()
+        .chain(["/usr/sbin/sshd", "/usr/local/sbin/sshd", "/sbin/sshd"].map(PathBuf::from))
+        .find(|candidate| candidate.is_file())
+}
+
+fn run(command: &mut Command) -> Result<(), SshdError> {
+    let output = command
+        .output()
+        .map_err(|e| SshdError(format!("failed to run {command:?}: {e}")))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(SshdError(format!(
+            "{command:?} failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        )))
+    }
+}
+
+fn keygen(path: &Path) -> Result<(), SshdError> {
+    run(Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "testfleet", "-f"])
+        .arg(path))
+}
+
+fn read(path: &Path) -> Result<String, SshdError> {
+    std::fs::read_to_string(path)
+        .map_err(|e| SshdError(format!("failed to read {}: {e}", path.display())))
+}
+
+fn write(path: &Path, contents: &str) -> Result<(), SshdError> {
+    std::fs::write(path, contents)
+        .map_err(|e| SshdError(format!("failed to write {}: {e}", path.display())))
+}
+
+fn free_port() -> Result<u16, SshdError> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .map_err(|e| SshdError(format!("failed to find a free port: {e}")))?;
+    listener
+        .local_addr()
+        .map(|addr| addr.port())
+        .map_err(|e| SshdError(e.to_string()))
+}
+
+impl PrivateSshd {
+    /// Starts sshd for the current user and waits until it accepts connections.
+    ///
+    /// # Errors
+    /// [`SshdError`] with [`INSTALL_HINT`] when sshd is missing; when a key cannot be made or
+    /// the daemon exits or does not listen within 10 s (its stderr is in the message).
+    pub fn start() -> Result<Self, SshdError> {
+        let sshd = find_sshd().ok_or_else(|| SshdError(INSTALL_HINT.to_owned()))?;
+        let user = current_user()?;
+        let dir = tempfile::Builder::new()
+            .prefix("tf-sshd")
+            .tempdir()
+            .map_err(|e| SshdError(format!("failed to create a temp dir: {e}")))?;
+        let path = |name: &str| dir.path().join(name);
+        keygen(&path("host_key"))?;
+        keygen(&path("client_key"))?;
+        write(&path("authorized_keys"), &read(&path("client_key.pub"))?)?;
+        // sshd insists on its privilege-separation directory even when it is not used.
+        std::fs::create_dir_all("/run/sshd").ok();
+
+        let mut last_error = String::new();
+        for _attempt in 0..3 {
+            let port = free_port()?;
+            let host_key_pub = read(&path("host_key.pub"))?;
+            let key = host_key_pub
+                .split_whitespace()
+                .take(2)
+                .collect::<Vec<_>>()
+                .join(" ");
+            write(&path("known_hosts"), &format!("[127.0.0.1]:{port} {key}\n"))?;
+            write(
+                &path("sshd_config"),
+                &format!(
+                    "Port {port}\nListenAddress 127.0.0.1\nHostKey {host_key}\nPidFile none\n\
+                     AuthorizedKeysFile {authorized}\nPasswordAuthentication no\n\
+                     KbdInteractiveAuthentication no\nPubkeyAuthentication yes\nUsePAM no\n\
+                     PermitRootLogin prohibit-password\nStrictModes no\nAllowUsers {user}\n\
+                     Subsystem sftp internal-sftp\nMaxStartups 200\nMaxSessions 200\nLogLevel ERROR\n",
+                    host_key = path("host_key").display(),
+                    authorized = path("authorized_keys").display(),
+                ),
+            )?;
+            let mut child = Command::new(&sshd)
+                .arg("-D")
+                .arg("-e")
+                .arg("-f")
+                .arg(path("sshd_config"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .map_err(|e| SshdError(format!("failed to start {}: {e}", sshd.display())))?;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if let Ok(Some(status)) = child.try_wait() {
+                    let mut stderr = String::new();
+                    if let Some(mut pipe) = child.stderr.take() {
+                        pipe.read_to_string(&mut stderr).ok();
+                    }
+                    last_error = format!("sshd exited ({status}): {stderr}");
+                    break;
+                }
+                let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+                if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                    return Ok(Self {
+                        child,
+                        dir,
+                        port,
+                        user,
+                    });
+                }
+                if Instant::now() > deadline {
+                    child.kill().ok();
+                    child.wait().ok();
+                    last_error = "sshd did not listen within 10 s".to_owned();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Err(SshdError(format!(
+            "failed to start a private sshd: {last_error}"
+        )))
+    }
+
+    pub fn host(&self) -> &str {
+        "127.0.0.1"
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn client_key_path(&self) -> PathBuf {
+        self.dir.path().join("client_key")
+    }
+
+    pub fn known_hosts_path(&self) -> PathBuf {
+        self.dir.path().join("known_hosts")
+    }
+
+    /// Options for OpenSSH's `ssh`, `sftp` and `scp` that reach this daemon non-interactively
+    /// with strict host-key checking (the port is given separately: `-p` for ssh, `-P` for
+    /// sftp and scp).
+    pub fn client_options(&self) -> Vec<String> {
+        vec![
+            "-i".into(),
+            self.client_key_path().display().to_string(),
+            "-o".into(),
+            format!("UserKnownHostsFile={}", self.known_hosts_path().display()),
+            "-o".into(),
+            "StrictHostKeyChecking=yes".into(),
+            "-o".into(),
+            "BatchMode=yes".into(),
+            "-o".into(),
+            "IdentitiesOnly=yes".into(),
+            "-o".into(),
+            "LogLevel=ERROR".into(),
+        ]
+    }
+
+    /// `ssh` with [`Self::client_options`], the port and `user@127.0.0.1`; append the command.
+    pub fn ssh(&self) -> Command {
+        let mut command = Command::new("ssh");
+        command
+            .args(self.client_options())
+            .arg("-p")
+            .arg(self.port.to_string())
+            .arg(format!("{}@127.0.0.1", self.user));
+        command
+    }
+}
+
+impl Drop for PrivateSshd {
+    fn drop(&mut self) {
+        // Stopped by its own pid, never by name.
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}
+
+fn current_user() -> Result<String, SshdError> {
+    let output = Command::new("id")
+        .arg("-un")
+        .output()
+        .map_err(|e| SshdError(format!("failed to run id -un: {e}")))?;
+    let user = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    if user.is_empty() {
+        return Err(SshdError(
+            "could not tell the current user (id -un printed nothing)".into(),
+        ));
+    }
+    Ok(user)
+}

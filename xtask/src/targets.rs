@@ -1,0 +1,146 @@
+//! The SSH servers end-to-end runs talk to: in-process testkit servers, or a private OpenSSH
+//! sshd. Either way, a set of fleet machines and a fleet file that reaches them.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result};
+use testfleet_testkit::server::{ServerConfig, TestServer};
+use testfleet_testkit::sshd::PrivateSshd;
+
+/// Which kind of server a target runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Testkit,
+    Sshd,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Testkit => "testkit server",
+            Self::Sshd => "OpenSSH sshd",
+        }
+    }
+}
+
+/// One machine of a generated fleet file.
+#[derive(Debug, Clone)]
+pub struct Machine {
+    pub name: String,
+    pub port: u16,
+    pub user: String,
+    pub identity_file: PathBuf,
+    pub known_hosts: PathBuf,
+    /// Absolute remote root, so runs land in a scratch folder and not in the login's home.
+    pub remote_root: PathBuf,
+    pub labels: Vec<String>,
+}
+
+/// Servers and the machines that reach them. Dropping it stops the servers.
+pub struct Target {
+    pub machines: Vec<Machine>,
+    /// Scratch space: remote roots, the fleet file, pid records.
+    pub scratch: tempfile::TempDir,
+    _testkit: Vec<TestServer>,
+    _sshd: Option<PrivateSshd>,
+}
+
+impl Target {
+    /// `n_machines` testkit servers, one machine each.
+    pub fn testkit(runtime: &tokio::runtime::Runtime, n_machines: usize) -> Result<Self> {
+        let scratch = scratch_dir()?;
+        let mut servers = Vec::new();
+        let mut machines = Vec::new();
+        for idx in 0..n_machines {
+            let server = runtime.block_on(TestServer::start(ServerConfig::default()));
+            machines.push(Machine {
+                name: format!("m{}", idx + 1),
+                port: server.port(),
+                user: current_user(),
+                identity_file: server.client_key_path(),
+                known_hosts: server.known_hosts_path(),
+                remote_root: scratch.path().join(format!("remote-m{}", idx + 1)),
+                labels: vec!["e2e".into(), format!("slot{}", idx + 1)],
+            });
+            servers.push(server);
+        }
+        Ok(Self {
+            machines,
+            scratch,
+            _testkit: servers,
+            _sshd: None,
+        })
+    }
+
+    /// One private sshd, reached as `n_machines` machines with separate remote roots.
+    pub fn sshd(n_machines: usize) -> Result<Self> {
+        let scratch = scratch_dir()?;
+        let sshd = PrivateSshd::start().context("failed to start OpenSSH sshd")?;
+        let machines = (0..n_machines)
+            .map(|idx| Machine {
+                name: format!("m{}", idx + 1),
+                port: sshd.port(),
+                user: sshd.user().to_owned(),
+                identity_file: sshd.client_key_path(),
+                known_hosts: sshd.known_hosts_path(),
+                remote_root: scratch.path().join(format!("remote-m{}", idx + 1)),
+                labels: vec!["e2e".into(), format!("slot{}", idx + 1)],
+            })
+            .collect();
+        Ok(Self {
+            machines,
+            scratch,
+            _testkit: Vec::new(),
+            _sshd: Some(sshd),
+        })
+    }
+
+    /// Writes a fleet file for these machines, with `edit` applied to each machine first.
+    pub fn write_fleet(&self, name: &str, edit: impl Fn(&mut Machine)) -> Result<PathBuf> {
+        let mut text = String::new();
+        for machine in &self.machines {
+            let mut machine = machine.clone();
+            edit(&mut machine);
+            let labels: Vec<String> = machine.labels.iter().map(|l| format!("{l:?}")).collect();
+            writeln!(
+                text,
+                "[machines.{name}]\nhost = \"127.0.0.1\"\nport = {port}\nuser = {user:?}\nos = \"linux\"\n\
+                 identity_file = {key:?}\nknown_hosts = {known:?}\nremote_root = {root:?}\nlabels = [{labels}]\n",
+                name = machine.name,
+                port = machine.port,
+                user = machine.user,
+                key = machine.identity_file.display().to_string(),
+                known = machine.known_hosts.display().to_string(),
+                root = machine.remote_root.display().to_string(),
+                labels = labels.join(", "),
+            )?;
+        }
+        let path = self.scratch.path().join(name);
+        std::fs::write(&path, text)
+            .with_context(|| format!("failed to write {}", path.display()))?;
+        Ok(path)
+    }
+
+    pub fn scratch(&self) -> &Path {
+        self.scratch.path()
+    }
+}
+
+fn scratch_dir() -> Result<tempfile::TempDir> {
+    tempfile::Builder::new()
+        .prefix("tf-e2e")
+        .tempdir()
+        .context("failed to create a scratch dir")
+}
+
+pub fn current_user() -> String {
+    std::env::var("USER")
+        .ok()
+        .filter(|user| !user.is_empty())
+        .or_else(|| {
+            let output = std::process::Command::new("id").arg("-un").output().ok()?;
+            Some(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+        })
+        .unwrap_or_else(|| "root".to_owned())
+}

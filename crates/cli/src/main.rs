@@ -1,1 +1,142 @@
-fn main() {}
+//! The `testfleet` binary: parses the command line, runs one command, prints its result as
+//! human text or as one JSON document, and exits with the code of DESIGN §6.
+//!
+//! This is the only crate that knows clap, the JSON envelope and exit codes.
+
+mod cli;
+mod commands;
+mod config;
+mod context;
+mod error;
+mod output;
+mod owner;
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use clap::error::ErrorKind;
+
+use crate::cli::{Cli, Command, MachinesCommand};
+use crate::config::Env;
+use crate::context::Context;
+use crate::error::{CliError, Exit};
+use crate::output::{Report, Style};
+
+fn main() -> anyhow::Result<ExitCode> {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => return Ok(usage_error(&error)),
+    };
+    init_tracing(&cli);
+    let style = Style::detect(cli.global.json);
+    let ctx = Context {
+        global: cli.global.clone(),
+        env: Env::from_process(),
+        style,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let result = runtime.block_on(execute(&ctx, cli.command));
+    let exit = output::emit(style, result);
+    // Do not wait for blocking tasks (a store call, a hash) that nothing awaits any more.
+    runtime.shutdown_background();
+    Ok(ExitCode::from(exit.code()))
+}
+
+/// Help and version print normally; every other clap error is `INVALID_ARGUMENT`, exit 2, in
+/// JSON when `--json` is on the line.
+fn usage_error(error: &clap::Error) -> ExitCode {
+    if matches!(
+        error.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = error.print();
+        let code = if error.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+            Exit::Usage
+        } else {
+            Exit::Ok
+        };
+        return ExitCode::from(code.code());
+    }
+    let json = std::env::args().any(|arg| arg == "--json");
+    let style = Style::detect(json);
+    if json {
+        let message = first_line(&error.render().to_string());
+        output::emit_error(style, &CliError::invalid(message));
+    } else {
+        let _ = error.print();
+    }
+    ExitCode::from(Exit::Usage.code())
+}
+
+fn first_line(text: &str) -> String {
+    let line = text.lines().next().unwrap_or_default();
+    line.strip_prefix("error: ").unwrap_or(line).to_owned()
+}
+
+fn init_tracing(cli: &Cli) {
+    use tracing_subscriber::EnvFilter;
+    let worker = matches!(cli.command, Command::Worker { .. });
+    let level = match cli.global.verbose {
+        0 if worker => "info",
+        0 => "warn",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = if cli.global.verbose == 0 {
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level))
+    } else {
+        EnvFilter::new(level)
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(Style::detect(true).color_stderr)
+        .try_init();
+}
+
+async fn execute(ctx: &Context, command: Command) -> Result<Report, CliError> {
+    match command {
+        Command::Run(args) => commands::run::run(ctx, args).await,
+        Command::Status { run_id, events } => commands::runs::status(ctx, &run_id, events).await,
+        Command::Wait { run_ids, timeout } => commands::runs::wait(ctx, &run_ids, timeout).await,
+        Command::Logs {
+            run_id,
+            stderr,
+            follow,
+        } => commands::runs::logs(ctx, &run_id, stderr, follow).await,
+        Command::List {
+            machine,
+            status,
+            limit,
+        } => commands::runs::list(ctx, machine.as_deref(), status.map(Into::into), limit).await,
+        Command::Cancel { run_id } => commands::runs::cancel(ctx, &run_id).await,
+        Command::Machines(command) => match command {
+            MachinesCommand::List => commands::machines::list(ctx),
+            MachinesCommand::Add(args) => commands::machines::add(ctx, &args),
+            MachinesCommand::Remove { name } => commands::machines::remove(ctx, &name),
+            MachinesCommand::Check { name } => {
+                commands::machines::check(ctx, name.as_deref()).await
+            }
+            MachinesCommand::Trust { name } => commands::machines::trust(ctx, &name).await,
+        },
+        Command::Hash { dir } => commands::hash::hash(dir).await,
+        Command::Gc { older_than } => commands::runs::gc(ctx, older_than).await,
+        Command::Completions { shell } => {
+            use clap::CommandFactory as _;
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "testfleet", &mut out);
+            Ok(Report::new(
+                serde_json::json!({ "shell": shell.to_string(), "script": String::from_utf8_lossy(&out) }),
+                String::from_utf8_lossy(&out).into_owned(),
+            ))
+        }
+        Command::Worker {
+            run_id,
+            accept_new_host_key,
+        } => commands::worker::worker(ctx, &run_id, accept_new_host_key).await,
+    }
+}

@@ -700,6 +700,24 @@ async fn run_exec(
     drain.abort();
 }
 
+/// Stops tracking a process group that no longer exists, so that the server's drop never
+/// signals an id the system may have handed to someone else. (An id cannot be reused while its
+/// group exists, so a group still alive here is still ours.)
+async fn forget_group_if_gone(inner: &Inner, pgid: u32) {
+    let probe = tokio::process::Command::new("kill")
+        .args(["-0", "--", &format!("-{pgid}")])
+        .stderr(Stdio::null())
+        .status()
+        .await;
+    if !probe.is_ok_and(|status| status.success()) {
+        inner
+            .process_groups
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .retain(|tracked| *tracked != pgid);
+    }
+}
+
 async fn run_process(
     inner: &Inner,
     write_half: &russh::ChannelWriteHalf<Msg>,
@@ -727,7 +745,8 @@ async fn run_process(
             return Ended::Status(127);
         }
     };
-    if let Some(pid) = child.id() {
+    let leader = child.id();
+    if let Some(pid) = leader {
         inner
             .process_groups
             .lock()
@@ -751,7 +770,11 @@ async fn run_process(
         }
     };
     tokio::join!(copy_out, copy_err);
-    match child.wait().await {
+    let waited = child.wait().await;
+    if let Some(pid) = leader {
+        forget_group_if_gone(inner, pid).await;
+    }
+    match waited {
         Ok(status) => {
             use std::os::unix::process::ExitStatusExt as _;
             match (status.code(), status.signal()) {

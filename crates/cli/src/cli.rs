@@ -1,0 +1,205 @@
+//! The command line (DESIGN §6), declared with clap.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use testfleet_core::RunStatus;
+
+/// Send a test directory to machines of a fleet over SSH, run it there, bring the results home.
+#[derive(Debug, Parser)]
+#[command(name = "testfleet", version, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options accepted anywhere on the line.
+#[derive(Debug, Clone, Args)]
+pub struct GlobalArgs {
+    /// The fleet file [default: $XDG_CONFIG_HOME/testfleet/fleet.toml]
+    #[arg(long, global = true, env = "TESTFLEET_FLEET", value_name = "FILE")]
+    pub fleet: Option<PathBuf>,
+    /// The local state directory [default: $XDG_STATE_HOME/testfleet]
+    #[arg(long, global = true, env = "TESTFLEET_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Print exactly one JSON document on stdout
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Log diagnostics to stderr (-v debug, -vv trace); RUST_LOG works too
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a test directory on one or more machines
+    Run(RunArgs),
+    /// Show one run (and its event history with --events)
+    Status {
+        run_id: String,
+        /// Also show the run's event history
+        #[arg(long)]
+        events: bool,
+    },
+    /// Wait until runs are finished
+    Wait {
+        #[arg(required = true)]
+        run_ids: Vec<String>,
+        /// Give up after this long (90s, 30m, 1h30m)
+        #[arg(long, value_parser = duration, value_name = "DUR")]
+        timeout: Option<Duration>,
+    },
+    /// Print a run's output (stdout unless --stderr)
+    Logs {
+        run_id: String,
+        /// The remote stderr instead of stdout
+        #[arg(long)]
+        stderr: bool,
+        /// Keep printing new output until the run is finished
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// List runs, newest first
+    List {
+        /// Only runs on this machine
+        #[arg(short, long, value_name = "NAME")]
+        machine: Option<String>,
+        /// Only runs with this status
+        #[arg(long, value_enum)]
+        status: Option<StatusArg>,
+        /// At most this many runs
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Stop a run: kill its remote process tree, fetch its artifacts
+    Cancel { run_id: String },
+    /// Show and edit the machines of the fleet file
+    #[command(subcommand)]
+    Machines(MachinesCommand),
+    /// Print the hash of a test directory
+    Hash { dir: PathBuf },
+    /// Delete the local folders (logs, artifacts) of old finished runs
+    Gc {
+        /// Only runs finished longer ago than this
+        #[arg(long, value_parser = duration, default_value = "7d", value_name = "DUR")]
+        older_than: Duration,
+    },
+    /// Print a shell completion script
+    Completions { shell: clap_complete::Shell },
+    /// Execute a pending run detached (started by `run --detach`)
+    #[command(name = "_worker", hide = true)]
+    Worker {
+        run_id: String,
+        #[arg(long)]
+        accept_new_host_key: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The test directory (holds run.sh, or run.ps1 for Windows)
+    pub dir: PathBuf,
+    /// A machine to run on (repeat for several)
+    #[arg(short, long = "machine", value_name = "NAME")]
+    pub machines: Vec<String>,
+    /// Run on every machine with this label (repeatable)
+    #[arg(short, long = "label", value_name = "LABEL")]
+    pub labels: Vec<String>,
+    /// Kill the test after this long (90s, 30m, 1h30m) [default: the fleet file's timeout]
+    #[arg(long, value_parser = duration, value_name = "DUR")]
+    pub timeout: Option<Duration>,
+    /// Start the run(s) in the background and print them at once
+    #[arg(long)]
+    pub detach: bool,
+    /// Keep the remote run folder afterwards
+    #[arg(long)]
+    pub keep_remote: bool,
+    /// Record an unknown host key in known_hosts (like OpenSSH's accept-new)
+    #[arg(long)]
+    pub accept_new_host_key: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MachinesCommand {
+    /// List the machines of the fleet file
+    List,
+    /// Add a machine to the fleet file
+    Add(AddMachineArgs),
+    /// Remove a machine from the fleet file
+    Remove { name: String },
+    /// Dial machines (all without NAME): host key, login, OS and latency
+    Check { name: Option<String> },
+    /// Show a machine's host key fingerprint and add it to known_hosts
+    Trust { name: String },
+}
+
+#[derive(Debug, Args)]
+pub struct AddMachineArgs {
+    pub name: String,
+    /// Host name or address [default: NAME, looked up in ~/.ssh/config]
+    #[arg(long)]
+    pub host: Option<String>,
+    #[arg(long)]
+    pub port: Option<u16>,
+    #[arg(long)]
+    pub user: Option<String>,
+    /// linux, macos, freebsd, windows, …
+    #[arg(long)]
+    pub os: Option<String>,
+    /// A label (repeatable)
+    #[arg(short, long = "label", value_name = "LABEL")]
+    pub labels: Vec<String>,
+}
+
+/// A run status as a flag value.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum StatusArg {
+    Pending,
+    Running,
+    Completed,
+    Failed,
+    Timeout,
+    Interrupted,
+}
+
+impl From<StatusArg> for RunStatus {
+    fn from(status: StatusArg) -> Self {
+        match status {
+            StatusArg::Pending => Self::Pending,
+            StatusArg::Running => Self::Running,
+            StatusArg::Completed => Self::Completed,
+            StatusArg::Failed => Self::Failed,
+            StatusArg::Timeout => Self::Timeout,
+            StatusArg::Interrupted => Self::Interrupted,
+        }
+    }
+}
+
+fn duration(text: &str) -> Result<Duration, String> {
+    crate::config::parse_duration(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn global_options_are_accepted_anywhere() {
+        let cli = Cli::try_parse_from(["testfleet", "list", "--json", "--state-dir", "/s"])
+            .expect("valid");
+        assert!(cli.global.json);
+        assert_eq!(cli.global.state_dir, Some(PathBuf::from("/s")));
+        let cli = Cli::try_parse_from(["testfleet", "--json", "-v", "hash", "."]).expect("valid");
+        assert!(cli.global.json);
+        assert_eq!(cli.global.verbose, 1);
+    }
+}

@@ -1,0 +1,9 @@
+//! One module per group of commands; each returns a [`Report`](crate::output::Report) or a
+//! [`CliError`](crate::error::CliError) and never prints its final result itself.
+
+pub mod hash;
+pub mod machines;
+pub mod run;
+pub mod runs;
+pub mod signals;
+pub mod worker;

@@ -1,0 +1,394 @@
+//! `testfleet run`: hash once, check every machine's entrypoint, claim each machine, then
+//! either execute the runs here concurrently (streaming their output) or hand each to a
+//! detached `_worker` process.
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::process::Stdio;
+use std::sync::Mutex;
+
+use futures::StreamExt as _;
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::{Value, json};
+use testfleet_core::ports::Clock as _;
+use testfleet_core::ports::{HostKeyPolicy, OutputStream, RunStore, SystemClock, TransferProgress};
+use testfleet_core::runner::{DispatchRequest, Prepared, RunObserver, Runner, hash_test_dir};
+use testfleet_core::{
+    DirManifest, DispatchError, DispatchedRun, ErrorCode, Run, RunId, RunStatus, Transition,
+    error_chain, resolve_entrypoint,
+};
+
+use crate::cli::RunArgs;
+use crate::commands::hash::warn_skipped;
+use crate::commands::runs::POLL_INTERVAL;
+use crate::commands::signals::SignalWatch;
+use crate::context::{Context, get_run, reap};
+use crate::error::{CliError, Exit};
+use crate::output::{self, Report};
+use crate::owner;
+
+/// Runs executed at the same time by one foreground command.
+const MAX_CONCURRENT_RUNS: usize = 32;
+
+/// A machine whose claim was refused in a fan-out.
+#[derive(Debug)]
+struct MachineError {
+    machine: String,
+    code: ErrorCode,
+    message: String,
+}
+
+impl MachineError {
+    fn to_json(&self) -> Value {
+        json!({ "machine": self.machine, "code": self.code, "message": self.message })
+    }
+}
+
+/// `run DIR (-m NAME)... [-l LABEL]...`.
+///
+/// # Errors
+/// Whole-command errors before any claim: `TEST_DIR_NOT_FOUND`, `MISSING_ENTRYPOINT`,
+/// `UNKNOWN_MACHINE`, `FLEET_CONFIG_INVALID`, `INVALID_ARGUMENT`; `MACHINE_BUSY` for a single
+/// machine; `STORE_ERROR`.
+pub async fn run(ctx: &Context, args: RunArgs) -> Result<Report, CliError> {
+    let fleet = ctx.fleet()?;
+    let selected = fleet.select(&args.machines, &args.labels)?;
+    let dir = args.dir.clone();
+    let manifest = tokio::task::spawn_blocking(move || hash_test_dir(&dir))
+        .await
+        .map_err(|error| CliError::Internal(format!("hashing panicked: {error}")))??;
+    warn_skipped(&manifest);
+    // Every machine's entrypoint is checked before any machine is claimed.
+    for machine in &selected {
+        resolve_entrypoint(&manifest.root, &machine.spec.os).map_err(DispatchError::from)?;
+    }
+
+    let store = ctx.open_and_reap().await?;
+    let runner = ctx.runner(store.clone())?;
+    let me = owner::current();
+    let single = selected.len() == 1;
+    let mut prepared_runs: Vec<(DispatchRequest, Prepared)> = Vec::new();
+    let mut errors: Vec<MachineError> = Vec::new();
+    for machine in &selected {
+        let mut spec = machine.spec.clone();
+        if args.accept_new_host_key {
+            spec.ssh.host_key_policy = HostKeyPolicy::AcceptNew;
+        }
+        let request = DispatchRequest {
+            machine: spec,
+            timeout: args.timeout.or(machine.timeout),
+            keep_remote: args.keep_remote,
+            owner: Some(me),
+        };
+        match runner.prepare(&manifest, &request).await {
+            Ok(prepared) => prepared_runs.push((request, prepared)),
+            Err(error) if single => return Err(error.into()),
+            Err(error) => errors.push(MachineError {
+                machine: machine.spec.name.to_string(),
+                code: error.code(),
+                message: error_chain(&error),
+            }),
+        }
+    }
+
+    let results = if args.detach {
+        detach_all(ctx, store.as_ref(), prepared_runs, args.accept_new_host_key).await?
+    } else {
+        let watch = SignalWatch::install(!ctx.style.json)?;
+        let results =
+            foreground_all(ctx, &runner, &manifest, prepared_runs, &watch, !single).await?;
+        if watch.interrupted() {
+            return Ok(report(ctx, &results, &errors, Exit::Interrupted));
+        }
+        results
+    };
+    let exit = if !errors.is_empty()
+        || (!args.detach && results.iter().any(|r| r.run.status != RunStatus::Completed))
+        || (args.detach
+            && results
+                .iter()
+                .any(|r| r.run.status.is_terminal() && r.run.status != RunStatus::Completed))
+    {
+        Exit::RunFailed
+    } else {
+        Exit::Ok
+    };
+    Ok(report(ctx, &results, &errors, exit))
+}
+
+fn report(ctx: &Context, results: &[DispatchedRun], errors: &[MachineError], exit: Exit) -> Report {
+    let mut human: String = results
+        .iter()
+        .map(|result| output::run_summary(ctx.style, &result.run, result.reused))
+        .collect();
+    for error in errors {
+        human.push_str(&format!(
+            "{}: {}: {}\n",
+            error.machine, error.code, error.message
+        ));
+    }
+    let data = json!({
+        "runs": results,
+        "errors": errors.iter().map(MachineError::to_json).collect::<Vec<_>>(),
+    });
+    Report::new(data, human).with_exit(exit)
+}
+
+/// Executes the new runs here, concurrently; waits for reused ones to finish.
+async fn foreground_all(
+    ctx: &Context,
+    runner: &Runner,
+    manifest: &DirManifest,
+    prepared_runs: Vec<(DispatchRequest, Prepared)>,
+    watch: &SignalWatch,
+    prefix: bool,
+) -> Result<Vec<DispatchedRun>, CliError> {
+    let observer = TerminalObserver::new(ctx, prefix);
+    let observer = &observer;
+    let mut results: Vec<(usize, Result<DispatchedRun, CliError>)> =
+        futures::stream::iter(prepared_runs.into_iter().enumerate())
+            .map(|(index, (request, prepared))| async move {
+                let result = if prepared.needs_execution() {
+                    runner
+                        .execute(
+                            prepared.run,
+                            &request.machine,
+                            Some(manifest),
+                            &watch.signals,
+                            observer,
+                        )
+                        .await
+                        .map(|run| DispatchedRun { run, reused: false })
+                        .map_err(CliError::from)
+                } else if prepared.reused {
+                    wait_for(runner.store().as_ref(), &prepared.run.id, watch)
+                        .await
+                        .map(|run| DispatchedRun { run, reused: true })
+                } else {
+                    Ok(DispatchedRun {
+                        run: prepared.run,
+                        reused: false,
+                    })
+                };
+                (index, result)
+            })
+            .buffer_unordered(MAX_CONCURRENT_RUNS)
+            .collect()
+            .await;
+    observer.finish();
+    results.sort_by_key(|(index, _)| *index);
+    results.into_iter().map(|(_, result)| result).collect()
+}
+
+/// Polls a run another process owns until it is terminal (or until we are interrupted).
+async fn wait_for(store: &dyn RunStore, id: &RunId, watch: &SignalWatch) -> Result<Run, CliError> {
+    loop {
+        reap(store).await?;
+        let run = get_run(store, id).await?;
+        if run.status.is_terminal() || watch.signals.cancel.is_cancelled() {
+            return Ok(run);
+        }
+        tokio::select! {
+            () = tokio::time::sleep(POLL_INTERVAL) => {}
+            () = watch.signals.cancel.cancelled() => {}
+        }
+    }
+}
+
+/// Spawns one `_worker` per new run and makes it the run's owner before returning.
+async fn detach_all(
+    ctx: &Context,
+    store: &dyn RunStore,
+    prepared_runs: Vec<(DispatchRequest, Prepared)>,
+    accept_new_host_key: bool,
+) -> Result<Vec<DispatchedRun>, CliError> {
+    let mut results = Vec::with_capacity(prepared_runs.len());
+    for (_, prepared) in prepared_runs {
+        if !prepared.needs_execution() {
+            results.push(DispatchedRun {
+                run: prepared.run,
+                reused: prepared.reused,
+            });
+            continue;
+        }
+        let run = match spawn_worker(ctx, &prepared.run, accept_new_host_key) {
+            Ok(pid) => match store.set_owner(&prepared.run.id, owner::of_pid(pid)).await {
+                Ok(run) => run,
+                // The worker already finished it.
+                Err(testfleet_core::ports::StoreError::Conflict { .. }) => {
+                    get_run(store, &prepared.run.id).await?
+                }
+                Err(error) => return Err(error.into()),
+            },
+            Err(error) => {
+                let change =
+                    Transition::new(RunStatus::Pending, RunStatus::Failed, SystemClock.now())
+                        .with_error(ErrorCode::Internal, error.message());
+                store.transition(&prepared.run.id, change).await?
+            }
+        };
+        results.push(DispatchedRun { run, reused: false });
+    }
+    Ok(results)
+}
+
+/// Starts `testfleet _worker RUN_ID` with its output in the run's `worker.log`.
+fn spawn_worker(ctx: &Context, run: &Run, accept_new_host_key: bool) -> Result<u32, CliError> {
+    let exe = std::env::current_exe()
+        .map_err(|error| CliError::io("find the testfleet executable", "current_exe", error))?;
+    let log_path = run.paths.worker_log();
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|error| CliError::io("open", &log_path, error))?;
+    let log_err = log
+        .try_clone()
+        .map_err(|error| CliError::io("open", &log_path, error))?;
+    let mut command = std::process::Command::new(exe);
+    command
+        .arg("--state-dir")
+        .arg(ctx.state_dir()?)
+        .arg("--fleet")
+        .arg(ctx.fleet_path()?);
+    for _ in 0..ctx.global.verbose {
+        command.arg("-v");
+    }
+    command.arg("_worker").arg(run.id.as_str());
+    if accept_new_host_key {
+        command.arg("--accept-new-host-key");
+    }
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log))
+        .stderr(Stdio::from(log_err))
+        .spawn()
+        .map_err(|error| CliError::io("start the worker", "testfleet _worker", error))?;
+    // The child is not waited for: it outlives this process (it calls setsid itself).
+    Ok(child.id())
+}
+
+/// The machine name and the bytes of an unterminated line of one run's stream.
+type PartialLine = (String, Vec<u8>);
+
+/// Streams remote output to the terminal and shows upload progress on a TTY.
+struct TerminalObserver {
+    /// Whether remote output goes to the terminal at all (not with `--json`).
+    stream_output: bool,
+    /// Prefix every line with `[machine] ` (several machines).
+    prefix: bool,
+    partial_lines: Mutex<HashMap<(RunId, bool), PartialLine>>,
+    progress: Option<(MultiProgress, Mutex<HashMap<RunId, ProgressBar>>)>,
+}
+
+impl TerminalObserver {
+    fn new(ctx: &Context, prefix: bool) -> Self {
+        use std::io::IsTerminal as _;
+        let show_progress = !ctx.style.json && std::io::stderr().is_terminal();
+        Self {
+            stream_output: !ctx.style.json,
+            prefix,
+            partial_lines: Mutex::new(HashMap::new()),
+            progress: show_progress.then(|| {
+                (
+                    MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
+                    Mutex::new(HashMap::new()),
+                )
+            }),
+        }
+    }
+
+    fn write(stream: OutputStream, bytes: &[u8]) {
+        // A closed terminal or pipe must not stop the run: the logs still get everything.
+        let _ = match stream {
+            OutputStream::Stdout => {
+                let mut out = std::io::stdout().lock();
+                out.write_all(bytes).and_then(|()| out.flush())
+            }
+            OutputStream::Stderr => {
+                let mut err = std::io::stderr().lock();
+                err.write_all(bytes).and_then(|()| err.flush())
+            }
+        };
+    }
+
+    /// Writes out what is left of unterminated prefixed lines.
+    fn finish(&self) {
+        let mut partial = self
+            .partial_lines
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        for ((_, is_stderr), (machine, rest)) in partial.drain() {
+            if !rest.is_empty() {
+                let stream = if is_stderr {
+                    OutputStream::Stderr
+                } else {
+                    OutputStream::Stdout
+                };
+                let mut line = format!("[{machine}] ").into_bytes();
+                line.extend_from_slice(&rest);
+                line.push(b'\n');
+                Self::write(stream, &line);
+            }
+        }
+    }
+}
+
+impl RunObserver for TerminalObserver {
+    fn upload_progress(&self, run: &Run, progress: TransferProgress) {
+        let Some((multi, bars)) = &self.progress else {
+            return;
+        };
+        let mut bars = bars.lock().unwrap_or_else(|poison| poison.into_inner());
+        let bar = bars.entry(run.id.clone()).or_insert_with(|| {
+            let bar = multi.add(ProgressBar::new(progress.bytes_total));
+            if let Ok(style) = ProgressStyle::with_template(
+                "{prefix} upload [{bar:30}] {bytes}/{total_bytes} {msg}",
+            ) {
+                bar.set_style(style.progress_chars("=> "));
+            }
+            bar.set_prefix(run.machine.to_string());
+            bar
+        });
+        bar.set_length(progress.bytes_total);
+        bar.set_position(progress.bytes_done);
+        bar.set_message(format!(
+            "{}/{} files",
+            progress.files_done, progress.files_total
+        ));
+        if progress.files_done >= progress.files_total {
+            bar.finish_and_clear();
+        }
+    }
+
+    fn output(&self, run: &Run, stream: OutputStream, data: &[u8]) {
+        if !self.stream_output {
+            return;
+        }
+        if !self.prefix {
+            Self::write(stream, data);
+            return;
+        }
+        let is_stderr = stream == OutputStream::Stderr;
+        let mut partial = self
+            .partial_lines
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        let (machine, buffer) = partial
+            .entry((run.id.clone(), is_stderr))
+            .or_insert_with(|| (run.machine.to_string(), Vec::new()));
+        buffer.extend_from_slice(data);
+        let mut text = Vec::new();
+        while let Some(newline) = buffer.iter().position(|&b| b == b'\n') {
+            text.extend_from_slice(format!("[{machine}] ").as_bytes());
+            text.extend(buffer.drain(..=newline));
+        }
+        if !text.is_empty() {
+            Self::write(stream, &text);
+        }
+    }
+
+    fn warning(&self, run: &Run, message: &str) {
+        eprintln!("warning: {} ({}): {message}", run.machine, run.id);
+    }
+}

@@ -1,0 +1,258 @@
+//! Commands that read and manage recorded runs: `status`, `wait`, `list`, `logs`, `cancel`,
+//! `gc`. Each reaps lost runs first, so a crashed owner never shows as running.
+
+use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use testfleet_core::ports::{RunFilter, RunStore};
+use testfleet_core::{MachineName, Run, RunId, RunStatus, Timestamp};
+
+use crate::context::{Context, get_run, parse_run_id, reap};
+use crate::error::{CliError, Exit};
+use crate::output::{self, Report};
+use crate::owner::ProcessProbe;
+
+/// How often waiting commands look at the store again.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// How long `cancel` waits for the owner to record the run's end.
+const CANCEL_DEADLINE: Duration = Duration::from_secs(90);
+
+/// `status RUN_ID [--events]`.
+///
+/// # Errors
+/// `INVALID_ARGUMENT`, `RUN_NOT_FOUND`, `STORE_ERROR`.
+pub async fn status(ctx: &Context, run_id: &str, show_events: bool) -> Result<Report, CliError> {
+    let id = parse_run_id(run_id)?;
+    let store = ctx.open_and_reap().await?;
+    let run = get_run(store.as_ref(), &id).await?;
+    let events = store.events(&id).await?;
+    let mut human = output::run_detail(ctx.style, &run);
+    if show_events {
+        human.push_str(&output::events_table(&events));
+    }
+    Ok(Report::new(json!({ "run": run, "events": events }), human))
+}
+
+/// `list [-m NAME] [--status S] [--limit N]`.
+///
+/// # Errors
+/// `INVALID_ARGUMENT`, `STORE_ERROR`.
+pub async fn list(
+    ctx: &Context,
+    machine: Option<&str>,
+    status: Option<RunStatus>,
+    limit: usize,
+) -> Result<Report, CliError> {
+    let machine = machine
+        .map(MachineName::parse)
+        .transpose()
+        .map_err(|error| CliError::invalid(error.to_string()))?;
+    let store = ctx.open_and_reap().await?;
+    let runs = store
+        .list(&RunFilter {
+            machine,
+            status,
+            limit: Some(limit),
+        })
+        .await?;
+    let human = output::run_table(ctx.style, &runs);
+    Ok(Report::new(json!({ "runs": runs }), human))
+}
+
+/// Exit status of a command whose job was to see runs finish.
+pub fn runs_exit(runs: &[Run]) -> Exit {
+    if runs.iter().all(|run| run.status == RunStatus::Completed) {
+        Exit::Ok
+    } else {
+        Exit::RunFailed
+    }
+}
+
+/// `wait RUN_ID... [--timeout DUR]`: polls until every run is terminal or the timeout elapses
+/// (then the runs are reported as they are, exit 1).
+///
+/// # Errors
+/// `INVALID_ARGUMENT`, `RUN_NOT_FOUND`, `STORE_ERROR`.
+pub async fn wait(
+    ctx: &Context,
+    run_ids: &[String],
+    timeout: Option<Duration>,
+) -> Result<Report, CliError> {
+    let ids = run_ids
+        .iter()
+        .map(|id| parse_run_id(id))
+        .collect::<Result<Vec<_>, _>>()?;
+    let store = ctx.open_and_reap().await?;
+    for id in &ids {
+        get_run(store.as_ref(), id).await?;
+    }
+    let deadline = timeout.map(|timeout| Instant::now() + timeout);
+    let runs = loop {
+        let runs = current_runs(store.as_ref(), &ids).await?;
+        let past_deadline = deadline.is_some_and(|deadline| Instant::now() >= deadline);
+        if runs.iter().all(|run| run.status.is_terminal()) || past_deadline {
+            break runs;
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    };
+    let human: String = runs
+        .iter()
+        .map(|run| output::run_summary(ctx.style, run, false))
+        .collect();
+    let exit = runs_exit(&runs);
+    Ok(Report::new(json!({ "runs": runs, "errors": [] }), human).with_exit(exit))
+}
+
+async fn current_runs(store: &dyn RunStore, ids: &[RunId]) -> Result<Vec<Run>, CliError> {
+    reap(store).await?;
+    let mut runs = Vec::with_capacity(ids.len());
+    for id in ids {
+        runs.push(get_run(store, id).await?);
+    }
+    Ok(runs)
+}
+
+/// `logs RUN_ID [--stderr] [-f]`: the log file's bytes; with `-f`, new bytes as they are
+/// appended until the run is terminal.
+///
+/// # Errors
+/// `INVALID_ARGUMENT`, `RUN_NOT_FOUND`, `STORE_ERROR`, `INTERNAL` (unreadable log).
+pub async fn logs(
+    ctx: &Context,
+    run_id: &str,
+    stderr: bool,
+    follow: bool,
+) -> Result<Report, CliError> {
+    let id = parse_run_id(run_id)?;
+    let store = ctx.open_and_reap().await?;
+    let mut run = get_run(store.as_ref(), &id).await?;
+    let path = if stderr {
+        run.paths.stderr.clone()
+    } else {
+        run.paths.stdout.clone()
+    };
+    let stream = if stderr { "stderr" } else { "stdout" };
+    let mut offset = 0u64;
+    let mut collected = Vec::new();
+    let mut stdout = std::io::stdout();
+    loop {
+        // Read what is there before looking at the status, so that nothing written before
+        // the run ended is missed.
+        let terminal_before_read = run.status.is_terminal();
+        let chunk = read_from(&path, offset)?;
+        offset += chunk.len() as u64;
+        if ctx.style.json {
+            collected.extend_from_slice(&chunk);
+        } else if !chunk.is_empty() {
+            let _ = stdout.write_all(&chunk);
+            let _ = stdout.flush();
+        }
+        if !follow || terminal_before_read {
+            break;
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+        reap(store.as_ref()).await?;
+        run = get_run(store.as_ref(), &id).await?;
+    }
+    Ok(Report::new(
+        json!({
+            "run": run.id,
+            "stream": stream,
+            "path": path,
+            "content": String::from_utf8_lossy(&collected),
+        }),
+        String::new(),
+    ))
+}
+
+/// The bytes of `path` from `offset` on; nothing when the file does not exist yet.
+fn read_from(path: &Path, offset: u64) -> Result<Vec<u8>, CliError> {
+    let mut file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(error) => return Err(CliError::io("read", path, error)),
+    };
+    let mut bytes = Vec::new();
+    file.seek(SeekFrom::Start(offset))
+        .and_then(|_| file.read_to_end(&mut bytes))
+        .map_err(|error| CliError::io("read", path, error))?;
+    Ok(bytes)
+}
+
+/// `cancel RUN_ID`: SIGTERM to the live owner, then wait for the run to be terminal. A run
+/// without a live owner was already reaped when the store was opened.
+///
+/// # Errors
+/// `INVALID_ARGUMENT`, `RUN_NOT_FOUND`, `STORE_ERROR`, `INTERNAL` (the owner cannot be
+/// signalled).
+pub async fn cancel(ctx: &Context, run_id: &str) -> Result<Report, CliError> {
+    use testfleet_core::runner::OwnerProbe as _;
+
+    let id = parse_run_id(run_id)?;
+    let store = ctx.open_and_reap().await?;
+    let mut run = get_run(store.as_ref(), &id).await?;
+    let mut exit = Exit::Ok;
+    if run.status.is_active() {
+        if let Some(owner) = run.owner().filter(|owner| ProcessProbe.is_alive(*owner)) {
+            let pid = i32::try_from(owner.pid)
+                .map_err(|_| CliError::Internal(format!("pid {} out of range", owner.pid)))?;
+            match nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            ) {
+                Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+                Err(error) => {
+                    return Err(CliError::Internal(format!(
+                        "cannot signal pid {pid}, the owner of run {id}: {error}"
+                    )));
+                }
+            }
+        }
+        let deadline = Instant::now() + CANCEL_DEADLINE;
+        loop {
+            reap(store.as_ref()).await?;
+            run = get_run(store.as_ref(), &id).await?;
+            if run.status.is_terminal() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                eprintln!(
+                    "warning: run {id} is still {} after {}s; its owner did not stop it yet",
+                    run.status,
+                    CANCEL_DEADLINE.as_secs()
+                );
+                exit = Exit::RunFailed;
+                break;
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+    let human = output::run_summary(ctx.style, &run, false);
+    Ok(Report::new(json!({ "run": run }), human).with_exit(exit))
+}
+
+/// `gc [--older-than DUR]`: deletes the local folders (logs, artifacts) of terminal runs that
+/// finished longer ago than `older_than`. The run records stay (the store has no deletion).
+///
+/// # Errors
+/// `STORE_ERROR`; `INTERNAL` when a folder cannot be removed.
+pub async fn gc(ctx: &Context, older_than: Duration) -> Result<Report, CliError> {
+    let store = ctx.open_and_reap().await?;
+    let runs = store.list(&RunFilter::default()).await?;
+    let now = Timestamp::now();
+    let mut removed = Vec::new();
+    for run in runs {
+        let old_enough = run
+            .finished_at
+            .is_some_and(|finished| now.since(finished) >= older_than);
+        if run.status.is_terminal() && old_enough && run.paths.dir.exists() {
+            std::fs::remove_dir_all(&run.paths.dir)
+                .map_err(|error| CliError::io("remove", &run.paths.dir, error))?;
+            removed.push(run.id);
+        }
+    }
+    let human = format!("removed the local folders of {} run(s)\n", removed.len());
+    Ok(Report::new(json!({ "removed": removed }), human))
+}

@@ -1,0 +1,76 @@
+//! The hidden `_worker RUN_ID`: executes a pending run claimed by `run --detach`, in a session
+//! of its own, as the run's owner. SIGTERM or SIGINT cancel the run.
+
+use serde_json::json;
+use testfleet_core::ports::{Clock as _, HostKeyPolicy, RunStore, StoreError, SystemClock};
+use testfleet_core::runner::NoObserver;
+use testfleet_core::{ErrorCode, Run, RunStatus, Transition};
+
+use crate::commands::signals::SignalWatch;
+use crate::context::{Context, get_run, parse_run_id};
+use crate::error::CliError;
+use crate::output::Report;
+use crate::owner;
+
+/// Executes the run `run_id`.
+///
+/// # Errors
+/// `INVALID_ARGUMENT`, `RUN_NOT_FOUND`, `STORE_ERROR`; problems with the machine are recorded
+/// in the run instead.
+pub async fn worker(
+    ctx: &Context,
+    run_id: &str,
+    accept_new_host_key: bool,
+) -> Result<Report, CliError> {
+    // A session of our own: the terminal's Ctrl-C and hangup no longer reach us.
+    if let Err(error) = nix::unistd::setsid() {
+        tracing::warn!(%error, "setsid failed; the worker stays in its parent's session");
+    }
+    let watch = SignalWatch::install(false)?;
+    let id = parse_run_id(run_id)?;
+    let store = ctx.open_store().await?;
+    let run = match store.set_owner(&id, owner::current()).await {
+        Ok(run) => run,
+        Err(StoreError::Conflict { .. }) => return Ok(done(get_run(store.as_ref(), &id).await?)),
+        Err(error) => return Err(error.into()),
+    };
+    if run.status != RunStatus::Pending {
+        return Ok(done(run));
+    }
+    tracing::info!(run = %run.id, machine = %run.machine, "worker started");
+    let fleet = match ctx.fleet() {
+        Ok(fleet) => fleet,
+        Err(error) => return fail(store.as_ref(), &run, &error).await,
+    };
+    let machine = match fleet.machine(run.machine.as_str()) {
+        Ok(machine) => machine,
+        Err(error) => return fail(store.as_ref(), &run, &error).await,
+    };
+    let mut spec = machine.spec.clone();
+    if accept_new_host_key {
+        spec.ssh.host_key_policy = HostKeyPolicy::AcceptNew;
+    }
+    let runner = ctx.runner(store.clone())?;
+    let run = runner
+        .execute(run, &spec, None, &watch.signals, &NoObserver)
+        .await?;
+    tracing::info!(run = %run.id, status = %run.status, "worker finished");
+    Ok(done(run))
+}
+
+fn done(run: Run) -> Report {
+    let human = format!("{} {}\n", run.id, run.status);
+    Report::new(json!({ "run": run }), human)
+}
+
+/// Ends the pending run `failed` with the error's code: the worker could not even start it.
+async fn fail(store: &dyn RunStore, run: &Run, error: &CliError) -> Result<Report, CliError> {
+    let code: ErrorCode = error.code();
+    let change = Transition::new(RunStatus::Pending, RunStatus::Failed, SystemClock.now())
+        .with_error(code, error.message());
+    match store.transition(&run.id, change).await {
+        Ok(run) => Ok(done(run)),
+        Err(StoreError::Conflict { .. }) => Ok(done(get_run(store, &run.id).await?)),
+        Err(error) => Err(error.into()),
+    }
+}

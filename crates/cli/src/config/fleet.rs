@@ -1,0 +1,549 @@
+//! The fleet file (DESIGN §5): parsed strictly (unknown keys are errors, with file, line and
+//! column), `[defaults]` overridden per machine, and each machine resolved into the
+//! [`MachineSpec`] the runner needs, with `~/.ssh/config` filling what the file leaves out.
+
+use std::collections::BTreeMap;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+use ssh2_config::{ParseRule, SshConfig};
+use testfleet_core::MachineName;
+use testfleet_core::TargetOs;
+use testfleet_core::ports::{HostKeyPolicy, SshTarget};
+use testfleet_core::remote::WindowsShell;
+use testfleet_core::runner::MachineSpec;
+
+use super::paths::Env;
+use crate::error::CliError;
+
+/// Keys allowed in `[defaults]`; every one may also be set on a machine.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Defaults {
+    user: Option<String>,
+    port: Option<u16>,
+    os: Option<String>,
+    shell: Option<WindowsShell>,
+    identity_file: Option<String>,
+    known_hosts: Option<String>,
+    remote_root: Option<String>,
+    #[serde(default, deserialize_with = "duration")]
+    timeout: Option<Duration>,
+}
+
+/// One `[machines.NAME]` table: the keys of [`Defaults`] plus `host` and `labels`. (serde's
+/// `flatten` does not combine with `deny_unknown_fields`, hence the repetition.)
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MachineEntry {
+    host: Option<String>,
+    #[serde(default)]
+    labels: Vec<String>,
+    user: Option<String>,
+    port: Option<u16>,
+    os: Option<String>,
+    shell: Option<WindowsShell>,
+    identity_file: Option<String>,
+    known_hosts: Option<String>,
+    remote_root: Option<String>,
+    #[serde(default, deserialize_with = "duration")]
+    timeout: Option<Duration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FleetFile {
+    #[serde(default)]
+    defaults: Defaults,
+    #[serde(default)]
+    machines: BTreeMap<MachineName, MachineEntry>,
+}
+
+fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    parse_duration(&text)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
+/// Parses a humantime duration (`90s`, `30m`, `1h30m`) with a message that says what is wanted.
+///
+/// # Errors
+/// A message naming the text and the expected form.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim()).map_err(|error| {
+        format!(
+            "invalid duration {text:?} ({error}); expected a duration such as 90s, 30m or 1h30m"
+        )
+    })
+}
+
+/// One machine of the fleet, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetMachine {
+    pub spec: MachineSpec,
+    pub labels: Vec<String>,
+    /// The exec timeout of runs on this machine unless `--timeout` says otherwise.
+    pub timeout: Option<Duration>,
+}
+
+/// The parsed fleet file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fleet {
+    pub file: PathBuf,
+    /// The machines, sorted by name.
+    pub machines: Vec<FleetMachine>,
+}
+
+impl Fleet {
+    /// Reads and parses the fleet file at `file`, with `~/.ssh/config` from `env`.
+    ///
+    /// # Errors
+    /// [`CliError::FleetConfig`] when the file is missing, unreadable, malformed or
+    /// inconsistent, or when `~/.ssh/config` cannot be parsed.
+    pub fn load(file: &Path, env: &Env) -> Result<Self, CliError> {
+        let text = std::fs::read_to_string(file).map_err(|error| {
+            let remedy = if error.kind() == std::io::ErrorKind::NotFound {
+                "; create it (see `testfleet machines add --help`) or point --fleet / TESTFLEET_FLEET at one"
+            } else {
+                ""
+            };
+            fleet_error(file, None, format!("cannot read fleet file {}: {error}{remedy}", file.display()))
+        })?;
+        let ssh_config = load_ssh_config(env)?;
+        Self::parse(&text, file, env, ssh_config.as_ref())
+    }
+
+    /// Parses fleet file text.
+    ///
+    /// # Errors
+    /// [`CliError::FleetConfig`] with the line and column of the offending key or value.
+    pub fn parse(
+        text: &str,
+        file: &Path,
+        env: &Env,
+        ssh_config: Option<&SshConfig>,
+    ) -> Result<Self, CliError> {
+        let parsed: FleetFile = toml::from_str(text).map_err(|error| {
+            let position = error.span().map(|span| line_column(text, span.start));
+            fleet_error(file, position, error.message().trim().to_owned())
+        })?;
+        let mut machines = Vec::with_capacity(parsed.machines.len());
+        for (name, entry) in parsed.machines {
+            machines.push(
+                resolve(&name, entry, &parsed.defaults, env, ssh_config).map_err(|message| {
+                    fleet_error(file, None, format!("machine {name}: {message}"))
+                })?,
+            );
+        }
+        Ok(Self {
+            file: file.to_path_buf(),
+            machines,
+        })
+    }
+
+    /// The machine called `name`.
+    ///
+    /// # Errors
+    /// [`CliError::UnknownMachine`] listing the known names.
+    pub fn machine(&self, name: &str) -> Result<&FleetMachine, CliError> {
+        self.machines
+            .iter()
+            .find(|machine| machine.spec.name.as_str() == name)
+            .ok_or_else(|| CliError::UnknownMachine {
+                message: format!(
+                    "machine {name:?} is not in the fleet file {}; known machines: {}",
+                    self.file.display(),
+                    self.known_names().join(", ")
+                ),
+                name: name.to_owned(),
+                known: self.known_names(),
+            })
+    }
+
+    /// The machines named by `names` and those carrying one of `labels`, each once, in the
+    /// order named (then fleet order for labels).
+    ///
+    /// # Errors
+    /// [`CliError::UnknownMachine`] for an unknown name or a label no machine carries;
+    /// [`CliError::InvalidArgument`] when neither names nor labels are given.
+    pub fn select(
+        &self,
+        names: &[String],
+        labels: &[String],
+    ) -> Result<Vec<&FleetMachine>, CliError> {
+        if names.is_empty() && labels.is_empty() {
+            return Err(CliError::invalid(format!(
+                "no machine given; name one with -m NAME or select by label with -l LABEL (machines: {})",
+                self.known_names().join(", ")
+            )));
+        }
+        let mut selected: Vec<&FleetMachine> = Vec::new();
+        for name in names {
+            let machine = self.machine(name)?;
+            if !selected.iter().any(|m| m.spec.name == machine.spec.name) {
+                selected.push(machine);
+            }
+        }
+        for label in labels {
+            let mut matched = false;
+            for machine in self.machines.iter().filter(|m| m.labels.contains(label)) {
+                matched = true;
+                if !selected.iter().any(|m| m.spec.name == machine.spec.name) {
+                    selected.push(machine);
+                }
+            }
+            if !matched {
+                let mut known: Vec<String> = self
+                    .machines
+                    .iter()
+                    .flat_map(|m| m.labels.clone())
+                    .collect();
+                known.sort();
+                known.dedup();
+                return Err(CliError::UnknownMachine {
+                    message: format!(
+                        "no machine of the fleet file {} has the label {label:?}; known labels: {}",
+                        self.file.display(),
+                        known.join(", ")
+                    ),
+                    name: label.clone(),
+                    known,
+                });
+            }
+        }
+        Ok(selected)
+    }
+
+    fn known_names(&self) -> Vec<String> {
+        self.machines
+            .iter()
+            .map(|m| m.spec.name.to_string())
+            .collect()
+    }
+}
+
+fn fleet_error(file: &Path, position: Option<(usize, usize)>, message: String) -> CliError {
+    let (line, column) = position.unzip();
+    let message = match position {
+        Some((line, column)) => format!(
+            "invalid fleet file {}, line {line}, column {column}: {message}",
+            file.display()
+        ),
+        None if message.starts_with("cannot read") => message,
+        None => format!("invalid fleet file {}: {message}", file.display()),
+    };
+    CliError::FleetConfig {
+        message,
+        file: file.to_path_buf(),
+        line,
+        column,
+    }
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before.get(line_start..).map_or(0, |s| s.chars().count()) + 1;
+    (line, column)
+}
+
+/// Parses `~/.ssh/config` when it exists.
+fn load_ssh_config(env: &Env) -> Result<Option<SshConfig>, CliError> {
+    let Some(path) = env.ssh_config_file() else {
+        return Ok(None);
+    };
+    let file = match std::fs::File::open(&path) {
+        Ok(file) => file,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(CliError::io("read", path, error)),
+    };
+    let mut config = SshConfig::default();
+    if let Some(home) = &env.home {
+        config = config.home_dir(home);
+    }
+    config
+        .parse(
+            &mut BufReader::new(file),
+            ParseRule::ALLOW_UNKNOWN_FIELDS | ParseRule::ALLOW_UNSUPPORTED_FIELDS,
+        )
+        .map(Some)
+        .map_err(|error| CliError::FleetConfig {
+            message: format!("cannot parse {}: {error}", path.display()),
+            file: path,
+            line: None,
+            column: None,
+        })
+}
+
+/// Resolves one machine. Precedence: the machine's table, then `~/.ssh/config` for the host
+/// (it is specific to that host), then `[defaults]`, then the built-in defaults.
+fn resolve(
+    name: &MachineName,
+    entry: MachineEntry,
+    defaults: &Defaults,
+    env: &Env,
+    ssh_config: Option<&SshConfig>,
+) -> Result<FleetMachine, String> {
+    let alias = entry.host.clone().unwrap_or_else(|| name.to_string());
+    let ssh = ssh_config.map(|config| config.query(&alias));
+    let host = ssh
+        .as_ref()
+        .and_then(|params| params.host_name.clone())
+        .unwrap_or(alias);
+    let port = entry
+        .port
+        .or_else(|| ssh.as_ref().and_then(|params| params.port))
+        .or(defaults.port)
+        .unwrap_or(22);
+    if port == 0 {
+        return Err("port 0 is not a valid SSH port".to_owned());
+    }
+    let user = entry
+        .user
+        .or_else(|| ssh.as_ref().and_then(|params| params.user.clone()))
+        .or_else(|| defaults.user.clone())
+        .or_else(|| env.user.clone())
+        .ok_or_else(|| {
+            "no user: set `user` in the machine or in [defaults] (USER is unset)".to_owned()
+        })?;
+    let mut identity_files: Vec<PathBuf> = entry
+        .identity_file
+        .or_else(|| defaults.identity_file.clone())
+        .map(|path| env.expand_tilde(&path))
+        .into_iter()
+        .collect();
+    if let Some(files) = ssh.as_ref().and_then(|params| params.identity_file.clone()) {
+        for file in files {
+            let file = env.expand_tilde(&file.to_string_lossy());
+            if !identity_files.contains(&file) {
+                identity_files.push(file);
+            }
+        }
+    }
+    let known_hosts = entry
+        .known_hosts
+        .or_else(|| defaults.known_hosts.clone())
+        .map_or_else(
+            || env.expand_tilde("~/.ssh/known_hosts"),
+            |path| env.expand_tilde(&path),
+        );
+    let os = entry
+        .os
+        .or_else(|| defaults.os.clone())
+        .unwrap_or_else(|| "linux".to_owned());
+    if os.trim().is_empty() {
+        return Err("os is empty; use linux, macos, freebsd, windows, …".to_owned());
+    }
+    let remote_root = entry
+        .remote_root
+        .or_else(|| defaults.remote_root.clone())
+        .unwrap_or_else(|| MachineSpec::DEFAULT_REMOTE_ROOT.to_owned());
+    Ok(FleetMachine {
+        spec: MachineSpec {
+            name: name.clone(),
+            os: TargetOs::new(&os),
+            windows_shell: entry.shell.or(defaults.shell).unwrap_or_default(),
+            remote_root,
+            ssh: SshTarget {
+                host,
+                port,
+                user,
+                identity_files,
+                known_hosts,
+                host_key_policy: HostKeyPolicy::Strict,
+                connect_timeout: SshTarget::DEFAULT_CONNECT_TIMEOUT,
+                keepalive_interval: SshTarget::DEFAULT_KEEPALIVE_INTERVAL,
+                keepalive_max: SshTarget::DEFAULT_KEEPALIVE_MAX,
+            },
+        },
+        labels: entry.labels,
+        timeout: entry.timeout.or(defaults.timeout),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env() -> Env {
+        Env {
+            home: Some("/home/me".into()),
+            user: Some("me".into()),
+            xdg_config_home: None,
+            xdg_state_home: None,
+        }
+    }
+
+    fn parse(text: &str) -> Result<Fleet, CliError> {
+        Fleet::parse(text, Path::new("/etc/fleet.toml"), &env(), None)
+    }
+
+    fn parse_with_ssh(text: &str, ssh: &str) -> Fleet {
+        let config = SshConfig::default()
+            .home_dir("/home/me")
+            .parse(&mut ssh.as_bytes(), ParseRule::ALLOW_UNKNOWN_FIELDS)
+            .expect("valid ssh config");
+        Fleet::parse(text, Path::new("/etc/fleet.toml"), &env(), Some(&config)).expect("valid")
+    }
+
+    /// Checks the error of a broken fleet file: its message and position.
+    fn check_error(text: &str, line: usize, column: usize, fragment: &str) {
+        match parse(text) {
+            Err(CliError::FleetConfig {
+                message,
+                line: got_line,
+                column: got_column,
+                ..
+            }) => {
+                assert_eq!(
+                    (got_line, got_column),
+                    (Some(line), Some(column)),
+                    "{message}"
+                );
+                assert!(message.contains(fragment), "{message:?} lacks {fragment:?}");
+                assert!(message.contains("/etc/fleet.toml"), "{message}");
+            }
+            other => panic!("expected a fleet error, got {other:?}"),
+        }
+    }
+
+    const EXAMPLE: &str = r#"
+[defaults]
+user = "ci"
+identity_file = "~/.ssh/id_ed25519"
+known_hosts = "~/.ssh/known_hosts"
+remote_root = ".testfleet"
+timeout = "30m"
+
+[machines.linux-1]
+host = "10.0.0.5"
+port = 2222
+os = "linux"
+labels = ["x86_64", "ubuntu-24.04"]
+timeout = "90s"
+
+[machines.win-1]
+host = "win1.lab"
+os = "Windows"
+shell = "pwsh"
+user = "admin"
+"#;
+
+    #[test]
+    fn the_design_example_parses_with_defaults_overridden_per_machine() {
+        let fleet = parse(EXAMPLE).expect("valid");
+        let [linux, windows] = fleet.machines.as_slice() else {
+            panic!("two machines expected");
+        };
+        assert_eq!(linux.spec.name.as_str(), "linux-1");
+        assert_eq!(linux.spec.ssh.host, "10.0.0.5");
+        assert_eq!(linux.spec.ssh.port, 2222);
+        assert_eq!(linux.spec.ssh.user, "ci");
+        assert_eq!(
+            linux.spec.ssh.identity_files,
+            vec![PathBuf::from("/home/me/.ssh/id_ed25519")]
+        );
+        assert_eq!(
+            linux.spec.ssh.known_hosts,
+            PathBuf::from("/home/me/.ssh/known_hosts")
+        );
+        assert_eq!(linux.timeout, Some(Duration::from_secs(90)));
+        assert_eq!(linux.labels, ["x86_64", "ubuntu-24.04"]);
+        assert_eq!(windows.spec.os.as_str(), "windows");
+        assert_eq!(windows.spec.windows_shell, WindowsShell::Pwsh);
+        assert_eq!(windows.spec.ssh.user, "admin");
+        assert_eq!(windows.spec.ssh.port, 22);
+        assert_eq!(windows.timeout, Some(Duration::from_secs(30 * 60)));
+    }
+
+    #[test]
+    fn built_in_defaults() {
+        let fleet = parse("[machines.box]\n").expect("valid");
+        let machine = &fleet.machines[0];
+        assert_eq!(machine.spec.ssh.host, "box");
+        assert_eq!(machine.spec.ssh.port, 22);
+        assert_eq!(machine.spec.ssh.user, "me");
+        assert_eq!(machine.spec.remote_root, ".testfleet");
+        assert_eq!(machine.spec.os.as_str(), "linux");
+        assert_eq!(
+            machine.spec.ssh.known_hosts,
+            PathBuf::from("/home/me/.ssh/known_hosts")
+        );
+        assert!(machine.spec.ssh.identity_files.is_empty());
+        assert_eq!(machine.timeout, None);
+    }
+
+    #[test]
+    fn ssh_config_fills_what_the_fleet_leaves_out() {
+        let ssh = "Host box\n  HostName 192.0.2.7\n  Port 2200\n  User deploy\n  IdentityFile ~/.ssh/box_key\n";
+        let fleet = parse_with_ssh("[defaults]\nuser = \"ci\"\n[machines.box]\n", ssh);
+        let machine = &fleet.machines[0];
+        assert_eq!(machine.spec.ssh.host, "192.0.2.7");
+        assert_eq!(machine.spec.ssh.port, 2200);
+        assert_eq!(machine.spec.ssh.user, "deploy");
+        assert_eq!(
+            machine.spec.ssh.identity_files,
+            vec![PathBuf::from("/home/me/.ssh/box_key")]
+        );
+        // The machine's own table wins over ~/.ssh/config.
+        let fleet = parse_with_ssh("[machines.box]\nport = 22\nuser = \"root\"\n", ssh);
+        assert_eq!(fleet.machines[0].spec.ssh.port, 22);
+        assert_eq!(fleet.machines[0].spec.ssh.user, "root");
+    }
+
+    #[test]
+    fn broken_files_name_the_line_and_column() {
+        check_error("[machines.a]\nhots = \"x\"\n", 2, 1, "unknown field `hots`");
+        check_error(
+            "[defaults]\ntimeot = \"1m\"\n",
+            2,
+            1,
+            "unknown field `timeot`",
+        );
+        check_error("[machine.a]\n", 1, 2, "unknown field `machine`");
+        check_error(
+            "[machines.a]\ntimeout = \"5 parsecs\"\n",
+            2,
+            11,
+            "invalid duration",
+        );
+        check_error("[machines.a]\nport = 70000\n", 2, 8, "");
+        check_error("[machines.a]\nshell = \"bash\"\n", 2, 9, "unknown variant");
+        check_error("[machines.\"a b\"]\n", 1, 11, "invalid machine name");
+        check_error("[machines.a\n", 1, 12, "");
+    }
+
+    #[test]
+    fn selecting_machines() {
+        let fleet = parse(EXAMPLE).expect("valid");
+        let names = |selected: Vec<&FleetMachine>| {
+            selected
+                .iter()
+                .map(|m| m.spec.name.to_string())
+                .collect::<Vec<_>>()
+        };
+        let by_label = fleet.select(&[], &["x86_64".into()]).expect("known label");
+        assert_eq!(names(by_label), ["linux-1"]);
+        let both = fleet
+            .select(&["win-1".into(), "linux-1".into()], &["x86_64".into()])
+            .expect("known");
+        assert_eq!(names(both), ["win-1", "linux-1"]);
+        assert!(matches!(
+            fleet.select(&["nope".into()], &[]),
+            Err(CliError::UnknownMachine { .. })
+        ));
+        assert!(matches!(
+            fleet.select(&[], &["arm".into()]),
+            Err(CliError::UnknownMachine { .. })
+        ));
+        assert!(matches!(
+            fleet.select(&[], &[]),
+            Err(CliError::InvalidArgument { .. })
+        ));
+    }
+}

@@ -1,0 +1,7 @@
+//! Configuration: the fleet file and the local paths testfleet uses.
+
+pub mod fleet;
+pub mod paths;
+
+pub use fleet::{Fleet, FleetMachine, parse_duration};
+pub use paths::Env;

@@ -1,0 +1,283 @@
+//! What commands print: the JSON envelope (`{"ok":true,"data":…}` / `{"ok":false,"error":…}`)
+//! with `--json`, human text otherwise, colour only on a terminal and never with `NO_COLOR`.
+
+use std::fmt::Write as _;
+use std::io::{IsTerminal as _, Write as _};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use testfleet_core::{Run, RunEventRecord, RunStatus};
+
+use crate::error::{CliError, Exit};
+
+/// What a successful command produced.
+#[derive(Debug)]
+pub struct Report {
+    /// The `data` of the JSON envelope.
+    pub data: Value,
+    /// The human text for stdout (may be empty when the command already streamed its output).
+    pub human: String,
+    pub exit: Exit,
+}
+
+impl Report {
+    pub fn new(data: Value, human: String) -> Self {
+        Self {
+            data,
+            human,
+            exit: Exit::Ok,
+        }
+    }
+
+    pub fn with_exit(mut self, exit: Exit) -> Self {
+        self.exit = exit;
+        self
+    }
+}
+
+/// How to print.
+#[derive(Debug, Clone, Copy)]
+pub struct Style {
+    pub json: bool,
+    /// ANSI colour on stdout.
+    pub color: bool,
+    /// ANSI colour on stderr.
+    pub color_stderr: bool,
+}
+
+impl Style {
+    pub fn detect(json: bool) -> Self {
+        let no_color = std::env::var_os("NO_COLOR").is_some_and(|value| !value.is_empty());
+        Self {
+            json,
+            color: !json && !no_color && std::io::stdout().is_terminal(),
+            color_stderr: !no_color && std::io::stderr().is_terminal(),
+        }
+    }
+
+    /// A status word, coloured when allowed.
+    pub fn status(&self, status: RunStatus) -> String {
+        paint(self.color, status_color(status), status.as_str())
+    }
+}
+
+fn status_color(status: RunStatus) -> &'static str {
+    match status {
+        RunStatus::Completed => "32",
+        RunStatus::Failed | RunStatus::Timeout => "31",
+        RunStatus::Interrupted => "33",
+        RunStatus::Pending | RunStatus::Running => "36",
+    }
+}
+
+fn paint(enabled: bool, code: &str, text: &str) -> String {
+    if enabled {
+        format!("\x1b[{code}m{text}\x1b[0m")
+    } else {
+        text.to_owned()
+    }
+}
+
+/// Prints a command's result and returns the process exit status.
+pub fn emit(style: Style, result: Result<Report, CliError>) -> Exit {
+    match result {
+        Ok(report) => {
+            if style.json {
+                print_json(&json!({ "ok": true, "data": report.data }));
+            } else if !report.human.is_empty() {
+                let mut stdout = std::io::stdout().lock();
+                // A closed stdout (a pipe into `head`) is not worth an error.
+                let _ = stdout.write_all(report.human.as_bytes());
+                let _ = stdout.flush();
+            }
+            report.exit
+        }
+        Err(error) => {
+            emit_error(style, &error);
+            Exit::for_error(error.code())
+        }
+    }
+}
+
+/// Prints an error: the envelope on stdout with `--json`, a line on stderr otherwise.
+pub fn emit_error(style: Style, error: &CliError) {
+    let code = error.code();
+    if style.json {
+        print_json(&json!({
+            "ok": false,
+            "error": { "code": code, "message": error.message(), "details": error.details() },
+        }));
+    } else {
+        let label = paint(style.color_stderr, "31", &format!("error[{code}]"));
+        eprintln!("{label}: {}", error.message());
+    }
+}
+
+fn print_json(value: &Value) {
+    let mut stdout = std::io::stdout().lock();
+    let text = serde_json::to_string_pretty(value).unwrap_or_else(|_| "{\"ok\":false}".into());
+    let _ = writeln!(stdout, "{text}");
+    let _ = stdout.flush();
+}
+
+/// `1.2s`, `2m03s`, `1h02m`.
+pub fn human_duration(duration: Duration) -> String {
+    let ms = duration.as_millis();
+    if ms < 60_000 {
+        format!("{:.1}s", duration.as_secs_f64())
+    } else if ms < 3_600_000 {
+        format!("{}m{:02}s", ms / 60_000, (ms / 1000) % 60)
+    } else {
+        format!("{}h{:02}m", ms / 3_600_000, (ms / 60_000) % 60)
+    }
+}
+
+/// One line per run, as `list` prints it.
+pub fn run_table(style: Style, runs: &[Run]) -> String {
+    if runs.is_empty() {
+        return "no runs\n".to_owned();
+    }
+    let mut text = String::new();
+    for run in runs {
+        let _ = writeln!(
+            text,
+            "{}  {:<16} {:<11} {}  {}",
+            run.id,
+            run.machine.as_str(),
+            // Pad before colouring so that the columns line up.
+            style.status(run.status)
+                + &" ".repeat(11usize.saturating_sub(run.status.as_str().len())),
+            run.created_at,
+            run.test_dir.display()
+        );
+    }
+    text
+}
+
+/// The one-line summary of a run: status, exit code, duration, error, artifacts.
+pub fn run_summary(style: Style, run: &Run, reused: bool) -> String {
+    let mut line = format!("{} {} {}", run.id, run.machine, style.status(run.status));
+    if let Some(code) = run.exit_code {
+        let _ = write!(line, " exit={code}");
+    }
+    if let Some(signal) = &run.signal {
+        let _ = write!(line, " signal={signal}");
+    }
+    if let Some(ms) = run.duration_ms {
+        let _ = write!(line, " in {}", human_duration(Duration::from_millis(ms)));
+    }
+    if reused {
+        line.push_str(" (reused: this directory was already running there)");
+    }
+    if let Some(error) = &run.error {
+        let _ = write!(line, " {}: {}", error.code, error.message);
+    }
+    match run.artifacts {
+        Some(artifacts) if artifacts.files > 0 => {
+            let _ = write!(
+                line,
+                " artifacts: {} ({} files, {} bytes)",
+                run.paths.artifacts.display(),
+                artifacts.files,
+                artifacts.bytes
+            );
+        }
+        _ if run.status.is_terminal() => {
+            let _ = write!(line, " logs: {}", run.paths.dir.display());
+        }
+        _ => {}
+    }
+    line.push('\n');
+    line
+}
+
+/// Every field of a run, as `status` prints it.
+pub fn run_detail(style: Style, run: &Run) -> String {
+    let mut text = String::new();
+    let mut field = |name: &str, value: String| {
+        let _ = writeln!(text, "{name:<13} {value}");
+    };
+    let opt = |value: Option<String>| value.unwrap_or_else(|| "-".to_owned());
+    field("run", run.id.to_string());
+    field("machine", format!("{} ({})", run.machine, run.os.as_str()));
+    field("status", style.status(run.status));
+    if let Some(error) = &run.error {
+        field("error", format!("{}: {}", error.code, error.message));
+    }
+    field("exit code", opt(run.exit_code.map(|c| c.to_string())));
+    if let Some(signal) = &run.signal {
+        field("signal", signal.clone());
+    }
+    field("test dir", run.test_dir.display().to_string());
+    field("hash", run.test_dir_hash.to_string());
+    field("entrypoint", run.entrypoint.clone());
+    field("created", run.created_at.to_string());
+    field("started", opt(run.started_at.map(|t| t.to_string())));
+    field("finished", opt(run.finished_at.map(|t| t.to_string())));
+    field(
+        "duration",
+        opt(run
+            .duration_ms
+            .map(|ms| human_duration(Duration::from_millis(ms)))),
+    );
+    field(
+        "timeout",
+        opt(run
+            .timeout_ms
+            .map(|ms| humantime::format_duration(Duration::from_millis(ms)).to_string())),
+    );
+    field("remote dir", opt(run.remote_dir.clone()));
+    if let Some(pid) = run.worker_pid {
+        field("owner pid", pid.to_string());
+    }
+    field("stdout", run.paths.stdout.display().to_string());
+    field("stderr", run.paths.stderr.display().to_string());
+    field(
+        "artifacts",
+        match run.artifacts {
+            Some(a) => format!(
+                "{} ({} files, {} bytes)",
+                run.paths.artifacts.display(),
+                a.files,
+                a.bytes
+            ),
+            None => "-".to_owned(),
+        },
+    );
+    text
+}
+
+/// A run's event history, one line per event.
+pub fn events_table(events: &[RunEventRecord]) -> String {
+    let mut text = String::from("events:\n");
+    for event in events {
+        let from = event.from.map_or("-", RunStatus::as_str);
+        let _ = write!(text, "  {}  {from} -> {}", event.at, event.to);
+        if let Some(code) = event.code {
+            let _ = write!(text, "  {code}");
+        }
+        if let Some(detail) = &event.detail {
+            let _ = write!(text, "  {detail}");
+        }
+        text.push('\n');
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        for (ms, expected) in [
+            (0, "0.0s"),
+            (1_234, "1.2s"),
+            (59_999, "60.0s"),
+            (61_000, "1m01s"),
+            (3_723_000, "1h02m"),
+        ] {
+            assert_eq!(human_duration(Duration::from_millis(ms)), expected, "{ms}");
+        }
+    }
+}

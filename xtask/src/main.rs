@@ -5,6 +5,7 @@
 //! - `demo`: the built-in SSH server, a temporary fleet, and two example runs.
 //! - `bench [hash|store|all]`: benchmarks that measure the reference tools in the same run.
 
+mod bench;
 mod demo;
 mod e2e;
 mod targets;
@@ -22,7 +23,8 @@ tasks:
   ci                  everything CI runs: tests, fmt, clippy, docs, e2e
   e2e                 end-to-end scenarios against the testkit server and a real OpenSSH sshd
   demo                dispatch examples/hello and examples/artifacts to the built-in SSH server
-  bench [hash|store]  benchmarks, side by side with the reference tools, printed as ratios";
+  bench [hash|store|transfer]
+                      benchmarks, side by side with the reference tools, printed as ratios";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -31,6 +33,7 @@ fn main() -> Result<()> {
         Some("ci") => ci(),
         Some("e2e") => e2e(),
         Some("demo") => demo::run(&build_binary(Profile::Debug)?),
+        Some("_bench-transfer") => bench::run(&build_binary(Profile::Release)?),
         Some("bench") => bench(args.get(1).map(String::as_str).unwrap_or("all")),
         Some("-h" | "--help" | "help") | None => {
             println!("{USAGE}");
@@ -127,10 +130,28 @@ fn bench(which: &str) -> Result<()> {
             &["bench", "-p", "testfleet-store-sqlite", "--bench", "store"],
             &[],
         ),
+        // Transfers and whole runs are measured in-process by xtask itself, so it re-runs
+        // itself in the release profile: a debug build would handicap the russh rows.
+        "transfer" => {
+            build_binary(Profile::Release)?;
+            cargo(
+                &[
+                    "run",
+                    "--release",
+                    "-q",
+                    "-p",
+                    "xtask",
+                    "--",
+                    "_bench-transfer",
+                ],
+                &[],
+            )
+        }
         "all" => {
             bench("hash")?;
-            bench("store")
+            bench("store")?;
+            bench("transfer")
         }
-        other => bail!("unknown benchmark {other:?}: choose hash, store or all"),
+        other => bail!("unknown benchmark {other:?}: choose hash, store, transfer or all"),
     }
 }

@@ -1,0 +1,552 @@
+//! `cargo xtask bench`: testfleet side by side with the tools a user would otherwise script,
+//! against the same private OpenSSH sshd (and testkit servers for the fan-out), in one run,
+//! printed as a table with ratios and peak memory. No timed assertion anywhere: the table is the
+//! result. Runs in the release profile (`cargo xtask bench` re-executes itself that way).
+//!
+//! Data and remote destinations live on `/dev/shm` when it exists: this machine's unjournaled
+//! ext4 makes re-created small files slow, which would measure the disk, not the transport.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use testfleet_core::hash::hash_dir;
+use testfleet_core::ports::{HostKeyPolicy, NoProgress, SshConnector, SshTarget};
+use testfleet_ssh::{ConnectorOptions, RusshConnector};
+use testfleet_testkit::sshd::PrivateSshd;
+
+use crate::targets::Target;
+use crate::tf::Tf;
+
+/// One measured row.
+struct Row {
+    group: &'static str,
+    name: String,
+    time: Duration,
+    peak_rss_kib: Option<u64>,
+}
+
+struct Bench {
+    rows: Vec<Row>,
+    samples: usize,
+}
+
+impl Bench {
+    fn measure(
+        &mut self,
+        group: &'static str,
+        name: impl Into<String>,
+        mut work: impl FnMut() -> Result<Option<u64>>,
+    ) -> Result<()> {
+        let name = name.into();
+        eprintln!("  {group}: {name}");
+        let mut times = Vec::new();
+        let mut peak = None;
+        for _ in 0..self.samples {
+            let started = Instant::now();
+            let rss = work().with_context(|| format!("{group}: {name}"))?;
+            times.push(started.elapsed());
+            peak = peak.max(rss);
+        }
+        times.sort();
+        self.rows.push(Row {
+            group,
+            name,
+            time: times[times.len() / 2],
+            peak_rss_kib: peak,
+        });
+        Ok(())
+    }
+
+    fn time_of(&self, group: &str, name: &str) -> Option<Duration> {
+        self.rows
+            .iter()
+            .find(|row| row.group == group && row.name == name)
+            .map(|row| row.time)
+    }
+
+    fn print(&self, ratios: &[(&str, &str, &str, &str)]) {
+        println!("\n| group | work | median | peak RSS |");
+        println!("|---|---|---|---|");
+        for row in &self.rows {
+            let rss = row.peak_rss_kib.map_or("—".to_owned(), |kib| {
+                format!("{:.1} MiB", kib as f64 / 1024.0)
+            });
+            println!(
+                "| {} | {} | {:.0} ms | {rss} |",
+                row.group,
+                row.name,
+                row.time.as_secs_f64() * 1e3
+            );
+        }
+        println!("\n| ratio | value | target |");
+        println!("|---|---|---|");
+        for (group, ours, theirs, target) in ratios {
+            if let (Some(ours_time), Some(theirs_time)) =
+                (self.time_of(group, ours), self.time_of(group, theirs))
+            {
+                let ratio = theirs_time.as_secs_f64() / ours_time.as_secs_f64();
+                println!("| {group}: {theirs} / {ours} | {ratio:.2}x | {target} |");
+            }
+        }
+        println!("(ratio > 1: testfleet is faster)");
+    }
+}
+
+fn scratch_base() -> PathBuf {
+    if Path::new("/dev/shm").is_dir() {
+        PathBuf::from("/dev/shm")
+    } else {
+        std::env::temp_dir()
+    }
+}
+
+fn sh(script: &str) -> Result<()> {
+    let output = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .stdin(Stdio::null())
+        .output()?;
+    if !output.status.success() {
+        bail!(
+            "`{script}` failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// Runs a command under GNU time and returns its peak RSS in KiB.
+fn with_peak_rss(command: Command) -> Result<Option<u64>> {
+    let program = command.get_program().to_owned();
+    let args: Vec<_> = command.get_args().map(ToOwned::to_owned).collect();
+    let mut timed = Command::new("/usr/bin/time");
+    timed
+        .arg("-f")
+        .arg("TF_MAXRSS=%M")
+        .arg(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    for (key, value) in command.get_envs() {
+        if let Some(value) = value {
+            timed.env(key, value);
+        }
+    }
+    let output = timed
+        .output()
+        .context("failed to run /usr/bin/time (apt-get install time)")?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if !output.status.success() {
+        bail!("command failed ({}): {stderr}", output.status);
+    }
+    Ok(stderr
+        .lines()
+        .rev()
+        .find_map(|line| line.strip_prefix("TF_MAXRSS="))
+        .and_then(|kib| kib.trim().parse().ok()))
+}
+
+/// xorshift bytes, so compression cannot flatter anyone.
+fn fill(buffer: &mut [u8], seed: &mut u64) {
+    for chunk in buffer.chunks_mut(8) {
+        *seed ^= *seed << 13;
+        *seed ^= *seed >> 7;
+        *seed ^= *seed << 17;
+        chunk.copy_from_slice(&seed.to_le_bytes()[..chunk.len()]);
+    }
+}
+
+fn write_random(path: &Path, len: usize, seed: &mut u64) -> Result<()> {
+    let mut data = vec![0u8; len];
+    fill(&mut data, seed);
+    std::fs::write(path, data).with_context(|| format!("failed to write {}", path.display()))
+}
+
+const RUN_SCRIPT: &str = "#!/bin/sh\nmkdir -p artifacts && cp run.sh artifacts/done.txt\n";
+
+fn small_tree(dir: &Path) -> Result<()> {
+    let mut seed = 0x9E37_79B9_7F4A_7C15;
+    for idx in 0..5_000 {
+        let sub = dir.join(format!("d{:02}", idx / 100));
+        std::fs::create_dir_all(&sub)?;
+        write_random(&sub.join(format!("f{idx:04}")), 4096, &mut seed)?;
+    }
+    std::fs::write(dir.join("run.sh"), RUN_SCRIPT)?;
+    Ok(())
+}
+
+/// ~2,000 files from 100 B to 2 MiB, log-uniform (most small, a few large), ~420 MB.
+fn mixed_tree(dir: &Path) -> Result<()> {
+    let mut seed = 0x2545_F491_4F6C_DD1D;
+    for idx in 0..2_000 {
+        let sub = dir.join(format!("m{:02}", idx / 50));
+        std::fs::create_dir_all(&sub)?;
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let unit = (seed % 10_000) as f64 / 10_000.0;
+        let len = (100.0 * (2.0 * 1024.0 * 1024.0 / 100.0_f64).powf(unit)) as usize;
+        write_random(&sub.join(format!("f{idx:04}")), len, &mut seed)?;
+    }
+    std::fs::write(dir.join("run.sh"), RUN_SCRIPT)?;
+    Ok(())
+}
+
+fn big_file(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let mut seed = 0x1234_5678_9ABC_DEF1;
+    write_random(&dir.join("big.bin"), 256 * 1024 * 1024, &mut seed)?;
+    std::fs::write(dir.join("run.sh"), RUN_SCRIPT)?;
+    Ok(())
+}
+
+struct Openssh<'a> {
+    sshd: &'a PrivateSshd,
+}
+
+impl Openssh<'_> {
+    fn login(&self) -> String {
+        format!("{}@127.0.0.1", self.sshd.user())
+    }
+
+    fn sftp_batch(&self, batch: &str) -> Result<()> {
+        let batch_file = self.sshd.dir().join("batch");
+        std::fs::write(&batch_file, batch)?;
+        let status = Command::new("sftp")
+            .args(self.sshd.client_options())
+            .arg("-P")
+            .arg(self.sshd.port().to_string())
+            .arg("-b")
+            .arg(&batch_file)
+            .arg(self.login())
+            .stdout(Stdio::null())
+            .status()?;
+        ensure!(status.success(), "sftp -b failed: {status}");
+        Ok(())
+    }
+
+    fn scp_dir(&self, local: &Path, remote: &Path) -> Result<()> {
+        let status = Command::new("scp")
+            .args(self.sshd.client_options())
+            .arg("-q")
+            .arg("-r")
+            .arg("-P")
+            .arg(self.sshd.port().to_string())
+            .arg(local)
+            .arg(format!("{}:{}", self.login(), remote.display()))
+            .status()?;
+        ensure!(status.success(), "scp -r failed: {status}");
+        Ok(())
+    }
+
+    /// `ssh host REMOTE_COMMAND` as one shell word list, for pipelines.
+    fn ssh_words(&self, remote_command: &str) -> String {
+        let mut words: Vec<String> = vec!["ssh".into()];
+        words.extend(
+            self.sshd
+                .client_options()
+                .into_iter()
+                .map(|w| format!("'{w}'")),
+        );
+        words.push(format!("-p {}", self.sshd.port()));
+        words.push(self.login());
+        words.push(format!("'{remote_command}'"));
+        words.join(" ")
+    }
+}
+
+fn target_for(sshd: &PrivateSshd) -> SshTarget {
+    SshTarget {
+        host: "127.0.0.1".into(),
+        port: sshd.port(),
+        user: sshd.user().into(),
+        identity_files: vec![sshd.client_key_path()],
+        known_hosts: sshd.known_hosts_path(),
+        host_key_policy: HostKeyPolicy::Strict,
+        connect_timeout: SshTarget::DEFAULT_CONNECT_TIMEOUT,
+        keepalive_interval: SshTarget::DEFAULT_KEEPALIVE_INTERVAL,
+        keepalive_max: SshTarget::DEFAULT_KEEPALIVE_MAX,
+    }
+}
+
+pub fn run(bin: &Path) -> Result<()> {
+    let samples = std::env::var("BENCH_SAMPLES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    let runtime = tokio::runtime::Runtime::new()?;
+    let sshd = PrivateSshd::start().context("failed to start OpenSSH sshd")?;
+    let openssh = Openssh { sshd: &sshd };
+    let data = tempfile::Builder::new()
+        .prefix("tf-bench")
+        .tempdir_in(scratch_base())?;
+    let remote = data.path().join("remote");
+    std::fs::create_dir_all(&remote)?;
+    eprintln!("generating data under {}", data.path().display());
+    let trees = [
+        ("5,000 x 4 KiB", data.path().join("small")),
+        ("mixed 2,000 files", data.path().join("mixed")),
+        ("1 x 256 MiB", data.path().join("big")),
+    ];
+    small_tree(&trees[0].1)?;
+    mixed_tree(&trees[1].1)?;
+    big_file(&trees[2].1)?;
+
+    let connector: Arc<dyn SshConnector> =
+        Arc::new(RusshConnector::with_options(ConnectorOptions {
+            use_agent: false,
+            default_identities: false,
+            ..ConnectorOptions::default()
+        }));
+    let ssh_target = target_for(&sshd);
+    let mut bench = Bench {
+        rows: Vec::new(),
+        samples,
+    };
+    let dest = remote.join("dest");
+    let clear = |path: &Path| {
+        if path.exists() {
+            std::fs::remove_dir_all(path).ok();
+        }
+    };
+
+    // -- uploads ------------------------------------------------------------------------------
+    for (label, tree) in &trees {
+        let group: &'static str = match *label {
+            "5,000 x 4 KiB" => "upload 5,000 x 4 KiB",
+            "mixed 2,000 files" => "upload mixed tree",
+            _ => "upload 256 MiB",
+        };
+        let manifest = hash_dir(tree)?;
+        bench.measure(group, "testfleet (russh, pipelined)", || {
+            clear(&dest);
+            runtime.block_on(async {
+                let session = connector.connect(&ssh_target).await?;
+                session
+                    .create_dir_all(dest.to_str().context("utf-8")?)
+                    .await?;
+                session
+                    .upload(&manifest, dest.to_str().context("utf-8")?, &NoProgress)
+                    .await?;
+                session.close().await.ok();
+                anyhow::Ok(())
+            })?;
+            Ok(None)
+        })?;
+        bench.measure(group, "sftp -b put -r", || {
+            clear(&dest);
+            openssh.sftp_batch(&format!("put -r {} {}\n", tree.display(), dest.display()))?;
+            Ok(None)
+        })?;
+        bench.measure(group, "scp -r", || {
+            clear(&dest);
+            openssh.scp_dir(tree, &dest)?;
+            Ok(None)
+        })?;
+        bench.measure(group, "tar c | ssh tar x", || {
+            clear(&dest);
+            sh(&format!(
+                "tar c -C '{}' . | {}",
+                tree.display(),
+                openssh.ssh_words(&format!("mkdir -p {d} && tar x -C {d}", d = dest.display()))
+            ))?;
+            Ok(None)
+        })?;
+    }
+
+    // -- download -----------------------------------------------------------------------------
+    let artifacts = remote.join("art").join("artifacts");
+    std::fs::create_dir_all(&artifacts)?;
+    std::fs::copy(trees[2].1.join("big.bin"), artifacts.join("big.bin"))?;
+    let local = data.path().join("download");
+    bench.measure("download 256 MiB", "testfleet (russh, pipelined)", || {
+        clear(&local);
+        runtime.block_on(async {
+            let session = connector.connect(&ssh_target).await?;
+            let report = session
+                .download_dir(artifacts.to_str().context("utf-8")?, &local)
+                .await?;
+            ensure!(
+                report.bytes == 256 * 1024 * 1024,
+                "downloaded {} bytes",
+                report.bytes
+            );
+            session.close().await.ok();
+            anyhow::Ok(())
+        })?;
+        Ok(None)
+    })?;
+    bench.measure("download 256 MiB", "sftp -b get -r", || {
+        clear(&local);
+        openssh.sftp_batch(&format!(
+            "get -r {} {}\n",
+            artifacts.display(),
+            local.display()
+        ))?;
+        Ok(None)
+    })?;
+    clear(&artifacts);
+
+    // -- whole runs with the binary -----------------------------------------------------------
+    let fleet = data.path().join("fleet.toml");
+    std::fs::write(
+        &fleet,
+        format!(
+            "[machines.bench]\nhost = \"127.0.0.1\"\nport = {}\nuser = {:?}\nos = \"linux\"\nidentity_file = {:?}\nknown_hosts = {:?}\nremote_root = {:?}\n",
+            sshd.port(),
+            sshd.user(),
+            sshd.client_key_path().display().to_string(),
+            sshd.known_hosts_path().display().to_string(),
+            remote.join("tf").display().to_string(),
+        ),
+    )?;
+    let tf = Tf {
+        bin: bin.to_path_buf(),
+        fleet,
+        state_dir: data.path().join("state"),
+    };
+    let trivial = data.path().join("trivial");
+    std::fs::create_dir_all(&trivial)?;
+    std::fs::write(trivial.join("run.sh"), "#!/bin/sh\ntrue\n")?;
+    let mut run_rows = vec![("trivial dispatch", trivial.clone())];
+    run_rows.extend(trees.iter().take(2).map(|(label, tree)| {
+        let group = if label.starts_with('5') {
+            "whole run 5,000 x 4 KiB"
+        } else {
+            "whole run mixed tree"
+        };
+        (group, tree.clone())
+    }));
+    let remote_copy = remote.join("script");
+    for (group, tree) in &run_rows {
+        let tree_text = tree.to_str().context("utf-8")?.to_owned();
+        bench.measure(group, "testfleet run", || {
+            let mut command = tf.command(&["run", &tree_text, "-m", "bench", "--json"]);
+            command.stdout(Stdio::null());
+            with_peak_rss(command)
+        })?;
+        if *group == "trivial dispatch" {
+            sh(&openssh.ssh_words(&format!(
+                "mkdir -p {d} && cp -r {t}/. {d}",
+                d = remote_copy.display(),
+                t = trivial.display()
+            )))?;
+            bench.measure(group, "ssh host 'cd dir && sh run.sh'", || {
+                sh(&openssh.ssh_words(&format!("cd {} && sh run.sh", remote_copy.display())))?;
+                Ok(None)
+            })?;
+        } else {
+            let back = data.path().join("back");
+            bench.measure(group, "tar | ssh 'tar x && sh run.sh && tar c artifacts' | tar x", || {
+                clear(&dest);
+                clear(&back);
+                std::fs::create_dir_all(&back)?;
+                sh(&format!(
+                    "tar c -C '{}' . | {} | tar x -C '{}'",
+                    tree.display(),
+                    openssh.ssh_words(&format!(
+                        "mkdir -p {d} && tar x -C {d} && cd {d} && sh run.sh >&2 && tar c -C artifacts .",
+                        d = dest.display()
+                    )),
+                    back.display()
+                ))?;
+                Ok(None)
+            })?;
+        }
+    }
+    // Peak memory of the big upload through the whole binary.
+    let big_text = trees[2].1.to_str().context("utf-8")?.to_owned();
+    bench.measure("whole run 256 MiB", "testfleet run", || {
+        let mut command = tf.command(&["run", &big_text, "-m", "bench", "--json"]);
+        command.stdout(Stdio::null());
+        with_peak_rss(command)
+    })?;
+
+    // -- fan-out to testkit servers -------------------------------------------------------------
+    let fan = Target::testkit(&runtime, 32)?;
+    let fan_fleet = fan.write_fleet("fleet.toml", |_| {})?;
+    let fan_tf = Tf {
+        bin: bin.to_path_buf(),
+        fleet: fan_fleet,
+        state_dir: fan.scratch().join("state"),
+    };
+    let trivial_text = trivial.to_str().context("utf-8")?.to_owned();
+    bench.measure("fan-out (testkit servers)", "1 machine", || {
+        let mut command = fan_tf.command(&["run", &trivial_text, "-m", "m1", "--json"]);
+        command.stdout(Stdio::null());
+        with_peak_rss(command)
+    })?;
+    bench.measure("fan-out (testkit servers)", "32 machines", || {
+        let mut args = vec!["run", trivial_text.as_str(), "--json"];
+        let names: Vec<String> = (1..=32).map(|idx| format!("m{idx}")).collect();
+        for name in &names {
+            args.push("-m");
+            args.push(name);
+        }
+        let mut command = fan_tf.command(&args);
+        command.stdout(Stdio::null());
+        with_peak_rss(command)
+    })?;
+
+    bench.print(&[
+        (
+            "upload 5,000 x 4 KiB",
+            "testfleet (russh, pipelined)",
+            "sftp -b put -r",
+            ">= 3x",
+        ),
+        (
+            "upload 5,000 x 4 KiB",
+            "testfleet (russh, pipelined)",
+            "tar c | ssh tar x",
+            ">= 0.67x",
+        ),
+        (
+            "upload mixed tree",
+            "testfleet (russh, pipelined)",
+            "sftp -b put -r",
+            "—",
+        ),
+        (
+            "upload 256 MiB",
+            "testfleet (russh, pipelined)",
+            "sftp -b put -r",
+            ">= 1.25x",
+        ),
+        (
+            "download 256 MiB",
+            "testfleet (russh, pipelined)",
+            "sftp -b get -r",
+            ">= 1x",
+        ),
+        (
+            "trivial dispatch",
+            "testfleet run",
+            "ssh host 'cd dir && sh run.sh'",
+            ">= 1.43x (<= 0.7x the time)",
+        ),
+        (
+            "whole run 5,000 x 4 KiB",
+            "testfleet run",
+            "tar | ssh 'tar x && sh run.sh && tar c artifacts' | tar x",
+            ">= 1x",
+        ),
+        (
+            "whole run mixed tree",
+            "testfleet run",
+            "tar | ssh 'tar x && sh run.sh && tar c artifacts' | tar x",
+            ">= 1x",
+        ),
+        (
+            "fan-out (testkit servers)",
+            "32 machines",
+            "1 machine",
+            ">= 0.5x (32 within 2x of 1)",
+        ),
+    ]);
+    Ok(())
+}

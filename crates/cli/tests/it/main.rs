@@ -1,0 +1,7 @@
+//! The `testfleet` binary, end to end: bad input, offline commands, and runs against
+//! in-process SSH servers, with insta snapshots of human and JSON output.
+
+mod bad_input;
+mod offline;
+mod remote;
+mod support;

@@ -1,0 +1,145 @@
+//! Commands that need no machine: hash (against the shared vectors), list and status on an
+//! empty store, machines list/add/remove, completions.
+
+use std::path::Path;
+
+use base64::Engine as _;
+use serde_json::Value;
+
+use crate::support::{Env, snapshot};
+
+#[test]
+fn hash_prints_the_digest_of_every_vector() {
+    let vectors: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../core/tests/data/hash-vectors.json"),
+        )
+        .expect("vectors"),
+    )
+    .expect("json");
+    let env = Env::new();
+    let cases = vectors["cases"].as_array().expect("cases");
+    assert!(!cases.is_empty());
+    for (index, case) in cases.iter().enumerate() {
+        let dir = env.root().join(format!("case{index}"));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        for entry in case["entries"].as_array().expect("entries") {
+            let path = dir.join(entry["path"].as_str().expect("path"));
+            match entry["kind"].as_str().unwrap_or("file") {
+                "dir" => std::fs::create_dir_all(&path).expect("mkdir"),
+                "symlink" => {
+                    std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+                    std::os::unix::fs::symlink(entry["target"].as_str().expect("target"), &path)
+                        .expect("symlink");
+                }
+                _ => {
+                    std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+                    let bytes = if let Some(text) = entry["text"].as_str() {
+                        text.as_bytes().to_vec()
+                    } else if let Some(b64) = entry["b64"].as_str() {
+                        base64::engine::general_purpose::STANDARD
+                            .decode(b64)
+                            .expect("base64")
+                    } else if let Some(repeat) = entry["repeat"].as_str() {
+                        repeat
+                            .repeat(
+                                usize::try_from(entry["times"].as_u64().expect("times"))
+                                    .expect("fits"),
+                            )
+                            .into_bytes()
+                    } else {
+                        Vec::new()
+                    };
+                    std::fs::write(&path, bytes).expect("write");
+                }
+            }
+        }
+        let expected = case["expected"].as_str().expect("expected");
+        let human = env.run(&["hash", dir.to_str().expect("utf-8")]);
+        assert_eq!(human.code, 0, "{}: {}", case["name"], human.stderr);
+        assert_eq!(human.stdout, format!("{expected}\n"), "{}", case["name"]);
+        let data = env.json(&["hash", dir.to_str().expect("utf-8")]).data();
+        assert_eq!(data["hash"], expected, "{}", case["name"]);
+    }
+}
+
+#[test]
+fn hash_reports_counts_and_skipped_symlinks() {
+    let env = Env::new();
+    let dir = env.test_dir("linked", "echo hi\n");
+    std::os::unix::fs::symlink("run.sh", dir.join("link")).expect("symlink");
+    let out = env.json(&["hash", dir.to_str().expect("utf-8")]);
+    assert_eq!(out.code, 0);
+    assert!(
+        out.stderr.contains("skipped symlink link"),
+        "{}",
+        out.stderr
+    );
+    snapshot(&env, "hash_json", &out.stdout);
+    snapshot(
+        &env,
+        "hash_human",
+        &env.run(&["hash", dir.to_str().expect("utf-8")]).stdout,
+    );
+}
+
+#[test]
+fn an_empty_store_lists_nothing() {
+    let env = Env::new();
+    let out = env.json(&["list"]);
+    assert_eq!(out.code, 0);
+    snapshot(&env, "list_empty_json", &out.stdout);
+    let human = env.run(&["list"]);
+    assert_eq!(human.code, 0);
+    snapshot(&env, "list_empty_human", &human.stdout);
+    assert!(env.state_dir().join("testfleet.db").exists());
+}
+
+#[test]
+fn machines_add_list_remove_edit_the_fleet_file() {
+    let env = Env::new();
+    std::fs::write(env.fleet_file(), "# my fleet\n[defaults]\nuser = \"ci\"\n").expect("write");
+    let out = env.json(&[
+        "machines", "add", "box", "--host", "10.0.0.9", "--port", "2222", "-l", "x86",
+    ]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let again = env.json(&["machines", "add", "box"]);
+    assert_eq!(
+        (again.code, again.error_code().as_str()),
+        (2, "INVALID_ARGUMENT")
+    );
+    let text = std::fs::read_to_string(env.fleet_file()).expect("read");
+    assert!(
+        text.starts_with("# my fleet\n"),
+        "comments are kept: {text}"
+    );
+    let list = env.json(&["machines", "list"]);
+    snapshot(&env, "machines_list_json", &list.stdout);
+    snapshot(
+        &env,
+        "machines_list_human",
+        &env.run(&["machines", "list"]).stdout,
+    );
+    assert_eq!(env.json(&["machines", "remove", "box"]).code, 0);
+    assert_eq!(
+        env.json(&["machines", "list"]).data()["machines"],
+        serde_json::json!([])
+    );
+    let unknown = env.json(&["machines", "remove", "box"]);
+    assert_eq!(
+        (unknown.code, unknown.error_code().as_str()),
+        (2, "UNKNOWN_MACHINE")
+    );
+}
+
+#[test]
+fn completions_and_help() {
+    let env = Env::new();
+    let out = env.run(&["completions", "bash"]);
+    assert_eq!(out.code, 0);
+    assert!(out.stdout.contains("testfleet"), "{}", out.stdout);
+    let help = env.run(&["--help"]);
+    assert_eq!(help.code, 0);
+    assert!(!help.stdout.contains("_worker"), "the worker is hidden");
+    snapshot(&env, "help", &help.stdout);
+}

@@ -345,3 +345,55 @@ fn ctrl_c_interrupts_a_foreground_run_with_exit_130() {
     assert_eq!(json["data"]["runs"][0]["status"], "interrupted");
     assert_eq!(json["data"]["runs"][0]["error"]["code"], "INTERRUPTED");
 }
+
+#[test]
+fn machines_check_and_trust() {
+    let servers = Servers::start(1);
+    let env = servers.env();
+    let check = env.json(&["machines", "check"]);
+    assert_eq!(check.code, 0, "{}", check.stdout);
+    let machine = check.data()["machines"][0].clone();
+    assert_eq!(machine["ok"], true, "{machine}");
+    assert!(machine["os"].as_str().is_some_and(|os| !os.is_empty()));
+
+    // An empty known_hosts: runs refuse the host, trust records it.
+    let known_hosts = env.root().join("known_hosts");
+    std::fs::write(&known_hosts, "").expect("write");
+    let fleet = servers.fleet().replace(
+        &format!(
+            "{:?}",
+            servers.servers[0].known_hosts_path().display().to_string()
+        ),
+        &format!("{:?}", known_hosts.display().to_string()),
+    );
+    env.write_fleet(&fleet);
+    let dir = env.test_dir("hello", "echo hello\n");
+    let refused = env.json(&["run", str(&dir), "-m", "m1"]);
+    assert_eq!(refused.code, 1);
+    assert_eq!(run_of(&refused)["error"]["code"], "HOST_KEY_UNKNOWN");
+    let trusted = env.json(&["machines", "trust", "m1"]);
+    assert_eq!(trusted.code, 0, "{}", trusted.stdout);
+    assert_eq!(trusted.data()["added"], true);
+    assert_eq!(
+        trusted.data()["fingerprint"],
+        servers.servers[0].host_key_fingerprint()
+    );
+    let again = env.json(&["run", str(&dir), "-m", "m1"]);
+    assert_eq!(again.code, 0, "{}", again.stdout);
+
+    // A waiting that times out reports the runs as they are, exit 1.
+    let marker = env.root().join("release");
+    let gated = env.test_dir("gated", &gated_script(&marker));
+    let id = id_of(&run_of(&env.json(&[
+        "run",
+        str(&gated),
+        "-m",
+        "m1",
+        "--detach",
+    ])));
+    let waited = env.json(&["wait", &id, "--timeout", "100ms"]);
+    assert_eq!(waited.code, 1);
+    assert!(run_of(&waited)["status"] == "pending" || run_of(&waited)["status"] == "running");
+    std::fs::write(&marker, "").expect("release");
+    assert_eq!(env.json(&["wait", &id]).code, 0);
+}

@@ -502,24 +502,28 @@ impl Runner {
                         pid_file: layout.pid_file(),
                         grace: self.config.kill_grace,
                     };
+                    // The kill and the rest of the exec run together, and both are bounded:
+                    // a host that stops answering must not hang the run.
+                    let kill_and_drain = async { tokio::join!(session.kill(&kill), &mut exec) };
+                    let bounded = tokio::time::timeout(self.config.kill_wait, kill_and_drain);
                     let (killed, finished) = tokio::select! {
                         biased;
-                        () = signals.abandon.cancelled() => (Ok(()), Ok(None)),
-                        both = async {
-                            tokio::join!(
-                                session.kill(&kill),
-                                tokio::time::timeout(self.config.kill_wait, &mut exec),
-                            )
-                        } => {
-                            let (killed, finished) = both;
-                            (killed, finished.map_or(Ok(None), |f| f.map(Some)))
-                        }
+                        () = signals.abandon.cancelled() => (None, Ok(None)),
+                        both = bounded => match both {
+                            Ok((killed, finished)) => (Some(killed), finished.map(Some)),
+                            Err(_elapsed) => (None, Ok(None)),
+                        },
                     };
-                    if let Err(error) = killed {
-                        outcome.notes.push(format!(
+                    match killed {
+                        Some(Ok(())) => {}
+                        Some(Err(error)) => outcome.notes.push(format!(
                             "failed to kill the remote process tree: {}",
                             error_chain(&error)
-                        ));
+                        )),
+                        None => outcome.notes.push(format!(
+                            "the kill did not finish within {}",
+                            humantime::format_duration(self.config.kill_wait)
+                        )),
                     }
                     outcome.stopped = Some(reason);
                     finished

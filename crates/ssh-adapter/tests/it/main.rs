@@ -7,6 +7,7 @@ mod exec;
 mod faults;
 mod host_keys;
 mod kill;
+mod runner;
 
 use std::sync::Arc;
 

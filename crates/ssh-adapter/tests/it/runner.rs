@@ -1,0 +1,612 @@
+//! The core runner driving the real adapter against the test server, with the fake store:
+//! every fault ends its run in the right state with the right code, and timeouts and cancels
+//! leave no process of the run alive on the server.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use testfleet_core::ports::{RunStore, SshTarget, SystemClock, UlidGenerator};
+use testfleet_core::remote::WindowsShell;
+use testfleet_core::runner::{
+    DispatchRequest, MachineSpec, NoObserver, Runner, RunnerConfig, StopSignals,
+};
+use testfleet_core::{ErrorCode, MachineName, Run, RunStatus, TargetOs};
+use testfleet_testkit::fake_store::FakeStore;
+use testfleet_testkit::server::{
+    ExitOrder, Faults, Request, ScriptedExec, ServerConfig, TestServer, WindowsEmulation,
+};
+
+struct Setup {
+    server: TestServer,
+    store: Arc<FakeStore>,
+    runner: Runner,
+    /// Kept alive for the run folders under it.
+    _state: tempfile::TempDir,
+    test_dir: tempfile::TempDir,
+}
+
+async fn setup(config: ServerConfig, script: &str) -> Setup {
+    let server = TestServer::start(config).await;
+    let store = Arc::new(FakeStore::new());
+    let state = tempfile::tempdir().expect("temp dir");
+    let mut runner_config = RunnerConfig::new(state.path().to_path_buf());
+    runner_config.kill_grace = Duration::from_millis(500);
+    runner_config.kill_wait = Duration::from_secs(5);
+    let runner = Runner::new(
+        store.clone(),
+        crate::connector(),
+        Arc::new(SystemClock),
+        Arc::new(UlidGenerator::default()),
+        runner_config,
+    );
+    let test_dir = tempfile::tempdir().expect("temp dir");
+    crate::write_file(
+        test_dir.path(),
+        "run.sh",
+        format!("#!/bin/sh\n{script}").as_bytes(),
+        0o755,
+    );
+    Setup {
+        server,
+        store,
+        runner,
+        _state: state,
+        test_dir,
+    }
+}
+
+fn machine(target: SshTarget, os: &str) -> MachineSpec {
+    MachineSpec {
+        name: MachineName::parse("srv").expect("valid"),
+        os: TargetOs::new(os),
+        windows_shell: WindowsShell::Powershell,
+        remote_root: ".testfleet".into(),
+        ssh: target,
+    }
+}
+
+impl Setup {
+    async fn dispatch_with(
+        &self,
+        target: SshTarget,
+        timeout: Option<Duration>,
+        signals: &StopSignals,
+    ) -> Run {
+        let request = DispatchRequest {
+            machine: machine(target, "linux"),
+            timeout,
+            keep_remote: false,
+            owner: None,
+        };
+        self.runner
+            .dispatch(self.test_dir.path(), &request, signals, &NoObserver)
+            .await
+            .expect("a run is recorded")
+            .run
+    }
+
+    async fn dispatch(&self) -> Run {
+        self.dispatch_with(self.server.target(), None, &StopSignals::default())
+            .await
+    }
+
+    async fn codes(&self, run: &Run) -> Vec<String> {
+        let events = self.store.events(&run.id).await.expect("events");
+        events
+            .iter()
+            .map(|e| {
+                format!(
+                    "{}{}",
+                    e.to,
+                    e.code.map(|c| format!(":{c}")).unwrap_or_default()
+                )
+            })
+            .collect()
+    }
+
+    fn uploaded_anything(&self) -> bool {
+        self.server.requests().iter().any(|r| matches!(r, Request::Sftp { op, .. } if op.contains("write") || op.contains("open")))
+    }
+
+    fn remote_runs_dir(&self) -> PathBuf {
+        self.server.home().join(".testfleet").join("runs")
+    }
+}
+
+fn error_code(run: &Run) -> Option<ErrorCode> {
+    run.error.as_ref().map(|e| e.code)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_completes_with_logs_and_artifacts_and_leaves_nothing_behind() {
+    let s = setup(
+        ServerConfig::default(),
+        "echo out; echo err >&2\nmkdir -p artifacts/n && printf 'b\\000' > artifacts/n/b.bin\n",
+    )
+    .await;
+    let run = s.dispatch().await;
+    assert_eq!(run.status, RunStatus::Completed, "{run:?}");
+    assert_eq!(run.exit_code, Some(0));
+    assert_eq!(
+        std::fs::read_to_string(&run.paths.stdout).expect("log"),
+        "out\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&run.paths.stderr).expect("log"),
+        "err\n"
+    );
+    assert_eq!(
+        std::fs::read(run.paths.artifacts.join("n/b.bin")).expect("artifact"),
+        b"b\0"
+    );
+    let remote_dir = PathBuf::from(run.remote_dir.clone().expect("recorded"));
+    assert!(remote_dir.starts_with(s.server.home()), "{remote_dir:?}");
+    let leftovers: Vec<_> = std::fs::read_dir(s.remote_runs_dir())
+        .expect("runs dir")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "the remote run folder and pid file are removed: {leftovers:?}"
+    );
+    assert_eq!(s.codes(&run).await, ["pending", "running", "completed"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_exit_orders_complete() {
+    for order in [ExitOrder::StatusThenEof, ExitOrder::EofThenStatus] {
+        let s = setup(
+            ServerConfig {
+                exit_order: order,
+                ..ServerConfig::default()
+            },
+            "echo hi\nexit 4\n",
+        )
+        .await;
+        let run = s.dispatch().await;
+        assert_eq!(
+            (run.status, run.exit_code),
+            (RunStatus::Failed, Some(4)),
+            "{order:?}"
+        );
+        assert_eq!(error_code(&run), Some(ErrorCode::NonzeroExit));
+        assert_eq!(
+            std::fs::read_to_string(&run.paths.stdout).expect("log"),
+            "hi\n"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_exit_status_fails_the_run() {
+    let s = setup(
+        ServerConfig {
+            faults: Faults {
+                no_exit_status: true,
+                ..Faults::default()
+            },
+            ..ServerConfig::default()
+        },
+        "true\n",
+    )
+    .await;
+    let run = s.dispatch().await;
+    assert_eq!(run.status, RunStatus::Failed);
+    assert_eq!(error_code(&run), Some(ErrorCode::ConnectionLost));
+    assert_eq!(run.exit_code, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_and_host_key_failures_fail_the_pending_run_before_any_upload() {
+    // Refused login.
+    let s = setup(
+        ServerConfig {
+            faults: Faults {
+                refuse_auth: true,
+                ..Faults::default()
+            },
+            ..ServerConfig::default()
+        },
+        "true\n",
+    )
+    .await;
+    let run = s.dispatch().await;
+    assert_eq!(
+        (run.status, error_code(&run)),
+        (RunStatus::Failed, Some(ErrorCode::AuthFailed))
+    );
+    assert_eq!(s.codes(&run).await, ["pending", "failed:AUTH_FAILED"]);
+    assert!(!s.uploaded_anything());
+
+    // Unknown host key.
+    let s = setup(ServerConfig::default(), "true\n").await;
+    let empty = s.server.client_dir().join("empty_known_hosts");
+    std::fs::write(&empty, "").expect("write");
+    let mut target = s.server.target();
+    target.known_hosts = empty;
+    let run = s.dispatch_with(target, None, &StopSignals::default()).await;
+    assert_eq!(
+        (run.status, error_code(&run)),
+        (RunStatus::Failed, Some(ErrorCode::HostKeyUnknown))
+    );
+    assert!(
+        run.error
+            .as_ref()
+            .expect("set")
+            .message
+            .contains(&s.server.host_key_fingerprint())
+    );
+    assert!(s.server.requests().iter().all(|r| !matches!(
+        r,
+        Request::Auth { .. } | Request::Sftp { .. } | Request::Exec { .. }
+    )));
+
+    // A changed host key: another server's key recorded for this address.
+    let other = TestServer::start(ServerConfig::default()).await;
+    let wrong = s.server.client_dir().join("wrong_known_hosts");
+    let line = other.known_hosts_line().replace(
+        &format!(":{}", other.port()),
+        &format!(":{}", s.server.port()),
+    );
+    std::fs::write(&wrong, format!("{line}\n")).expect("write");
+    let mut target = s.server.target();
+    target.known_hosts = wrong;
+    let run = s.dispatch_with(target, None, &StopSignals::default()).await;
+    assert_eq!(
+        (run.status, error_code(&run)),
+        (RunStatus::Failed, Some(ErrorCode::HostKeyMismatch))
+    );
+    assert!(!s.uploaded_anything());
+
+    // Nothing listening.
+    let mut target = s.server.target();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    target.port = listener.local_addr().expect("addr").port();
+    drop(listener);
+    let run = s.dispatch_with(target, None, &StopSignals::default()).await;
+    assert_eq!(
+        (run.status, error_code(&run)),
+        (RunStatus::Failed, Some(ErrorCode::DialFailed))
+    );
+    assert_eq!(run.started_at, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_dropped_during_the_upload_fails_the_run() {
+    let s = setup(
+        ServerConfig {
+            faults: Faults {
+                drop_after_upload_bytes: Some(200_000),
+                ..Faults::default()
+            },
+            ..ServerConfig::default()
+        },
+        "true\n",
+    )
+    .await;
+    crate::write_file(s.test_dir.path(), "big.bin", &vec![7u8; 2_000_000], 0o644);
+    let run = s.dispatch().await;
+    assert_eq!(run.status, RunStatus::Failed);
+    let code = error_code(&run).expect("an error");
+    assert!(
+        matches!(code, ErrorCode::ConnectionLost | ErrorCode::UploadFailed),
+        "{code}"
+    );
+    assert!(
+        !s.server
+            .exec_commands()
+            .iter()
+            .any(|c| c.contains("run.sh")),
+        "the script never ran"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_dropped_during_the_download_fails_the_run() {
+    let s = setup(
+        ServerConfig {
+            faults: Faults {
+                drop_after_download_bytes: Some(100_000),
+                ..Faults::default()
+            },
+            ..ServerConfig::default()
+        },
+        "mkdir -p artifacts && head -c 3000000 /dev/zero > artifacts/big.bin\n",
+    )
+    .await;
+    let run = s.dispatch().await;
+    assert_eq!(run.status, RunStatus::Failed);
+    let code = error_code(&run).expect("an error");
+    assert!(
+        matches!(code, ErrorCode::ConnectionLost | ErrorCode::DownloadFailed),
+        "{code}"
+    );
+    assert_eq!(run.exit_code, Some(0), "the script itself succeeded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_test_directory_is_test_dir_changed() {
+    let s = setup(ServerConfig::default(), "true\n").await;
+    let manifest = testfleet_core::runner::hash_test_dir(s.test_dir.path()).expect("hashes");
+    let request = DispatchRequest {
+        machine: machine(s.server.target(), "linux"),
+        timeout: None,
+        keep_remote: false,
+        owner: None,
+    };
+    let prepared = s.runner.prepare(&manifest, &request).await.expect("claims");
+    crate::write_file(
+        s.test_dir.path(),
+        "run.sh",
+        b"#!/bin/sh\necho changed\n",
+        0o755,
+    );
+    let run = s
+        .runner
+        .execute(
+            prepared.run,
+            &request.machine,
+            Some(&manifest),
+            &StopSignals::default(),
+            &NoObserver,
+        )
+        .await
+        .expect("recorded");
+    assert_eq!(
+        (run.status, error_code(&run)),
+        (RunStatus::Failed, Some(ErrorCode::TestDirChanged))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_artifact_names_are_refused_and_reported() {
+    let outside = tempfile::tempdir().expect("temp dir");
+    let s = setup(
+        ServerConfig {
+            faults: Faults {
+                hostile_artifacts: true,
+                ..Faults::default()
+            },
+            ..ServerConfig::default()
+        },
+        "mkdir -p artifacts && echo fine > artifacts/ok.txt\n",
+    )
+    .await;
+    let run = s.dispatch().await;
+    assert_eq!(run.status, RunStatus::Completed, "{run:?}");
+    assert_eq!(
+        std::fs::read_to_string(run.paths.artifacts.join("ok.txt")).expect("artifact"),
+        "fine\n"
+    );
+    let events = s.store.events(&run.id).await.expect("events");
+    let detail = events
+        .last()
+        .and_then(|e| e.detail.clone())
+        .unwrap_or_default();
+    for name in ["../escape", "/abs/path", "a/b", "etc-link"] {
+        assert!(detail.contains(name), "{name} not reported in {detail}");
+    }
+    // Nothing escaped: the run folder holds only the logs and artifacts, and artifacts only ok.txt.
+    let mut in_artifacts: Vec<_> = walk(&run.paths.artifacts);
+    in_artifacts.sort();
+    assert_eq!(in_artifacts, [run.paths.artifacts.join("ok.txt")]);
+    assert!(
+        !run.paths.dir.join("escape").exists()
+            && !run
+                .paths
+                .dir
+                .parent()
+                .expect("parent")
+                .join("escape")
+                .exists()
+    );
+    assert!(walk(outside.path()).is_empty());
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            found.extend(walk(&path));
+        } else {
+            found.push(path);
+        }
+    }
+    found
+}
+
+/// A script that records its pid and those of a child and a grandchild, then waits.
+fn tree_script(record: &Path) -> String {
+    format!(
+        "echo $$ >> '{r}'\nsleep 300 & echo $! >> '{r}'\nsh -c 'sleep 300 & echo $! >> \"$1\"; wait' sh '{r}' & echo $! >> '{r}'\nwait\n",
+        r = record.display()
+    )
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+    })
+}
+
+fn assert_all_dead(record: &Path) {
+    let pids: Vec<u32> = std::fs::read_to_string(record)
+        .expect("the script recorded its pids")
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    assert!(pids.len() >= 4, "pids: {pids:?}");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let survivors: Vec<u32> = pids.iter().copied().filter(|p| alive(*p)).collect();
+        if survivors.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "processes of the run survived: {survivors:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_kills_the_whole_tree() {
+    let records = tempfile::tempdir().expect("temp dir");
+    let record = records.path().join("pids");
+    let s = setup(ServerConfig::default(), &tree_script(&record)).await;
+    let run = s
+        .dispatch_with(
+            s.server.target(),
+            Some(Duration::from_secs(1)),
+            &StopSignals::default(),
+        )
+        .await;
+    assert_eq!(
+        (run.status, error_code(&run)),
+        (RunStatus::Timeout, Some(ErrorCode::Timeout)),
+        "{run:?}"
+    );
+    assert_all_dead(&record);
+    assert!(
+        s.server
+            .exec_commands()
+            .iter()
+            .any(|c| c.contains("kill -TERM"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_kills_the_whole_tree_and_still_collects() {
+    let records = tempfile::tempdir().expect("temp dir");
+    let record = records.path().join("pids");
+    let script = format!(
+        "mkdir -p artifacts && echo early > artifacts/early.txt\n{}",
+        tree_script(&record)
+    );
+    let s = setup(ServerConfig::default(), &script).await;
+    let signals = StopSignals::default();
+    let cancel = signals.cancel.clone();
+    let watched = record.clone();
+    let canceller = tokio::spawn(async move {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::fs::read_to_string(&watched)
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+            < 4
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        cancel.cancel();
+    });
+    let run = s.dispatch_with(s.server.target(), None, &signals).await;
+    canceller.await.expect("the canceller ran");
+    assert_eq!(
+        (run.status, error_code(&run)),
+        (RunStatus::Interrupted, Some(ErrorCode::Interrupted)),
+        "{run:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(run.paths.artifacts.join("early.txt")).expect("artifact"),
+        "early\n"
+    );
+    assert_all_dead(&record);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_exec_times_out() {
+    let s = setup(
+        ServerConfig {
+            faults: Faults {
+                stall_exec: true,
+                ..Faults::default()
+            },
+            ..ServerConfig::default()
+        },
+        "true\n",
+    )
+    .await;
+    let started = Instant::now();
+    let run = s
+        .dispatch_with(
+            s.server.target(),
+            Some(Duration::from_millis(300)),
+            &StopSignals::default(),
+        )
+        .await;
+    assert_eq!(
+        (run.status, error_code(&run)),
+        (RunStatus::Timeout, Some(ErrorCode::Timeout))
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "no hang: {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_windows_host_gets_an_encoded_powershell_command() {
+    let config = ServerConfig {
+        windows: Some(WindowsEmulation {
+            home: "/C:/Users/ci".into(),
+            replies: vec![ScriptedExec {
+                command_contains: "powershell.exe".into(),
+                stdout: b"hi from windows\r\n".to_vec(),
+                stderr: Vec::new(),
+                exit_status: 0,
+            }],
+        }),
+        ..ServerConfig::default()
+    };
+    let s = setup(config, "true\n").await;
+    crate::write_file(s.test_dir.path(), "run.ps1", b"Write-Output hi\r\n", 0o644);
+    let request = DispatchRequest {
+        machine: machine(s.server.target(), "windows"),
+        timeout: None,
+        keep_remote: false,
+        owner: None,
+    };
+    let run = s
+        .runner
+        .dispatch(
+            s.test_dir.path(),
+            &request,
+            &StopSignals::default(),
+            &NoObserver,
+        )
+        .await
+        .expect("recorded")
+        .run;
+    assert_eq!(run.status, RunStatus::Completed, "{run:?}");
+    assert_eq!(run.entrypoint, "run.ps1");
+    assert!(
+        run.remote_dir
+            .as_deref()
+            .is_some_and(|d| d.starts_with("/C:/Users/ci/")),
+        "{run:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&run.paths.stdout).expect("log"),
+        "hi from windows\r\n"
+    );
+    let command = s
+        .server
+        .exec_commands()
+        .into_iter()
+        .find(|c| c.contains("-EncodedCommand"))
+        .expect("an encoded exec");
+    let script = testfleet_core::remote::decode_powershell_command(&command).expect("decodes");
+    assert!(
+        script.contains(&format!(
+            r"Set-Location -LiteralPath 'C:\Users\ci\.testfleet\runs\{}'",
+            run.id
+        )),
+        "{script}"
+    );
+}

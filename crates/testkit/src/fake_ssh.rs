@@ -3,7 +3,11 @@
 //! Each step (connect, upload, exec, kill, download, remove) can be made to fail or to take a
 //! while; the exec plays canned output and ends with a scripted exit, or with `TERM` when it
 //! is killed first. The call log lets tests assert what the runner asked for, in order.
+//!
+//! Uploads land in an in-memory remote filesystem that `download_dir`, `realpath` and `remove`
+//! read, so the fake passes the same SSH contract suite as the real adapter.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -90,7 +94,8 @@ impl Default for FakeExec {
 /// What the fake artifact download does.
 #[derive(Debug, Clone, Default)]
 pub struct FakeDownload {
-    /// Files written under the local folder: relative path (`/`-separated) and contents.
+    /// Files written under the local folder: relative path (`/`-separated) and contents. When
+    /// empty, the download copies what the remote filesystem holds under the folder.
     pub files: Vec<(String, Vec<u8>)>,
     pub refused: Vec<RefusedEntry>,
     pub error: Option<SshError>,
@@ -107,6 +112,8 @@ pub struct FakeScript {
     pub upload_error: Option<SshError>,
     pub upload_delay: Duration,
     pub exec: FakeExec,
+    /// Exec answers for exact commands, tried before `exec`.
+    pub exec_by_command: Vec<(String, FakeExec)>,
     pub kill_error: Option<SshError>,
     pub download: FakeDownload,
     pub remove_error: Option<SshError>,
@@ -122,6 +129,7 @@ impl Default for FakeScript {
             upload_error: None,
             upload_delay: Duration::ZERO,
             exec: FakeExec::default(),
+            exec_by_command: Vec::new(),
             kill_error: None,
             download: FakeDownload::default(),
             remove_error: None,
@@ -129,11 +137,19 @@ impl Default for FakeScript {
     }
 }
 
+/// One entry of the in-memory remote filesystem, keyed by absolute path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum RemoteNode {
+    Dir,
+    File { contents: Vec<u8>, mode: u32 },
+}
+
 #[derive(Debug, Default)]
 struct Shared {
     script: Mutex<FakeScript>,
     calls: Mutex<Vec<SshCall>>,
     killed: Notify,
+    remote: Mutex<BTreeMap<String, RemoteNode>>,
 }
 
 /// A fake [`SshConnector`]; every session it opens shares its script and call log.
@@ -175,6 +191,51 @@ impl FakeSsh {
     fn script(&self) -> FakeScript {
         lock(&self.shared.script).clone()
     }
+
+    /// The absolute form of a remote path: relative paths resolve against the home folder,
+    /// `.` and empty components vanish and `..` goes up.
+    fn absolute(&self, path: &str) -> String {
+        let joined = if path.starts_with('/') {
+            path.to_owned()
+        } else {
+            format!("{}/{path}", self.script().home)
+        };
+        let mut parts: Vec<&str> = Vec::new();
+        for part in joined.split('/') {
+            match part {
+                "" | "." => {}
+                ".." => {
+                    parts.pop();
+                }
+                part => parts.push(part),
+            }
+        }
+        format!("/{}", parts.join("/"))
+    }
+
+    /// Whether the remote filesystem holds `path` (absolute).
+    pub fn remote_exists(&self, path: &str) -> bool {
+        let path = self.absolute(path);
+        path == "/" || lock(&self.shared.remote).contains_key(&path)
+    }
+
+    fn mkdirs(&self, absolute: &str) {
+        let mut remote = lock(&self.shared.remote);
+        let mut prefix = String::new();
+        for part in absolute.split('/').filter(|p| !p.is_empty()) {
+            prefix.push('/');
+            prefix.push_str(part);
+            remote.entry(prefix.clone()).or_insert(RemoteNode::Dir);
+        }
+    }
+}
+
+/// Whether `path` is `dir` or lies below it.
+fn is_within(path: &str, dir: &str) -> bool {
+    path == dir
+        || path
+            .strip_prefix(dir)
+            .is_some_and(|rest| rest.starts_with('/'))
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -207,11 +268,41 @@ struct FakeSession {
     fake: FakeSsh,
 }
 
+impl FakeSession {
+    /// Files of the remote filesystem below `remote_dir`: relative path, contents, mode.
+    fn remote_files_under(&self, remote_dir: &str) -> Vec<(String, Vec<u8>, u32)> {
+        let root = self.fake.absolute(remote_dir);
+        lock(&self.fake.shared.remote)
+            .iter()
+            .filter_map(|(path, node)| match node {
+                RemoteNode::File { contents, mode } => {
+                    let rel = path.strip_prefix(&root)?.strip_prefix('/')?;
+                    Some((rel.to_owned(), contents.clone(), *mode))
+                }
+                RemoteNode::Dir => None,
+            })
+            .collect()
+    }
+}
+
+#[cfg(unix)]
+fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+}
+
+#[cfg(not(unix))]
+fn set_mode(_path: &Path, _mode: u32) -> std::io::Result<()> {
+    Ok(())
+}
+
 #[async_trait]
 impl SshSession for FakeSession {
     async fn create_dir_all(&self, path: &str) -> Result<(), SshError> {
         self.fake.record(SshCall::CreateDirAll(path.to_owned()));
-        fail_or_ok(self.fake.script().create_dir_error)
+        fail_or_ok(self.fake.script().create_dir_error)?;
+        self.fake.mkdirs(&self.fake.absolute(path));
+        Ok(())
     }
 
     async fn realpath(&self, path: &str) -> Result<String, SshError> {
@@ -252,6 +343,11 @@ impl SshSession for FakeSession {
             ..TransferProgress::default()
         };
         let mut buffer = vec![0u8; 64 * 1024];
+        let remote_root = self.fake.absolute(remote_dir);
+        self.fake.mkdirs(&remote_root);
+        for dir in &manifest.dirs {
+            self.fake.mkdirs(&format!("{remote_root}/{dir}"));
+        }
         for file in &manifest.files {
             let path = file.rel_path.to_local(&manifest.root);
             let changed = || SshError::TestDirChanged {
@@ -263,6 +359,14 @@ impl SshSession for FakeSession {
             if digest != file.digest || size != file.size {
                 return Err(changed());
             }
+            let contents = std::fs::read(&path).map_err(|_| changed())?;
+            lock(&self.fake.shared.remote).insert(
+                format!("{remote_root}/{}", file.rel_path),
+                RemoteNode::File {
+                    contents,
+                    mode: file.mode,
+                },
+            );
             done.files_done += 1;
             done.bytes_done += size;
             progress.progress(done);
@@ -279,7 +383,12 @@ impl SshSession for FakeSession {
         output: &mut dyn ExecOutput,
     ) -> Result<RemoteExit, SshError> {
         self.fake.record(SshCall::Exec(command.to_owned()));
-        let exec = self.fake.script().exec;
+        let script = self.fake.script();
+        let exec = script
+            .exec_by_command
+            .into_iter()
+            .find_map(|(scripted, exec)| (scripted == command).then_some(exec))
+            .unwrap_or(script.exec);
         for (stream, data) in &exec.output {
             output.write(*stream, data).await;
         }
@@ -324,7 +433,15 @@ impl SshSession for FakeSession {
             refused: download.refused,
             ..DownloadReport::default()
         };
-        for (rel_path, contents) in download.files {
+        let files = if download.files.is_empty() {
+            self.remote_files_under(remote_dir)
+        } else {
+            let scripted = download.files.into_iter();
+            scripted
+                .map(|(rel, contents)| (rel, contents, 0o644))
+                .collect()
+        };
+        for (rel_path, contents, mode) in files {
             let path = rel_path
                 .split('/')
                 .fold(local_dir.to_path_buf(), |dir, part| dir.join(part));
@@ -332,6 +449,7 @@ impl SshSession for FakeSession {
                 std::fs::create_dir_all(parent).map_err(|e| write_error(parent, e))?;
             }
             std::fs::write(&path, &contents).map_err(|e| write_error(&path, e))?;
+            set_mode(&path, mode).map_err(|e| write_error(&path, e))?;
             report.files += 1;
             report.bytes += contents.len() as u64;
         }
@@ -340,7 +458,10 @@ impl SshSession for FakeSession {
 
     async fn remove(&self, path: &str) -> Result<(), SshError> {
         self.fake.record(SshCall::Remove(path.to_owned()));
-        fail_or_ok(self.fake.script().remove_error)
+        fail_or_ok(self.fake.script().remove_error)?;
+        let absolute = self.fake.absolute(path);
+        lock(&self.fake.shared.remote).retain(|key, _| !is_within(key, &absolute));
+        Ok(())
     }
 
     async fn close(&self) -> Result<(), SshError> {

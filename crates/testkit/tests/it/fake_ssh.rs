@@ -1,0 +1,77 @@
+//! FakeSsh passes the same SSH contract suite as the russh adapter.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use testfleet_core::ports::{HostKeyPolicy, OutputStream, RemoteExit, SshTarget};
+use testfleet_testkit::contract::ssh::{
+    ContractHost, OUTPUT_AND_EXIT_COMMAND, SELF_TERM_COMMAND, TRUE_COMMAND,
+};
+use testfleet_testkit::fake_ssh::{FakeExec, FakeScript, FakeSsh};
+
+fn target() -> SshTarget {
+    SshTarget {
+        host: "fake".into(),
+        port: 22,
+        user: "ci".into(),
+        identity_files: Vec::new(),
+        known_hosts: PathBuf::from("/nonexistent/known_hosts"),
+        host_key_policy: HostKeyPolicy::Strict,
+        connect_timeout: SshTarget::DEFAULT_CONNECT_TIMEOUT,
+        keepalive_interval: SshTarget::DEFAULT_KEEPALIVE_INTERVAL,
+        keepalive_max: SshTarget::DEFAULT_KEEPALIVE_MAX,
+    }
+}
+
+#[tokio::test]
+async fn fake_ssh_passes_the_ssh_contract() {
+    let script = FakeScript {
+        // Commands the suite runs get the answers a POSIX host would give; any other exec is a
+        // long-running script that only a kill ends.
+        exec: FakeExec {
+            duration: Duration::from_secs(60),
+            ..FakeExec::default()
+        },
+        exec_by_command: vec![
+            (
+                OUTPUT_AND_EXIT_COMMAND.to_owned(),
+                FakeExec {
+                    output: vec![
+                        (OutputStream::Stdout, b"out\n".to_vec()),
+                        (OutputStream::Stderr, b"err\n".to_vec()),
+                    ],
+                    exit: RemoteExit::Code(3),
+                    ..FakeExec::default()
+                },
+            ),
+            (
+                SELF_TERM_COMMAND.to_owned(),
+                FakeExec {
+                    exit: RemoteExit::Signal("TERM".into()),
+                    ..FakeExec::default()
+                },
+            ),
+            (
+                TRUE_COMMAND.to_owned(),
+                FakeExec {
+                    exit: RemoteExit::NoStatus,
+                    ..FakeExec::default()
+                },
+            ),
+        ],
+        ..FakeScript::default()
+    };
+    let fake = FakeSsh::with_script(script);
+    testfleet_testkit::contract::ssh::ssh(
+        Arc::new(fake.clone()),
+        Arc::new(|host| match host {
+            ContractHost::Normal | ContractHost::NoExitStatus => Some(target()),
+        }),
+    )
+    .await;
+    assert!(
+        !fake.remote_exists("testfleet-contract"),
+        "the suite cleaned up after itself"
+    );
+}

@@ -391,6 +391,26 @@ pub fn run(bin: &Path) -> Result<()> {
     })?;
     clear(&artifacts);
 
+    // -- dispatch overhead: connect + auth + exec `true` -------------------------------------------
+    bench.measure("connect + auth + exec true", "testfleet (russh)", || {
+        runtime.block_on(async {
+            let session = connector.connect(&ssh_target).await?;
+            let mut sink = testfleet_testkit::contract::ssh::Captured::default();
+            let exit = session.exec("true", &mut sink).await?;
+            ensure!(
+                exit == testfleet_core::ports::RemoteExit::Code(0),
+                "exec true: {exit:?}"
+            );
+            session.close().await.ok();
+            anyhow::Ok(())
+        })?;
+        Ok(None)
+    })?;
+    bench.measure("connect + auth + exec true", "ssh host true", || {
+        sh(&openssh.ssh_words("true"))?;
+        Ok(None)
+    })?;
+
     // -- whole runs with the binary -----------------------------------------------------------
     let fleet = data.path().join("fleet.toml");
     std::fs::write(
@@ -462,6 +482,20 @@ pub fn run(bin: &Path) -> Result<()> {
     let big_text = trees[2].1.to_str().context("utf-8")?.to_owned();
     bench.measure("whole run 256 MiB", "testfleet run", || {
         let mut command = tf.command(&["run", &big_text, "-m", "bench", "--json"]);
+        command.stdout(Stdio::null());
+        with_peak_rss(command)
+    })?;
+
+    // Peak memory of a foreground run whose script prints 1 GiB (human output, to /dev/null).
+    let loud = data.path().join("loud");
+    std::fs::create_dir_all(&loud)?;
+    std::fs::write(
+        loud.join("run.sh"),
+        "#!/bin/sh\nhead -c 1073741824 /dev/zero | tr '\\0' 'x'\n",
+    )?;
+    let loud_text = loud.to_str().context("utf-8")?.to_owned();
+    bench.measure("1 GiB of stdout, foreground", "testfleet run", || {
+        let mut command = tf.command(&["run", &loud_text, "-m", "bench"]);
         command.stdout(Stdio::null());
         with_peak_rss(command)
     })?;

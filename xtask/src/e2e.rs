@@ -327,7 +327,7 @@ fn artifacts(ctx: &Ctx<'_>) -> Result<()> {
     );
     ensure!(run["artifacts"]["files"] == 2, "artifact count: {run}");
     ensure!(
-        run["artifacts"]["bytes"] == 300_007,
+        run["artifacts"]["bytes"] == 300_006,
         "artifact bytes: {run}"
     );
     Ok(())
@@ -358,7 +358,7 @@ fn cancel(ctx: &Ctx<'_>) -> Result<()> {
                 .data()?,
         )?;
         let id = text(&run, "/id");
-        wait_for_pids(&record, 5, Duration::from_secs(30))?;
+        wait_for_pids(&record, 4, Duration::from_secs(30))?;
         let cancelled = ctx.tf.call(&["cancel", &id, "--json"])?;
         let after = cancelled.expect_code(0)?.data()?["run"].clone();
         ensure!(text(&after, "/status") == "interrupted", "{after}");

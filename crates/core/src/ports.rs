@@ -61,6 +61,10 @@ pub enum StoreError {
         from: RunStatus,
         to: RunStatus,
     },
+    /// A transition guarded on the owner lost: another process took the run over (nothing
+    /// written).
+    #[error("run {id} changed owner meanwhile")]
+    OwnerChanged { id: RunId },
     /// The backend failed (I/O, SQL, a newer schema, a corrupt file …).
     #[error("{message}")]
     Backend {
@@ -84,9 +88,10 @@ impl StoreError {
     pub fn code(&self) -> ErrorCode {
         match self {
             Self::NotFound(_) => ErrorCode::RunNotFound,
-            Self::Conflict { .. } | Self::InvalidTransition { .. } | Self::Backend { .. } => {
-                ErrorCode::StoreError
-            }
+            Self::Conflict { .. }
+            | Self::InvalidTransition { .. }
+            | Self::OwnerChanged { .. }
+            | Self::Backend { .. } => ErrorCode::StoreError,
         }
     }
 }
@@ -110,12 +115,14 @@ pub trait RunStore: Send + Sync + fmt::Debug {
     async fn get(&self, id: &RunId) -> Result<Run, StoreError>;
 
     /// Compare-and-set: applies `change` (with [`Run::apply`]) only if the run's status is
-    /// `change.from`, and appends the event, atomically. Returns the updated run.
+    /// `change.from` (and its owner matches `change.owner_guard`), and appends the event,
+    /// atomically. Returns the updated run.
     ///
     /// # Errors
     /// [`StoreError::NotFound`]; [`StoreError::Conflict`] when the status is not `change.from`
     /// (nothing written); [`StoreError::InvalidTransition`] when the lifecycle has no edge
-    /// `from → to`; [`StoreError::Backend`].
+    /// `from → to`; [`StoreError::OwnerChanged`] when the owner guard fails (nothing
+    /// written); [`StoreError::Backend`].
     async fn transition(&self, id: &RunId, change: Transition) -> Result<Run, StoreError>;
 
     /// Records the absolute remote run folder of a run.

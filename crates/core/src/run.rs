@@ -261,6 +261,11 @@ impl Run {
                 to: change.to,
             });
         }
+        if let OwnerGuard::Exactly(expected) = change.owner_guard
+            && self.owner() != expected
+        {
+            return Err(ApplyError::OwnerChanged);
+        }
         self.status = change.to;
         if change.to == RunStatus::Running {
             self.started_at = Some(change.at);
@@ -302,6 +307,19 @@ pub enum ApplyError {
     },
     #[error("a run cannot go from {from} to {to}")]
     NotAnEdge { from: RunStatus, to: RunStatus },
+    #[error("the run's owner changed")]
+    OwnerChanged,
+}
+
+/// Which owner a transition requires. A change decided from who owned the run (the reaper's
+/// "the owner is dead") must not land once another process has taken the run over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OwnerGuard {
+    /// Whoever owns the run.
+    #[default]
+    Any,
+    /// Only while the run's owner is exactly this (`None`: no owner recorded).
+    Exactly(Option<RunOwner>),
 }
 
 /// A run the store is asked to create.
@@ -332,6 +350,8 @@ pub struct Transition {
     pub artifacts: Option<ArtifactSummary>,
     /// Extra words for the event history; the error message when absent.
     pub detail: Option<String>,
+    /// The owner the run must still have for the change to apply.
+    pub owner_guard: OwnerGuard,
 }
 
 impl Transition {
@@ -346,6 +366,7 @@ impl Transition {
             signal: None,
             artifacts: None,
             detail: None,
+            owner_guard: OwnerGuard::Any,
         }
     }
 
@@ -356,6 +377,12 @@ impl Transition {
 
     pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
         self.detail = Some(detail.into());
+        self
+    }
+
+    /// Applies only while the run's owner is still `owner`.
+    pub fn with_owner_guard(mut self, owner: Option<RunOwner>) -> Self {
+        self.owner_guard = OwnerGuard::Exactly(owner);
         self
     }
 }

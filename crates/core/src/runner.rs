@@ -710,14 +710,18 @@ pub async fn reap_lost_runs(
             || "no owner was recorded".to_owned(),
             |o| format!("pid {}", o.pid),
         );
-        let change = Transition::new(run.status, to, clock.now()).with_error(
-            ErrorCode::WorkerLost,
-            format!("the process that owned this run ({owner}) is gone; the run was abandoned"),
-        );
+        // Guarded on the owner seen above: if the run was handed to another process since
+        // (a detached worker taking over from the command that claimed it), it is not lost.
+        let change = Transition::new(run.status, to, clock.now())
+            .with_error(
+                ErrorCode::WorkerLost,
+                format!("the process that owned this run ({owner}) is gone; the run was abandoned"),
+            )
+            .with_owner_guard(run.owner());
         match store.transition(&run.id, change).await {
             Ok(run) => reaped.push(run),
-            // The owner finished it meanwhile.
-            Err(StoreError::Conflict { .. }) => {}
+            // The owner finished it, or handed it over, meanwhile.
+            Err(StoreError::Conflict { .. } | StoreError::OwnerChanged { .. }) => {}
             Err(error) => return Err(error),
         }
     }

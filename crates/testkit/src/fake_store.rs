@@ -82,6 +82,7 @@ pub(crate) fn apply_error(id: &RunId, error: ApplyError) -> StoreError {
             from,
             to,
         },
+        ApplyError::OwnerChanged => StoreError::OwnerChanged { id: id.clone() },
     }
 }
 

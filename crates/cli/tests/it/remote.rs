@@ -259,7 +259,12 @@ fn sixteen_concurrent_detached_runs_of_one_dir_share_one_run() {
     }
     ids.sort();
     ids.dedup();
-    assert_eq!(ids.len(), 1, "{ids:?}");
+    let listed = env.json(&["list"]).data();
+    assert_eq!(
+        ids.len(),
+        1,
+        "one run among all outputs; the runs: {listed}"
+    );
     assert_eq!(fresh, 1);
     std::fs::write(&marker, "").expect("release");
     let waited = env.json(&["wait", &ids[0], "--timeout", "60s"]);

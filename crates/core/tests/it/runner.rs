@@ -947,3 +947,60 @@ async fn the_reaper_interrupts_runs_whose_owner_is_gone() {
     assert_eq!(run.status, RunStatus::Interrupted);
     assert_eq!(h.ssh.call_names(), ["connect", "close"]);
 }
+
+/// Reports every owner dead, but first hands the run over to a new owner, exactly as a
+/// detached worker does while another command's reaper is looking at the run.
+struct HandOverWhileProbing {
+    store: Arc<FakeStore>,
+    id: RunId,
+}
+
+impl OwnerProbe for HandOverWhileProbing {
+    fn is_alive(&self, _owner: RunOwner) -> bool {
+        let store = self.store.clone();
+        let id = self.id.clone();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .expect("runtime");
+            runtime.block_on(store.set_owner(
+                &id,
+                RunOwner {
+                    pid: 1,
+                    start_time: Some(1),
+                },
+            ))
+        })
+        .join()
+        .expect("the hand-over thread ran")
+        .expect("the hand-over succeeds");
+        false
+    }
+}
+
+#[tokio::test]
+async fn the_reaper_does_not_reap_a_run_handed_over_while_it_looked() {
+    let h = harness(FakeScript::default());
+    let manifest = testfleet_core::runner::hash_test_dir(h.test_dir.path()).expect("hashes");
+    let mut req = request(machine("m-1", "linux"));
+    req.owner = Some(RunOwner {
+        pid: 4_000_000,
+        start_time: Some(7),
+    });
+    let run = h.runner.prepare(&manifest, &req).await.expect("claims").run;
+
+    let probe = HandOverWhileProbing {
+        store: h.store.clone(),
+        id: run.id.clone(),
+    };
+    let reaped = reap_lost_runs(h.store.as_ref(), &StepClock::default(), &probe)
+        .await
+        .expect("reaps");
+    assert!(
+        reaped.is_empty(),
+        "a run handed over is not lost: {reaped:?}"
+    );
+    let stored = h.store.get(&run.id).await.expect("exists");
+    assert_eq!(stored.status, RunStatus::Pending);
+    assert_eq!(stored.worker_pid, Some(1));
+}

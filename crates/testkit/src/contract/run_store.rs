@@ -77,6 +77,7 @@ pub async fn run_store(make_store: impl Fn() -> Subject) {
         list_filters_orders_and_limits,
         active_runs_are_oldest_first_with_owners,
         set_owner_and_remote_dir,
+        owner_guarded_transitions_need_the_same_owner,
         unknown_ids_are_not_found,
         concurrent_claims_have_one_winner,
     );
@@ -784,6 +785,47 @@ async fn set_owner_and_remote_dir(store: &Arc<dyn RunStore>) {
         events_before.len() + 1,
         "only the start is an event"
     );
+}
+
+/// The reaper's transition is guarded on the owner it saw dead: once another process has
+/// taken the run over, the guarded change is refused and writes nothing.
+async fn owner_guarded_transitions_need_the_same_owner(store: &Arc<dyn RunStore>) {
+    let run = claim_new(store, new_run("linux-1", 1, 0, 1)).await;
+    let claimer = run.owner();
+    let worker = RunOwner {
+        pid: 4242,
+        start_time: Some(99),
+    };
+    let handed_over = store
+        .set_owner(&run.id, worker)
+        .await
+        .expect("the run takes a new owner");
+    let events_before = must_events(store, &run.id).await;
+
+    let stale = Transition::new(RunStatus::Pending, RunStatus::Interrupted, at(5))
+        .with_error(ErrorCode::WorkerLost, "owner gone")
+        .with_owner_guard(claimer);
+    match store.transition(&run.id, stale).await {
+        Err(StoreError::OwnerChanged { id }) => assert_eq!(id, run.id),
+        other => panic!("a stale owner guard must be refused with OwnerChanged: {other:?}"),
+    }
+    assert_eq!(
+        must_get(store, &run.id).await,
+        handed_over,
+        "nothing written"
+    );
+    assert_eq!(must_events(store, &run.id).await, events_before);
+
+    let current = Transition::new(RunStatus::Pending, RunStatus::Interrupted, at(6))
+        .with_error(ErrorCode::WorkerLost, "owner gone")
+        .with_owner_guard(Some(worker));
+    let mut expected = handed_over.clone();
+    expected.apply(&current).expect("the guard matches");
+    let reaped = store
+        .transition(&run.id, current)
+        .await
+        .expect("the guard matches the current owner");
+    assert_eq!(reaped, expected);
 }
 
 async fn unknown_ids_are_not_found(store: &Arc<dyn RunStore>) {

@@ -43,6 +43,18 @@ pub struct SqliteStore {
 struct Shared {
     path: PathBuf,
     pool: Pool<SqliteConnectionManager>,
+    /// Serialises this process's write transactions. SQLite admits one writer at a time
+    /// anyway; queueing here means concurrent writers of one process (a fan-out of 32 runs)
+    /// wait their turn instead of colliding on `BEGIN IMMEDIATE` and sleeping in the busy
+    /// handler. Other processes are still kept out by SQLite's own lock.
+    write_turn: std::sync::Mutex<()>,
+}
+
+/// Whether an operation writes (and so waits for this process's write turn).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    Read,
+    Write,
 }
 
 impl fmt::Debug for SqliteStore {
@@ -83,6 +95,7 @@ impl SqliteStore {
             shared: Arc::new(Shared {
                 path: path.to_owned(),
                 pool,
+                write_turn: std::sync::Mutex::new(()),
             }),
         })
     }
@@ -94,13 +107,27 @@ impl SqliteStore {
 
     /// Runs `work` with a pooled connection on the blocking pool, retrying it as a whole
     /// while SQLite reports a lock.
-    async fn blocking<T, F>(&self, action: &'static str, mut work: F) -> Result<T, StoreError>
+    async fn blocking<T, F>(
+        &self,
+        action: &'static str,
+        access: Access,
+        mut work: F,
+    ) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnMut(&mut Connection) -> Result<T, OpError> + Send + 'static,
     {
         let shared = Arc::clone(&self.shared);
         let task = tokio::task::spawn_blocking(move || {
+            // The turn comes before the connection, so waiting writers hold no pooled
+            // connection that a reader could use. A poisoned turn only means another writer
+            // panicked; the database is still sound.
+            let _turn = (access == Access::Write).then(|| {
+                shared
+                    .write_turn
+                    .lock()
+                    .unwrap_or_else(|poison| poison.into_inner())
+            });
             let mut conn = shared.pool.get().map_err(|source| Error::Pool {
                 path: shared.path.clone(),
                 source,
@@ -176,6 +203,7 @@ fn apply_error(id: &RunId, error: ApplyError) -> StoreError {
             from,
             to,
         },
+        ApplyError::OwnerChanged => StoreError::OwnerChanged { id: id.clone() },
     }
 }
 
@@ -183,7 +211,7 @@ fn apply_error(id: &RunId, error: ApplyError) -> StoreError {
 impl RunStore for SqliteStore {
     async fn claim(&self, new: NewRun) -> Result<Claim, StoreError> {
         let run = Run::pending(new);
-        self.blocking("claim a machine", move |conn| {
+        self.blocking("claim a machine", Access::Write, move |conn| {
             let tx = begin(conn)?;
             match insert_run(&tx, &run) {
                 Ok(()) => {
@@ -209,13 +237,13 @@ impl RunStore for SqliteStore {
 
     async fn get(&self, id: &RunId) -> Result<Run, StoreError> {
         let id = id.clone();
-        self.blocking("read a run", move |conn| load_run(conn, &id))
+        self.blocking("read a run", Access::Read, move |conn| load_run(conn, &id))
             .await
     }
 
     async fn transition(&self, id: &RunId, change: Transition) -> Result<Run, StoreError> {
         let id = id.clone();
-        self.blocking("record a run's transition", move |conn| {
+        self.blocking("record a run's transition", Access::Write, move |conn| {
             let tx = begin(conn)?;
             let mut run = load_run(&tx, &id)?;
             let event = run
@@ -241,7 +269,7 @@ impl RunStore for SqliteStore {
     async fn set_remote_dir(&self, id: &RunId, remote_dir: &str) -> Result<(), StoreError> {
         let id = id.clone();
         let remote_dir = remote_dir.to_owned();
-        self.blocking("record a run's remote folder", move |conn| {
+        self.blocking("record a run's remote folder", Access::Write, move |conn| {
             let updated = conn
                 .prepare_cached("UPDATE runs SET remote_dir = ?1 WHERE id = ?2")?
                 .execute(params![remote_dir, id.as_str()])?;
@@ -255,7 +283,7 @@ impl RunStore for SqliteStore {
 
     async fn set_owner(&self, id: &RunId, owner: RunOwner) -> Result<Run, StoreError> {
         let id = id.clone();
-        self.blocking("record a run's owner", move |conn| {
+        self.blocking("record a run's owner", Access::Write, move |conn| {
             let tx = begin(conn)?;
             let mut run = load_run(&tx, &id)?;
             if run.status.is_terminal() {
@@ -300,7 +328,7 @@ impl RunStore for SqliteStore {
             "SELECT {RUN_COLUMNS} FROM runs{where_clause} ORDER BY id DESC LIMIT ?{}",
             values.len()
         );
-        self.blocking("list runs", move |conn| {
+        self.blocking("list runs", Access::Read, move |conn| {
             let mut statement = conn.prepare_cached(&sql)?;
             let runs = statement.query_map(params_from_iter(values.iter()), run_from_row)?;
             Ok(runs.collect::<Result<Vec<_>, _>>()?)
@@ -310,7 +338,7 @@ impl RunStore for SqliteStore {
 
     async fn events(&self, id: &RunId) -> Result<Vec<RunEventRecord>, StoreError> {
         let id = id.clone();
-        self.blocking("read a run's events", move |conn| {
+        self.blocking("read a run's events", Access::Read, move |conn| {
             // One read transaction, so that the run and its events are seen at one instant.
             let tx = conn.transaction()?;
             let events = tx
@@ -329,7 +357,7 @@ impl RunStore for SqliteStore {
     }
 
     async fn active_runs(&self) -> Result<Vec<Run>, StoreError> {
-        self.blocking("list active runs", move |conn| {
+        self.blocking("list active runs", Access::Read, move |conn| {
             let mut statement = conn.prepare_cached(&format!(
                 "SELECT {RUN_COLUMNS} FROM runs WHERE status IN ('pending', 'running') ORDER BY id"
             ))?;

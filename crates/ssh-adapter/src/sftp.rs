@@ -543,10 +543,12 @@ pub(crate) async fn remove(session: &RusshSession, path: &str) -> Result<(), Ssh
     if kind_of(&attrs) != Some(Kind::Dir) {
         return remove_file(session, &sftp, path).await;
     }
-    // Depth-first without recursion: list each folder, delete its files, and remove the
-    // folders themselves deepest first.
+    // List the whole tree first (depth-first, without recursion), then delete its files with
+    // many requests in flight — one round trip per file made cleanup of a 5,000-file run folder
+    // cost more than its upload — and finally the folders, deepest first.
     let mut folders = vec![path.to_owned()];
     let mut to_list = vec![path.to_owned()];
+    let mut files = Vec::new();
     while let Some(folder) = to_list.pop() {
         let entries = match sftp.read_dir(folder.as_str()).await {
             Ok(entries) => entries,
@@ -564,8 +566,21 @@ pub(crate) async fn remove(session: &RusshSession, path: &str) -> Result<(), Ssh
                 folders.push(child.clone());
                 to_list.push(child);
             } else {
-                remove_file(session, &sftp, &child).await?;
+                files.push(child);
             }
+        }
+    }
+    let limit = session.tuning.files_in_flight.max(1) * 2;
+    let mut pending = files.iter();
+    let mut removals = futures::stream::FuturesUnordered::new();
+    loop {
+        while removals.len() < limit {
+            let Some(file) = pending.next() else { break };
+            removals.push(remove_file(session, &sftp, file));
+        }
+        match removals.next().await {
+            Some(removed) => removed?,
+            None => break,
         }
     }
     for folder in folders.iter().rev() {

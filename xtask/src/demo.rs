@@ -12,7 +12,10 @@ use crate::tf::Tf;
 pub fn run(bin: &Path) -> Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("failed to start a tokio runtime")?;
     let target = Target::testkit(&runtime, 1)?;
-    let fleet = target.write_fleet("fleet.toml", |machine| machine.name = "demo".into())?;
+    let fleet = target.write_fleet("fleet.toml", |machine| {
+        machine.name = "demo".into();
+        machine.labels = vec!["demo".into()];
+    })?;
     // The state dir outlives the demo so that its logs and artifacts can be looked at.
     let state_dir = crate::root().join("target").join("testfleet-demo");
     if state_dir.exists() {
@@ -57,7 +60,8 @@ pub fn run(bin: &Path) -> Result<()> {
         }
     }
     println!(
-        "\nlook again with: testfleet --state-dir {} list",
+        "\nlook again with: {} --state-dir {} list",
+        bin.display(),
         state_dir.display()
     );
     Ok(())

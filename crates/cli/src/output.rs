@@ -120,11 +120,13 @@ fn print_json(value: &Value) {
     let _ = stdout.flush();
 }
 
-/// `1.2s`, `2m03s`, `1h02m`.
+/// `850ms`, `1.2s`, `2m03s`, `1h02m` (truncated, never rounded up to the next unit).
 pub fn human_duration(duration: Duration) -> String {
     let ms = duration.as_millis();
-    if ms < 60_000 {
-        format!("{:.1}s", duration.as_secs_f64())
+    if ms < 1_000 {
+        format!("{ms}ms")
+    } else if ms < 60_000 {
+        format!("{}.{}s", ms / 1_000, (ms % 1_000) / 100)
     } else if ms < 3_600_000 {
         format!("{}m{:02}s", ms / 60_000, (ms / 1000) % 60)
     } else {
@@ -271,9 +273,11 @@ mod tests {
     #[test]
     fn durations() {
         for (ms, expected) in [
-            (0, "0.0s"),
+            (0, "0ms"),
+            (37, "37ms"),
+            (999, "999ms"),
             (1_234, "1.2s"),
-            (59_999, "60.0s"),
+            (59_999, "59.9s"),
             (61_000, "1m01s"),
             (3_723_000, "1h02m"),
         ] {

@@ -204,7 +204,7 @@ pub fn filters(env: &Env) -> Vec<(String, String)> {
             r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z".to_owned(),
             "[TIME]".to_owned(),
         ),
-        (r"\b\d+\.\ds\b".to_owned(), "[DUR]".to_owned()),
+        (r"\b(\d+\.\ds|\d+ms)\b".to_owned(), "[DUR]".to_owned()),
         (
             r#""duration_ms": \d+"#.to_owned(),
             r#""duration_ms": "[MS]""#.to_owned(),

@@ -41,18 +41,26 @@ pub fn list(ctx: &Context) -> Result<Report, CliError> {
     if fleet.machines.is_empty() {
         let _ = writeln!(human, "no machines in {}", fleet.file.display());
     }
+    let address = |machine: &FleetMachine| {
+        let ssh = &machine.spec.ssh;
+        format!("{}@{}:{}", ssh.user, ssh.host, ssh.port)
+    };
+    let width = fleet
+        .machines
+        .iter()
+        .map(|m| address(m).len())
+        .max()
+        .unwrap_or(0);
     for machine in &fleet.machines {
         let spec = &machine.spec;
-        let _ = writeln!(
-            human,
-            "{:<16} {}@{}:{}  {}  {}",
+        let line = format!(
+            "{:<16} {:<width$}  {:<8} {}",
             spec.name.as_str(),
-            spec.ssh.user,
-            spec.ssh.host,
-            spec.ssh.port,
+            address(machine),
             spec.os.as_str(),
             machine.labels.join(",")
         );
+        let _ = writeln!(human, "{}", line.trim_end());
     }
     let machines: Vec<Value> = fleet.machines.iter().map(machine_json).collect();
     Ok(Report::new(json!({ "machines": machines }), human))
@@ -117,7 +125,10 @@ pub fn add(ctx: &Context, args: &AddMachineArgs) -> Result<Report, CliError> {
     write_fleet(&path, &new_text)?;
     Ok(Report::new(
         json!({ "machine": name, "fleet": path }),
-        format!("added {name} to {}\n", path.display()),
+        format!(
+            "added {name} to {}; check it with `testfleet machines check {name}`\n",
+            path.display()
+        ),
     ))
 }
 
@@ -178,7 +189,11 @@ pub async fn check(ctx: &Context, name: Option<&str>) -> Result<Report, CliError
         let name = machine.spec.name.as_str();
         match result {
             Ok((latency, os)) => {
-                let _ = writeln!(human, "{name:<16} ok  {} ms  {os}", latency.as_millis());
+                let _ = writeln!(
+                    human,
+                    "{name:<16} ok  {}  {os}",
+                    crate::output::human_duration(latency)
+                );
                 entries.push(json!({
                     "name": name, "ok": true, "latency_ms": u64::try_from(latency.as_millis()).unwrap_or(u64::MAX),
                     "os": os, "error": null,

@@ -98,11 +98,25 @@ fn an_empty_store_lists_nothing() {
 #[test]
 fn machines_add_list_remove_edit_the_fleet_file() {
     let env = Env::new();
-    std::fs::write(env.fleet_file(), "# my fleet\n[defaults]\nuser = \"ci\"\n").expect("write");
+    let original = "# my fleet\n[defaults]\nuser = \"ci\" # who logs in\n\n# the lab box\n[machines.keep]\nhost = \"10.0.0.1\"\n";
+    std::fs::write(env.fleet_file(), original).expect("write");
     let out = env.json(&[
         "machines", "add", "box", "--host", "10.0.0.9", "--port", "2222", "-l", "x86",
     ]);
     assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.data()["machine"], "box");
+    snapshot(&env, "machines_add_json", &out.stdout);
+    let human = env.run(&[
+        "machines",
+        "add",
+        "arm",
+        "--host",
+        "10.0.0.10",
+        "--os",
+        "macos",
+    ]);
+    assert_eq!(human.code, 0, "{}", human.stderr);
+    snapshot(&env, "machines_add_human", &human.stdout);
     let again = env.json(&["machines", "add", "box"]);
     assert_eq!(
         (again.code, again.error_code().as_str()),
@@ -110,8 +124,16 @@ fn machines_add_list_remove_edit_the_fleet_file() {
     );
     let text = std::fs::read_to_string(env.fleet_file()).expect("read");
     assert!(
-        text.starts_with("# my fleet\n"),
-        "comments are kept: {text}"
+        text.starts_with(original),
+        "the file is only appended to, comments kept: {text}"
+    );
+    assert!(
+        text.contains("[machines.box]\nhost = \"10.0.0.9\"\nport = 2222\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("[machines.arm]\nhost = \"10.0.0.10\"\nos = \"macos\"\n"),
+        "{text}"
     );
     let list = env.json(&["machines", "list"]);
     snapshot(&env, "machines_list_json", &list.stdout);
@@ -120,11 +142,23 @@ fn machines_add_list_remove_edit_the_fleet_file() {
         "machines_list_human",
         &env.run(&["machines", "list"]).stdout,
     );
-    assert_eq!(env.json(&["machines", "remove", "box"]).code, 0);
-    assert_eq!(
-        env.json(&["machines", "list"]).data()["machines"],
-        serde_json::json!([])
-    );
+
+    let removed = env.json(&["machines", "remove", "box"]);
+    assert_eq!(removed.code, 0, "{}", removed.stderr);
+    assert_eq!(removed.data()["machine"], "box");
+    snapshot(&env, "machines_remove_json", &removed.stdout);
+    let removed = env.run(&["machines", "remove", "arm"]);
+    assert_eq!(removed.code, 0, "{}", removed.stderr);
+    snapshot(&env, "machines_remove_human", &removed.stdout);
+    let text = std::fs::read_to_string(env.fleet_file()).expect("read");
+    assert_eq!(text, original, "removing what was added restores the file");
+    let names: Vec<Value> = env.json(&["machines", "list"]).data()["machines"]
+        .as_array()
+        .expect("machines")
+        .iter()
+        .map(|machine| machine["name"].clone())
+        .collect();
+    assert_eq!(names, [serde_json::json!("keep")]);
     let unknown = env.json(&["machines", "remove", "box"]);
     assert_eq!(
         (unknown.code, unknown.error_code().as_str()),
@@ -136,8 +170,25 @@ fn machines_add_list_remove_edit_the_fleet_file() {
 fn completions_and_help() {
     let env = Env::new();
     let out = env.run(&["completions", "bash"]);
-    assert_eq!(out.code, 0);
-    assert!(out.stdout.contains("testfleet"), "{}", out.stdout);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.starts_with("_testfleet() {\n"), "{}", out.stdout);
+    for command in ["machines", "logs", "gc", "completions"] {
+        assert!(out.stdout.contains(command), "completes {command}");
+    }
+    assert!(
+        out.stdout
+            .lines()
+            .any(|line| line.trim().starts_with("complete -F _testfleet ")
+                && line.trim().ends_with(" testfleet")),
+        "registers the function for testfleet"
+    );
+    let head: String = out
+        .stdout
+        .lines()
+        .take(4)
+        .map(|line| format!("{line}\n"))
+        .collect();
+    snapshot(&env, "completions_bash_head", &head);
     let help = env.run(&["--help"]);
     assert_eq!(help.code, 0);
     assert!(!help.stdout.contains("_worker"), "the worker is hidden");

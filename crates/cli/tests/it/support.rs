@@ -216,10 +216,24 @@ pub fn filters(env: &Env) -> Vec<(String, String)> {
         // Test directories whose script names a temp path hash differently each time.
         (r"\b[0-9a-f]{64}\b".to_owned(), "[HASH]".to_owned()),
         (r"/tmp/\.tmp\w+".to_owned(), "[SERVER_TMP]".to_owned()),
+        // testkit servers listen on a random port of 127.0.0.1.
+        (
+            r"(127\.0\.0\.1\]?):\d+".to_owned(),
+            "${1}:[PORT]".to_owned(),
+        ),
+        // testkit servers generate their host key at start.
+        (
+            r"SHA256:[A-Za-z0-9+/]+=*".to_owned(),
+            "SHA256:[FINGERPRINT]".to_owned(),
+        ),
+        (
+            r#""latency_ms": \d+"#.to_owned(),
+            r#""latency_ms": "[MS]""#.to_owned(),
+        ),
     ]
 }
 
-fn regex_escape(text: &str) -> String {
+pub fn regex_escape(text: &str) -> String {
     let mut escaped = String::new();
     for c in text.chars() {
         if "\\.+*?()|[]{}^$#&-~".contains(c) {
@@ -232,8 +246,14 @@ fn regex_escape(text: &str) -> String {
 
 /// Asserts a snapshot of `text` with ids, times, durations, pids and temp paths redacted.
 pub fn snapshot(env: &Env, name: &str, text: &str) {
+    snapshot_with(env, name, text, &[]);
+}
+
+/// [`snapshot`] with `extra` (regex, replacement) filters applied first, for values only
+/// the calling test knows (e.g. the OS a check reported).
+pub fn snapshot_with(env: &Env, name: &str, text: &str, extra: &[(String, String)]) {
     let mut settings = insta::Settings::clone_current();
-    for (regex, replacement) in filters(env) {
+    for (regex, replacement) in extra.iter().cloned().chain(filters(env)) {
         settings.add_filter(&regex, replacement);
     }
     settings.set_prepend_module_to_snapshot(false);

@@ -6,7 +6,7 @@ use std::process::Stdio;
 
 use serde_json::Value;
 
-use crate::support::{Servers, poll, snapshot};
+use crate::support::{Servers, poll, regex_escape, snapshot, snapshot_with};
 
 /// A script that prints, then waits for `marker` to exist (so tests decide when it ends).
 fn gated_script(marker: &Path) -> String {
@@ -78,13 +78,51 @@ fn a_run_completes_with_its_logs_and_artifacts_where_the_json_says() {
         env.json(&["list"]).data()["runs"].as_array().map(Vec::len),
         Some(2)
     );
+    // logs prints the bytes of the log as they are, nothing else.
     let logs = env.run(&["logs", &id]);
-    assert_eq!(logs.stdout, "out-line\n");
-    assert_eq!(env.run(&["logs", &id, "--stderr"]).stdout, "err-line\n");
+    assert_eq!((logs.code, logs.stdout.as_str()), (0, "out-line\n"));
+    let logs = env.run(&["logs", &id, "--stderr"]);
+    assert_eq!((logs.code, logs.stdout.as_str()), (0, "err-line\n"));
+    let logs = env.json(&["logs", &id]);
+    assert_eq!(logs.data()["content"], "out-line\n");
+    assert_eq!(logs.data()["stream"], "stdout");
+    snapshot(&env, "logs_json", &logs.stdout);
+    let logs = env.json(&["logs", &id, "--stderr"]);
+    assert_eq!(logs.data()["content"], "err-line\n");
+    assert_eq!(logs.data()["path"], run["paths"]["stderr"]);
+    snapshot(&env, "logs_stderr_json", &logs.stdout);
+
     snapshot(&env, "wait_json", &env.json(&["wait", &id]).stdout);
+    let waited = env.run(&["wait", &id]);
+    assert_eq!(waited.code, 0, "{}", waited.stderr);
+    assert!(waited.stdout.contains(" completed "), "{}", waited.stdout);
+    snapshot(&env, "wait_human", &waited.stdout);
+
+    // gc keeps what is younger than --older-than, removes the rest.
+    let run_dir = PathBuf::from(run["paths"]["dir"].as_str().expect("dir"));
+    let gc = env.json(&["gc", "--older-than", "1h"]);
+    assert_eq!(gc.data()["removed"], serde_json::json!([]));
+    assert!(run_dir.exists());
+    snapshot(&env, "gc_nothing_json", &gc.stdout);
     let gc = env.json(&["gc", "--older-than", "0s"]);
     assert_eq!(gc.data()["removed"].as_array().map(Vec::len), Some(2));
-    assert!(!Path::new(run["paths"]["dir"].as_str().expect("dir")).exists());
+    assert!(
+        gc.data()["removed"]
+            .as_array()
+            .is_some_and(|ids| ids.contains(&run["id"]))
+    );
+    assert!(!run_dir.exists());
+    snapshot(&env, "gc_json", &gc.stdout);
+    let after = env.json(&["status", &id]).data()["run"].clone();
+    assert_eq!(after["status"], "completed", "the record stays");
+
+    let third = run_of(&env.json(&["run", str(&dir), "-m", "m1"]));
+    let third_dir = PathBuf::from(third["paths"]["dir"].as_str().expect("dir"));
+    assert!(third_dir.exists());
+    let gc = env.run(&["gc", "--older-than", "0s"]);
+    assert_eq!(gc.code, 0, "{}", gc.stderr);
+    assert!(!third_dir.exists());
+    snapshot(&env, "gc_human", &gc.stdout);
 }
 
 #[test]
@@ -189,9 +227,27 @@ fn cancel_kills_the_remote_process_tree() {
     assert_eq!(run["error"]["code"], "INTERRUPTED");
     snapshot(&env, "cancel_json", &cancelled.stdout);
     poll("the remote sleep to be gone", || !process_alive(child));
-    // The machine is free again.
-    let next = env.json(&["run", str(&env.test_dir("next", "echo next\n")), "-m", "m1"]);
-    assert_eq!(next.code, 0, "{}", next.stdout);
+
+    // The machine is free again; the human form prints the run's summary line.
+    let next = env.test_dir("next", "echo started\nsleep 300\n");
+    let run = run_of(&env.json(&["run", str(&next), "-m", "m1", "--detach"]));
+    let id = id_of(&run);
+    let stdout_log = PathBuf::from(run["paths"]["stdout"].as_str().expect("path"));
+    poll("the second run's first line", || {
+        std::fs::read_to_string(&stdout_log).is_ok_and(|text| text.contains("started"))
+    });
+    let cancelled = env.run(&["cancel", &id]);
+    assert_eq!(cancelled.code, 0, "{}", cancelled.stderr);
+    assert!(
+        cancelled.stdout.contains(" interrupted ") && cancelled.stdout.contains("INTERRUPTED"),
+        "{}",
+        cancelled.stdout
+    );
+    snapshot(&env, "cancel_human", &cancelled.stdout);
+    assert_eq!(
+        env.json(&["status", &id]).data()["run"]["status"],
+        "interrupted"
+    );
 }
 
 fn process_alive(pid: u32) -> bool {
@@ -359,7 +415,16 @@ fn machines_check_and_trust() {
     assert_eq!(check.code, 0, "{}", check.stdout);
     let machine = check.data()["machines"][0].clone();
     assert_eq!(machine["ok"], true, "{machine}");
-    assert!(machine["os"].as_str().is_some_and(|os| !os.is_empty()));
+    assert!(machine["latency_ms"].as_u64().is_some(), "{machine}");
+    // `uname -sr` of the machine running the tests.
+    let os = machine["os"].as_str().expect("os").to_owned();
+    assert!(os.starts_with("Linux "), "{os}");
+    let os_filter = [(regex_escape(&os), "[OS]".to_owned())];
+    snapshot_with(&env, "machines_check_json", &check.stdout, &os_filter);
+    let human = env.run(&["machines", "check", "m1"]);
+    assert_eq!(human.code, 0, "{}", human.stderr);
+    assert!(human.stdout.starts_with("m1 "), "{}", human.stdout);
+    snapshot_with(&env, "machines_check_human", &human.stdout, &os_filter);
 
     // An empty known_hosts: runs refuse the host, trust records it.
     let known_hosts = env.root().join("known_hosts");
@@ -376,6 +441,21 @@ fn machines_check_and_trust() {
     let refused = env.json(&["run", str(&dir), "-m", "m1"]);
     assert_eq!(refused.code, 1);
     assert_eq!(run_of(&refused)["error"]["code"], "HOST_KEY_UNKNOWN");
+    let unknown = env.json(&["machines", "check"]);
+    assert_eq!(unknown.code, 1, "{}", unknown.stdout);
+    let machine = unknown.data()["machines"][0].clone();
+    assert_eq!(machine["ok"], false);
+    assert_eq!(machine["error"]["code"], "HOST_KEY_UNKNOWN");
+    snapshot(&env, "machines_check_unknown_json", &unknown.stdout);
+    let unknown = env.run(&["machines", "check"]);
+    assert_eq!(unknown.code, 1);
+    assert!(
+        unknown.stdout.contains("testfleet machines trust m1"),
+        "says what to do next: {}",
+        unknown.stdout
+    );
+    snapshot(&env, "machines_check_unknown_human", &unknown.stdout);
+
     let trusted = env.json(&["machines", "trust", "m1"]);
     assert_eq!(trusted.code, 0, "{}", trusted.stdout);
     assert_eq!(trusted.data()["added"], true);
@@ -383,6 +463,36 @@ fn machines_check_and_trust() {
         trusted.data()["fingerprint"],
         servers.servers[0].host_key_fingerprint()
     );
+    let recorded = std::fs::read_to_string(&known_hosts).expect("known_hosts");
+    assert_eq!(recorded.lines().count(), 1, "{recorded}");
+    snapshot(&env, "machines_trust_json", &trusted.stdout);
+    let already = env.json(&["machines", "trust", "m1"]);
+    assert_eq!(already.code, 0, "{}", already.stdout);
+    assert_eq!(already.data()["added"], false);
+    assert_eq!(
+        std::fs::read_to_string(&known_hosts).expect("read"),
+        recorded
+    );
+    snapshot(&env, "machines_trust_already_json", &already.stdout);
+    let already = env.run(&["machines", "trust", "m1"]);
+    assert_eq!(already.code, 0, "{}", already.stderr);
+    snapshot(&env, "machines_trust_already_human", &already.stdout);
+    // Forget the key again: the human form shows what it recorded.
+    std::fs::write(&known_hosts, "").expect("write");
+    let human = env.run(&["machines", "trust", "m1"]);
+    assert_eq!(human.code, 0, "{}", human.stderr);
+    assert!(
+        human
+            .stdout
+            .contains(&servers.servers[0].host_key_fingerprint()),
+        "{}",
+        human.stdout
+    );
+    assert_eq!(
+        std::fs::read_to_string(&known_hosts).expect("read"),
+        recorded
+    );
+    snapshot(&env, "machines_trust_human", &human.stdout);
     let again = env.json(&["run", str(&dir), "-m", "m1"]);
     assert_eq!(again.code, 0, "{}", again.stdout);
 

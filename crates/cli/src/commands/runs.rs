@@ -253,6 +253,16 @@ pub async fn gc(ctx: &Context, older_than: Duration) -> Result<Report, CliError>
             removed.push(run.id);
         }
     }
-    let human = format!("removed the local folders of {} run(s)\n", removed.len());
+    let human = if removed.is_empty() {
+        format!(
+            "nothing to remove: no finished run with a local folder is older than {}\n",
+            humantime::format_duration(older_than)
+        )
+    } else {
+        format!(
+            "removed the local folders (logs, artifacts) of {} run(s); their records stay in `testfleet list`\n",
+            removed.len()
+        )
+    };
     Ok(Report::new(json!({ "removed": removed }), human))
 }

@@ -104,6 +104,10 @@ fn a_run_completes_with_its_logs_and_artifacts_where_the_json_says() {
     assert_eq!(gc.data()["removed"], serde_json::json!([]));
     assert!(run_dir.exists());
     snapshot(&env, "gc_nothing_json", &gc.stdout);
+    let gc = env.run(&["gc", "--older-than", "1h"]);
+    assert_eq!(gc.code, 0, "{}", gc.stderr);
+    assert!(run_dir.exists());
+    snapshot(&env, "gc_nothing_human", &gc.stdout);
     let gc = env.json(&["gc", "--older-than", "0s"]);
     assert_eq!(gc.data()["removed"].as_array().map(Vec::len), Some(2));
     assert!(

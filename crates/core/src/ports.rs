@@ -198,7 +198,8 @@ impl SshTarget {
 pub enum SshError {
     #[error(
         "host key of {host}:{port} is not in {known_hosts} (offered {fingerprint}); check the \
-         fingerprint, then run `testfleet machines trust <machine>` or pass --accept-new-host-key"
+         fingerprint, then trust it with `testfleet machines trust MACHINE` or pass \
+         --accept-new-host-key"
     )]
     HostKeyUnknown {
         host: String,
@@ -270,6 +271,25 @@ pub enum SshError {
 }
 
 impl SshError {
+    /// The message recorded in a run on `machine`: the error with its source chain, and for an
+    /// unknown host key the remedy with the machine's own name, ready to copy.
+    pub fn describe_for(&self, machine: &MachineName) -> String {
+        match self {
+            Self::HostKeyUnknown {
+                host,
+                port,
+                fingerprint,
+                known_hosts,
+            } => format!(
+                "host key of {host}:{port} is not in {} (offered {fingerprint}); check the \
+                 fingerprint, then run `testfleet machines trust {machine}` or pass \
+                 --accept-new-host-key",
+                known_hosts.display()
+            ),
+            other => crate::error::error_chain(other),
+        }
+    }
+
     pub fn code(&self) -> ErrorCode {
         match self {
             Self::HostKeyUnknown { .. } => ErrorCode::HostKeyUnknown,

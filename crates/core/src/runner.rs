@@ -317,7 +317,8 @@ impl Runner {
             connected = self.ssh.connect(&machine.ssh) => match connected {
                 Ok(session) => session,
                 Err(error) => {
-                    return self.end_pending(&run, error.code(), error_chain(&error), observer).await;
+                    let message = error.describe_for(&machine.name);
+                    return self.end_pending(&run, error.code(), message, observer).await;
                 }
             },
         };

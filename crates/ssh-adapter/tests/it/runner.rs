@@ -238,6 +238,11 @@ async fn login_and_host_key_failures_fail_the_pending_run_before_any_upload() {
             .message
             .contains(&s.server.host_key_fingerprint())
     );
+    let message = &run.error.as_ref().expect("set").message;
+    assert!(
+        message.contains("`testfleet machines trust srv`"),
+        "the remedy names the machine: {message}"
+    );
     assert!(s.server.requests().iter().all(|r| !matches!(
         r,
         Request::Auth { .. } | Request::Sftp { .. } | Request::Exec { .. }

@@ -89,6 +89,7 @@ fn ci() -> Result<()> {
         &["doc", "--workspace", "--no-deps"],
         &[("RUSTDOCFLAGS", "-D warnings")],
     )?;
+    e2e()?;
     eprintln!("\nci passed in {:.0?}", started.elapsed());
     Ok(())
 }

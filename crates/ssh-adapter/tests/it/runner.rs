@@ -615,3 +615,37 @@ async fn a_windows_host_gets_an_encoded_powershell_command() {
         "{script}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_sftp_replies_only_make_the_run_slower() {
+    let s = setup(
+        ServerConfig {
+            faults: Faults {
+                reply_delay: Some(Duration::from_millis(20)),
+                ..Faults::default()
+            },
+            ..ServerConfig::default()
+        },
+        "mkdir -p artifacts && echo slow > artifacts/a.txt\n",
+    )
+    .await;
+    for idx in 0..20 {
+        crate::write_file(
+            s.test_dir.path(),
+            &format!("data/f{idx}"),
+            &[u8::try_from(idx).expect("small")],
+            0o644,
+        );
+    }
+    let run = s.dispatch().await;
+    assert_eq!(run.status, RunStatus::Completed, "{run:?}");
+    assert_eq!(
+        std::fs::read_to_string(run.paths.artifacts.join("a.txt")).expect("artifact"),
+        "slow\n"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(s.remote_runs_dir())
+        .expect("runs dir")
+        .flatten()
+        .collect();
+    assert!(leftovers.is_empty(), "cleaned up despite the delays");
+}

@@ -23,6 +23,7 @@ tasks:
   ci                  everything CI runs: tests, fmt, clippy, docs, e2e
   e2e                 end-to-end scenarios against the testkit server and a real OpenSSH sshd
   demo                dispatch examples/hello and examples/artifacts to the built-in SSH server
+  serve [N]           start N built-in SSH servers and print a fleet file for them (Ctrl-C stops)
   bench [hash|store|transfer]
                       benchmarks, side by side with the reference tools, printed as ratios";
 
@@ -33,6 +34,7 @@ fn main() -> Result<()> {
         Some("ci") => ci(),
         Some("e2e") => e2e(),
         Some("demo") => demo::run(&build_binary(Profile::Debug)?),
+        Some("serve") => serve(args.get(1).map(String::as_str).unwrap_or("1")),
         Some("_bench-transfer") => bench::run(&build_binary(Profile::Release)?),
         Some("bench") => bench(args.get(1).map(String::as_str).unwrap_or("all")),
         Some("-h" | "--help" | "help") | None => {
@@ -91,6 +93,20 @@ fn ci() -> Result<()> {
     )?;
     e2e()?;
     eprintln!("\nci passed in {:.0?}", started.elapsed());
+    Ok(())
+}
+
+/// Starts built-in servers for manual experiments and waits until interrupted.
+fn serve(n_machines: &str) -> Result<()> {
+    let n_machines: usize = n_machines
+        .parse()
+        .with_context(|| format!("serve takes a number of machines, not {n_machines:?}"))?;
+    let runtime = tokio::runtime::Runtime::new().context("failed to start a tokio runtime")?;
+    let target = targets::Target::testkit(&runtime, n_machines)?;
+    let fleet = target.write_fleet("fleet.toml", |_| {})?;
+    println!("{}", fleet.display());
+    eprintln!("{n_machines} server(s) up; fleet file above; Ctrl-C stops them");
+    runtime.block_on(async { tokio::signal::ctrl_c().await })?;
     Ok(())
 }
 

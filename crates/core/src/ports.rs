@@ -85,6 +85,24 @@ impl StoreError {
         }
     }
 
+    /// The error the port promises for a transition that [`Run::apply`] refused.
+    pub fn refused(id: &RunId, error: crate::run::ApplyError) -> Self {
+        use crate::run::ApplyError;
+        match error {
+            ApplyError::StatusMismatch { expected, actual } => Self::Conflict {
+                id: id.clone(),
+                expected,
+                actual,
+            },
+            ApplyError::NotAnEdge { from, to } => Self::InvalidTransition {
+                id: id.clone(),
+                from,
+                to,
+            },
+            ApplyError::OwnerChanged => Self::OwnerChanged { id: id.clone() },
+        }
+    }
+
     pub fn code(&self) -> ErrorCode {
         match self {
             Self::NotFound(_) => ErrorCode::RunNotFound,
@@ -271,9 +289,10 @@ pub enum SshError {
 }
 
 impl SshError {
-    /// The message recorded in a run on `machine`: the error with its source chain, and for an
-    /// unknown host key the remedy with the machine's own name, ready to copy.
-    pub fn describe_for(&self, machine: &MachineName) -> String {
+    /// The message for this error on `machine`: the error with its source chain, and for an
+    /// unknown host key the remedy with the machine's own name, ready to copy (mentioning
+    /// `--accept-new-host-key` only where the command has that flag).
+    pub fn describe_for(&self, machine: &str, offer_accept_new: bool) -> String {
         match self {
             Self::HostKeyUnknown {
                 host,
@@ -282,9 +301,13 @@ impl SshError {
                 known_hosts,
             } => format!(
                 "host key of {host}:{port} is not in {} (offered {fingerprint}); check the \
-                 fingerprint, then run `testfleet machines trust {machine}` or pass \
-                 --accept-new-host-key",
-                known_hosts.display()
+                 fingerprint, then run `testfleet machines trust {machine}`{}",
+                known_hosts.display(),
+                if offer_accept_new {
+                    " or pass --accept-new-host-key"
+                } else {
+                    ""
+                },
             ),
             other => crate::error::error_chain(other),
         }

@@ -317,7 +317,7 @@ impl Runner {
             connected = self.ssh.connect(&machine.ssh) => match connected {
                 Ok(session) => session,
                 Err(error) => {
-                    let message = error.describe_for(&machine.name);
+                    let message = error.describe_for(machine.name.as_str(), true);
                     return self.end_pending(&run, error.code(), message, observer).await;
                 }
             },

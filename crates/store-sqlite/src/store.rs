@@ -18,9 +18,7 @@ use rusqlite::{
 };
 use testfleet_core::RunId;
 use testfleet_core::ports::{Claim, RunFilter, RunStore, StoreError};
-use testfleet_core::run::{
-    ApplyError, NewRun, Run, RunEventRecord, RunOwner, RunStatus, Transition,
-};
+use testfleet_core::run::{NewRun, Run, RunEventRecord, RunOwner, RunStatus, Transition};
 
 use crate::codec::{
     EVENT_COLUMNS, RUN_COLUMNS, event_from_row, insert_event, insert_run, run_from_row, update_run,
@@ -191,22 +189,6 @@ fn load_active_run(conn: &Connection, machine: &str) -> rusqlite::Result<Option<
     .optional()
 }
 
-fn apply_error(id: &RunId, error: ApplyError) -> StoreError {
-    match error {
-        ApplyError::StatusMismatch { expected, actual } => StoreError::Conflict {
-            id: id.clone(),
-            expected,
-            actual,
-        },
-        ApplyError::NotAnEdge { from, to } => StoreError::InvalidTransition {
-            id: id.clone(),
-            from,
-            to,
-        },
-        ApplyError::OwnerChanged => StoreError::OwnerChanged { id: id.clone() },
-    }
-}
-
 #[async_trait]
 impl RunStore for SqliteStore {
     async fn claim(&self, new: NewRun) -> Result<Claim, StoreError> {
@@ -248,7 +230,7 @@ impl RunStore for SqliteStore {
             let mut run = load_run(&tx, &id)?;
             let event = run
                 .apply(&change)
-                .map_err(|error| apply_error(&id, error))?;
+                .map_err(|error| StoreError::refused(&id, error))?;
             if !update_run(&tx, &run, change.from)? {
                 // Unreachable under the write lock, but never write the event of a lost race.
                 let actual = load_run(&tx, &id)?.status;

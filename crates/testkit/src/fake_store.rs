@@ -10,9 +10,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use async_trait::async_trait;
 use testfleet_core::RunId;
 use testfleet_core::ports::{Claim, RunFilter, RunStore, StoreError};
-use testfleet_core::run::{
-    ApplyError, NewRun, Run, RunEventRecord, RunOwner, RunStatus, Transition,
-};
+use testfleet_core::run::{NewRun, Run, RunEventRecord, RunOwner, RunStatus, Transition};
 
 /// An in-memory [`RunStore`].
 #[derive(Debug, Default)]
@@ -69,23 +67,6 @@ impl FakeStore {
     }
 }
 
-/// Maps a refused [`Run::apply`] to the store error the port promises.
-pub(crate) fn apply_error(id: &RunId, error: ApplyError) -> StoreError {
-    match error {
-        ApplyError::StatusMismatch { expected, actual } => StoreError::Conflict {
-            id: id.clone(),
-            expected,
-            actual,
-        },
-        ApplyError::NotAnEdge { from, to } => StoreError::InvalidTransition {
-            id: id.clone(),
-            from,
-            to,
-        },
-        ApplyError::OwnerChanged => StoreError::OwnerChanged { id: id.clone() },
-    }
-}
-
 #[async_trait]
 impl RunStore for FakeStore {
     async fn claim(&self, new: NewRun) -> Result<Claim, StoreError> {
@@ -126,7 +107,7 @@ impl RunStore for FakeStore {
         let mut updated = run.clone();
         let event = updated
             .apply(&change)
-            .map_err(|error| apply_error(id, error))?;
+            .map_err(|error| StoreError::refused(id, error))?;
         *run = updated.clone();
         inner.events.entry(id.clone()).or_default().push(event);
         Ok(updated)

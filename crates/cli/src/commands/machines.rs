@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use collect::Collect;
 use serde_json::{Value, json};
 use testfleet_core::ports::{HostKeyPolicy, SshConnector, SshError};
-use testfleet_core::{MachineName, OsFamily, error_chain};
+use testfleet_core::{MachineName, OsFamily};
 use testfleet_ssh::RusshConnector;
 
 use crate::cli::AddMachineArgs;
@@ -201,7 +201,7 @@ pub async fn check(ctx: &Context, name: Option<&str>) -> Result<Report, CliError
             }
             Err(error) => {
                 all_ok = false;
-                let message = check_error_message(name, &error);
+                let message = error.describe_for(name, false);
                 let _ = writeln!(human, "{name:<16} {}  {message}", error.code());
                 entries.push(json!({
                     "name": name, "ok": false, "latency_ms": null, "os": null,
@@ -212,24 +212,6 @@ pub async fn check(ctx: &Context, name: Option<&str>) -> Result<Report, CliError
     }
     let exit = if all_ok { Exit::Ok } else { Exit::RunFailed };
     Ok(Report::new(json!({ "machines": entries }), human).with_exit(exit))
-}
-
-/// What went wrong dialing `name`, with the remedy spelled out for this machine (`check`
-/// has no `--accept-new-host-key`, so the generic advice would not fit).
-fn check_error_message(name: &str, error: &SshError) -> String {
-    match error {
-        SshError::HostKeyUnknown {
-            host,
-            port,
-            fingerprint,
-            known_hosts,
-        } => format!(
-            "host key of {host}:{port} is not in {} (offered {fingerprint}); check the \
-             fingerprint, then run `testfleet machines trust {name}`",
-            known_hosts.display()
-        ),
-        other => error_chain(other),
-    }
 }
 
 async fn check_one(

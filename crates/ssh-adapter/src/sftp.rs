@@ -59,35 +59,12 @@ enum Op {
     Remove,
 }
 
-fn sftp_failed(session: &RusshSession, op: Op, path: &str, error: SftpError) -> SshError {
-    if session.is_closed() {
-        return SshError::ConnectionLost {
-            reason: format!("{} (at {path})", session.lost_reason()),
-            source: Some(Arc::new(error)),
-        };
-    }
-    let reason = error.to_string();
-    let source = Some(Arc::new(error) as _);
-    let path = path.to_owned();
-    match op {
-        Op::Upload => SshError::UploadFailed {
-            path,
-            reason,
-            source,
-        },
-        Op::Download => SshError::DownloadFailed {
-            path,
-            reason,
-            source,
-        },
-        Op::Remove => SshError::Other {
-            reason: format!("failed to remove {path}: {reason}"),
-            source,
-        },
-    }
-}
-
-fn io_failed(session: &RusshSession, op: Op, path: &str, error: std::io::Error) -> SshError {
+/// The error of a failed SFTP or local I/O step of `op` at `path`: a connection loss when the
+/// session is gone, else the operation's own code naming the path.
+fn op_failed<E>(session: &RusshSession, op: Op, path: &str, error: E) -> SshError
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
     if session.is_closed() {
         return SshError::ConnectionLost {
             reason: format!("{} (at {path})", session.lost_reason()),
@@ -131,7 +108,7 @@ async fn create_dir(
                 reason: "exists and is not a directory".into(),
                 source: None,
             }),
-            Err(_) => Err(sftp_failed(session, Op::Upload, path, error)),
+            Err(_) => Err(op_failed(session, Op::Upload, path, error)),
         },
     }
 }
@@ -166,7 +143,7 @@ async fn create_dir_all_inner(session: &RusshSession, path: &str) -> Result<(), 
             }
             Err(error) if is_status(&error, StatusCode::NoSuchFile) => n_existing -= 1,
             Err(error) => {
-                return Err(sftp_failed(
+                return Err(op_failed(
                     session,
                     Op::Upload,
                     &prefix_of(n_existing),
@@ -185,7 +162,7 @@ pub(crate) async fn realpath(session: &RusshSession, path: &str) -> Result<Strin
     let sftp = session.sftp().await?;
     sftp.canonicalize(path)
         .await
-        .map_err(|error| sftp_failed(session, Op::Upload, path, error))
+        .map_err(|error| op_failed(session, Op::Upload, path, error))
 }
 
 /// Shared counters of an upload, reported after every chunk.
@@ -297,7 +274,7 @@ async fn upload_file(
         if error.kind() == std::io::ErrorKind::NotFound {
             changed()
         } else {
-            io_failed(session, Op::Upload, remote, error)
+            op_failed(session, Op::Upload, remote, error)
         }
     })?;
     let attrs = FileAttributes {
@@ -311,7 +288,7 @@ async fn upload_file(
             attrs,
         )
         .await
-        .map_err(|error| sftp_failed(session, Op::Upload, remote, error))?;
+        .map_err(|error| op_failed(session, Op::Upload, remote, error))?;
 
     let mut hasher = Sha256::new();
     let mut n_bytes = 0u64;
@@ -322,7 +299,7 @@ async fn upload_file(
             Ok(0) => break,
             Ok(n) => n,
             Err(error) => {
-                outcome = Err(io_failed(session, Op::Upload, remote, error));
+                outcome = Err(op_failed(session, Op::Upload, remote, error));
                 break;
             }
         };
@@ -334,7 +311,7 @@ async fn upload_file(
         }
         hasher.update(&buffer[..n_read]);
         if let Err(error) = remote_file.write_all(&buffer[..n_read]).await {
-            outcome = Err(io_failed(session, Op::Upload, remote, error));
+            outcome = Err(op_failed(session, Op::Upload, remote, error));
             break;
         }
         progress
@@ -345,7 +322,7 @@ async fn upload_file(
     // Always close: dropping a russh-sftp file loses its write errors.
     let closed = remote_file.shutdown().await;
     outcome?;
-    closed.map_err(|error| io_failed(session, Op::Upload, remote, error))?;
+    closed.map_err(|error| op_failed(session, Op::Upload, remote, error))?;
     let digest: [u8; 32] = hasher.finalize().into();
     if n_bytes != file.size || digest != file.digest {
         return Err(changed());
@@ -359,7 +336,7 @@ async fn upload_file(
         };
         sftp.set_metadata(remote, attrs)
             .await
-            .map_err(|error| sftp_failed(session, Op::Upload, remote, error))?;
+            .map_err(|error| op_failed(session, Op::Upload, remote, error))?;
     }
     Ok(())
 }
@@ -380,7 +357,7 @@ async fn download_dir_inner(
     let mut report = DownloadReport::default();
     match sftp.symlink_metadata(remote_dir).await {
         Err(error) if is_status(&error, StatusCode::NoSuchFile) => return Ok(report),
-        Err(error) => return Err(sftp_failed(session, Op::Download, remote_dir, error)),
+        Err(error) => return Err(op_failed(session, Op::Download, remote_dir, error)),
         Ok(attrs) => match kind_of(&attrs) {
             Some(Kind::Dir) | None => {}
             Some(_) => {
@@ -415,7 +392,7 @@ async fn download_dir_inner(
         let entries = sftp
             .read_dir(remote.as_str())
             .await
-            .map_err(|error| sftp_failed(session, Op::Download, &remote, error))?;
+            .map_err(|error| op_failed(session, Op::Download, &remote, error))?;
         for entry in entries {
             let name = entry.file_name();
             let rel_name = if rel.is_empty() {
@@ -438,7 +415,7 @@ async fn download_dir_inner(
                 None => match sftp.symlink_metadata(child_remote.as_str()).await {
                     Ok(attrs) => kind_of(&attrs).unwrap_or(Kind::Other),
                     Err(error) => {
-                        return Err(sftp_failed(session, Op::Download, &child_remote, error));
+                        return Err(op_failed(session, Op::Download, &child_remote, error));
                     }
                 },
             };
@@ -493,7 +470,7 @@ async fn download_file(
     let mut remote_file = sftp
         .open(remote)
         .await
-        .map_err(|error| sftp_failed(session, Op::Download, remote, error))?;
+        .map_err(|error| op_failed(session, Op::Download, remote, error))?;
     let local_failed = |error: std::io::Error| SshError::DownloadFailed {
         path: pending.local.display().to_string(),
         reason: error.to_string(),
@@ -508,7 +485,7 @@ async fn download_file(
         let n_read = remote_file
             .read(&mut buffer)
             .await
-            .map_err(|error| io_failed(session, Op::Download, remote, error))?;
+            .map_err(|error| op_failed(session, Op::Download, remote, error))?;
         if n_read == 0 {
             break;
         }
@@ -538,7 +515,7 @@ pub(crate) async fn remove(session: &RusshSession, path: &str) -> Result<(), Ssh
     let attrs = match sftp.symlink_metadata(path).await {
         Ok(attrs) => attrs,
         Err(error) if is_status(&error, StatusCode::NoSuchFile) => return Ok(()),
-        Err(error) => return Err(sftp_failed(session, Op::Remove, path, error)),
+        Err(error) => return Err(op_failed(session, Op::Remove, path, error)),
     };
     if kind_of(&attrs) != Some(Kind::Dir) {
         return remove_file(session, &sftp, path).await;
@@ -553,7 +530,7 @@ pub(crate) async fn remove(session: &RusshSession, path: &str) -> Result<(), Ssh
         let entries = match sftp.read_dir(folder.as_str()).await {
             Ok(entries) => entries,
             Err(error) if is_status(&error, StatusCode::NoSuchFile) => continue,
-            Err(error) => return Err(sftp_failed(session, Op::Remove, &folder, error)),
+            Err(error) => return Err(op_failed(session, Op::Remove, &folder, error)),
         };
         for entry in entries {
             let child = join_remote(&folder, &entry.file_name());
@@ -587,7 +564,7 @@ pub(crate) async fn remove(session: &RusshSession, path: &str) -> Result<(), Ssh
         match sftp.remove_dir(folder.as_str()).await {
             Ok(()) => {}
             Err(error) if is_status(&error, StatusCode::NoSuchFile) => {}
-            Err(error) => return Err(sftp_failed(session, Op::Remove, folder, error)),
+            Err(error) => return Err(op_failed(session, Op::Remove, folder, error)),
         }
     }
     Ok(())
@@ -601,7 +578,7 @@ async fn remove_file(
     match sftp.remove_file(path).await {
         Ok(()) => Ok(()),
         Err(error) if is_status(&error, StatusCode::NoSuchFile) => Ok(()),
-        Err(error) => Err(sftp_failed(session, Op::Remove, path, error)),
+        Err(error) => Err(op_failed(session, Op::Remove, path, error)),
     }
 }
 

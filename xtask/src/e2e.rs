@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail, ensure};
 use serde_json::Value;
 
+use testfleet_testkit::process::{is_alive, read_pids, survivors_after, tree_script};
+
 use crate::targets::{Backend, Target};
 use crate::tf::Tf;
 
@@ -183,74 +185,37 @@ fn read(path: &Path) -> Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("failed to read {}", path.display()))
 }
 
-/// Whether a process exists and is not a zombie.
-fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(") ")
-            .is_some_and(|(_, rest)| !rest.starts_with('Z')),
-        Err(_) => false,
-    }
-}
-
-/// The pids a script recorded, one per line.
-fn recorded_pids(path: &Path) -> Result<Vec<u32>> {
-    Ok(read(path)?
-        .lines()
-        .filter_map(|line| line.trim().parse().ok())
-        .collect())
-}
-
 /// Waits until every pid in the record is gone.
 fn all_dead(record: &Path, limit: Duration) -> Result<()> {
-    let pids = recorded_pids(record)?;
+    let pids = read_pids(record);
     ensure!(
         !pids.is_empty(),
         "the script recorded no pids in {}",
         record.display()
     );
-    let deadline = Instant::now() + limit;
-    loop {
-        let survivors: Vec<u32> = pids.iter().copied().filter(|pid| alive(*pid)).collect();
-        if survivors.is_empty() {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("processes of the run survived on the host: {survivors:?}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let survivors = survivors_after(&pids, limit);
+    ensure!(
+        survivors.is_empty(),
+        "processes of the run survived on the host: {survivors:?}"
+    );
+    Ok(())
 }
 
 /// Kills processes a scenario started and left behind on purpose (by pid, never by name).
 fn kill_recorded(record: &Path) {
-    if let Ok(pids) = recorded_pids(record) {
-        for pid in pids.into_iter().filter(|pid| alive(*pid)) {
-            std::process::Command::new("kill")
-                .arg("-9")
-                .arg(pid.to_string())
-                .status()
-                .ok();
-        }
+    for pid in read_pids(record).into_iter().filter(|pid| is_alive(*pid)) {
+        std::process::Command::new("kill")
+            .arg("-9")
+            .arg(pid.to_string())
+            .status()
+            .ok();
     }
-}
-
-/// A script that records its own pid, a child's and a grandchild's, then waits.
-fn tree_script(record: &Path, seconds: u32) -> String {
-    format!(
-        "echo $$ >> '{r}'\n\
-         sleep {seconds} & echo $! >> '{r}'\n\
-         sh -c 'sleep {seconds} & echo $! >> \"$1\"; wait' sh '{r}' & echo $! >> '{r}'\n\
-         echo started\n\
-         wait\n",
-        r = record.display()
-    )
 }
 
 /// Waits until a pid record holds at least `n` pids.
 fn wait_for_pids(record: &Path, n: usize, limit: Duration) -> Result<()> {
     let deadline = Instant::now() + limit;
-    while recorded_pids(record).map(|p| p.len()).unwrap_or(0) < n {
+    while read_pids(record).len() < n {
         if Instant::now() > deadline {
             bail!("the script did not record {n} pids in {}", record.display());
         }

@@ -6,5 +6,6 @@
 pub mod contract;
 pub mod fake_ssh;
 pub mod fake_store;
+pub mod process;
 pub mod server;
 pub mod sshd;

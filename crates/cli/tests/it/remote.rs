@@ -6,6 +6,8 @@ use std::process::Stdio;
 
 use serde_json::Value;
 
+use testfleet_testkit::process::is_alive;
+
 use crate::support::{Servers, poll, regex_escape, snapshot, snapshot_with};
 
 /// A script that prints, then waits for `marker` to exist (so tests decide when it ends).
@@ -230,7 +232,7 @@ fn cancel_kills_the_remote_process_tree() {
     assert_eq!(run["status"], "interrupted");
     assert_eq!(run["error"]["code"], "INTERRUPTED");
     snapshot(&env, "cancel_json", &cancelled.stdout);
-    poll("the remote sleep to be gone", || !process_alive(child));
+    poll("the remote sleep to be gone", || !is_alive(child));
 
     // The machine is free again; the human form prints the run's summary line.
     let next = env.test_dir("next", "echo started\nsleep 300\n");
@@ -252,15 +254,6 @@ fn cancel_kills_the_remote_process_tree() {
         env.json(&["status", &id]).data()["run"]["status"],
         "interrupted"
     );
-}
-
-fn process_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
-        Err(_) => false,
-    }
 }
 
 #[test]

@@ -10,6 +10,7 @@ use testfleet_core::remote::{
     WindowsShell, decode_powershell_command, posix_exec_command, posix_kill_command, quote_posix,
     windows_exec_command, windows_kill_command,
 };
+use testfleet_testkit::process::live_group_members;
 
 const RECORDING_SCRIPT: &str = "#!/bin/sh\npwd -P > \"$TF_OUT/cwd\"\necho $$ > \"$TF_OUT/pid\"\n";
 
@@ -98,28 +99,6 @@ fn exec_handles_the_classic_troublemakers_under_sh_and_bash() {
     }
 }
 
-/// The live (non-zombie) members of a process group, from `/proc`.
-fn live_members(pgid: i32) -> Vec<i32> {
-    let mut members = Vec::new();
-    for entry in std::fs::read_dir("/proc").expect("procfs").flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        // Fields after the parenthesised command: state ppid pgrp …
-        let Some((_, rest)) = stat.rsplit_once(") ") else {
-            continue;
-        };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        if fields.len() > 2 && fields[0] != "Z" && fields[2].parse() == Ok(pgid) {
-            members.push(pid);
-        }
-    }
-    members
-}
-
 #[test]
 fn kill_ends_the_whole_process_tree() {
     use std::os::unix::process::CommandExt;
@@ -144,14 +123,14 @@ fn kill_ends_the_whole_process_tree() {
         .process_group(0)
         .spawn()
         .expect("sh starts");
-    let pgid = i32::try_from(child.id()).expect("pids fit i32");
+    let pgid = child.id();
 
     let deadline = Instant::now() + Duration::from_secs(20);
-    while live_members(pgid).len() < 4 {
+    while live_group_members(pgid).len() < 4 {
         assert!(
             Instant::now() < deadline,
             "the tree did not start: {:?}",
-            live_members(pgid)
+            live_group_members(pgid)
         );
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -170,11 +149,11 @@ fn kill_ends_the_whole_process_tree() {
         .expect("sh starts");
     assert!(status.success(), "the kill command failed: {status}");
     child.wait().expect("the leader is reaped");
-    while !live_members(pgid).is_empty() {
+    while !live_group_members(pgid).is_empty() {
         assert!(
             Instant::now() < deadline,
             "survivors: {:?}",
-            live_members(pgid)
+            live_group_members(pgid)
         );
         std::thread::sleep(Duration::from_millis(20));
     }

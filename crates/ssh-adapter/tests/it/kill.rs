@@ -1,12 +1,12 @@
 //! Killing a run: no process of its tree survives.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use testfleet_core::hash::hash_dir;
 use testfleet_core::ports::{KillRequest, NoProgress, RemoteExit};
 use testfleet_core::remote::RemoteShell;
 use testfleet_testkit::contract::ssh::Captured;
+use testfleet_testkit::process::{read_pids, survivors_after};
 use testfleet_testkit::server::{ServerConfig, TestServer};
 
 /// Children, grandchildren and a process in its own subshell, every pid recorded.
@@ -21,24 +21,6 @@ echo $! >> pids
 echo ready
 wait
 ";
-
-fn alive(pid: u32) -> bool {
-    // A zombie has exited; only its parent's reaping is pending.
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
-        Err(_) => false,
-    }
-}
-
-fn read_pids(path: &Path) -> Vec<u32> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|line| line.trim().parse().ok())
-        .collect()
-}
 
 async fn poll_until(deadline: Duration, mut done: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
@@ -91,11 +73,7 @@ async fn a_kill_leaves_no_process_of_the_run() {
 
     let pids = read_pids(&pids_path);
     assert_eq!(pids.len(), 6, "{pids:?}");
-    let all_gone = poll_until(Duration::from_secs(10), || {
-        pids.iter().all(|pid| !alive(*pid))
-    })
-    .await;
-    let survivors: Vec<u32> = pids.iter().copied().filter(|pid| alive(*pid)).collect();
-    assert!(all_gone, "survivors: {survivors:?}");
+    let survivors = survivors_after(&pids, Duration::from_secs(10));
+    assert!(survivors.is_empty(), "survivors: {survivors:?}");
     assert!(!output.stdout_text().contains("never"));
 }

@@ -13,6 +13,7 @@ use testfleet_core::runner::{
 };
 use testfleet_core::{ErrorCode, MachineName, Run, RunStatus, TargetOs};
 use testfleet_testkit::fake_store::FakeStore;
+use testfleet_testkit::process::{read_pids, survivors_after, tree_script};
 use testfleet_testkit::server::{
     ExitOrder, Faults, Request, ScriptedExec, ServerConfig, TestServer, WindowsEmulation,
 };
@@ -423,47 +424,21 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     found
 }
 
-/// A script that records its pid and those of a child and a grandchild, then waits.
-fn tree_script(record: &Path) -> String {
-    format!(
-        "echo $$ >> '{r}'\nsleep 300 & echo $! >> '{r}'\nsh -c 'sleep 300 & echo $! >> \"$1\"; wait' sh '{r}' & echo $! >> '{r}'\nwait\n",
-        r = record.display()
-    )
-}
-
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        stat.rsplit_once(") ")
-            .is_some_and(|(_, rest)| !rest.starts_with('Z'))
-    })
-}
-
 fn assert_all_dead(record: &Path) {
-    let pids: Vec<u32> = std::fs::read_to_string(record)
-        .expect("the script recorded its pids")
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect();
-    assert!(pids.len() >= 4, "pids: {pids:?}");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let survivors: Vec<u32> = pids.iter().copied().filter(|p| alive(*p)).collect();
-        if survivors.is_empty() {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "processes of the run survived: {survivors:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let pids = read_pids(record);
+    assert!(pids.len() >= 4, "the script recorded its pids: {pids:?}");
+    let survivors = survivors_after(&pids, Duration::from_secs(15));
+    assert!(
+        survivors.is_empty(),
+        "processes of the run survived: {survivors:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_timeout_kills_the_whole_tree() {
     let records = tempfile::tempdir().expect("temp dir");
     let record = records.path().join("pids");
-    let s = setup(ServerConfig::default(), &tree_script(&record)).await;
+    let s = setup(ServerConfig::default(), &tree_script(&record, 300)).await;
     let run = s
         .dispatch_with(
             s.server.target(),
@@ -491,7 +466,7 @@ async fn a_cancel_kills_the_whole_tree_and_still_collects() {
     let record = records.path().join("pids");
     let script = format!(
         "mkdir -p artifacts && echo early > artifacts/early.txt\n{}",
-        tree_script(&record)
+        tree_script(&record, 300)
     );
     let s = setup(ServerConfig::default(), &script).await;
     let signals = StopSignals::default();

@@ -108,6 +108,62 @@ pub struct ManifestFile {
     /// Unix permission bits (`0o755`), `0o644` where the platform has none.
     pub mode: u32,
     pub digest: FileDigest,
+    /// The file's identity and change times when it was hashed, if they can vouch for its
+    /// contents later (see [`FileStamp`]).
+    pub stamp: Option<FileStamp>,
+}
+
+/// What `fstat` says about a file, taken before it was hashed: while a later `fstat` gives the
+/// same stamp, the file still holds the hashed bytes, so a reader need not hash them again.
+///
+/// Every write moves the change time (`ctime`, which no user can set), but file systems keep it
+/// in coarse ticks: a write in the same tick as the last change would not show. So a stamp is
+/// only kept for files whose last change was [`FileStamp::SETTLE`] or more before they were
+/// hashed (git's "racily clean" rule); newer files are hashed again when read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStamp {
+    pub device: u64,
+    pub inode: u64,
+    pub len: u64,
+    pub mtime_ns: i128,
+    pub ctime_ns: i128,
+}
+
+impl FileStamp {
+    /// How long ago a file's last change must be for its stamp to vouch for it.
+    pub const SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
+
+    /// The stamp of an open file's metadata, on Unix.
+    #[cfg(unix)]
+    pub fn of(metadata: &std::fs::Metadata) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let ns = |secs: i64, nanos: i64| i128::from(secs) * 1_000_000_000 + i128::from(nanos);
+        Some(Self {
+            device: metadata.dev(),
+            inode: metadata.ino(),
+            len: metadata.len(),
+            mtime_ns: ns(metadata.mtime(), metadata.mtime_nsec()),
+            ctime_ns: ns(metadata.ctime(), metadata.ctime_nsec()),
+        })
+    }
+
+    /// Elsewhere there is no change time to trust.
+    #[cfg(not(unix))]
+    pub fn of(_metadata: &std::fs::Metadata) -> Option<Self> {
+        None
+    }
+
+    /// The stamp of `metadata` if the file's last change is settled at `now`.
+    fn settled(metadata: &std::fs::Metadata, now: std::time::SystemTime) -> Option<Self> {
+        let stamp = Self::of(metadata)?;
+        let now_ns = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()
+            .map(|since| i128::try_from(since.as_nanos()).unwrap_or(i128::MAX))?;
+        let settle_ns = i128::try_from(Self::SETTLE.as_nanos()).unwrap_or(i128::MAX);
+        let newest_change = stamp.ctime_ns.max(stamp.mtime_ns);
+        (newest_change + settle_ns <= now_ns).then_some(stamp)
+    }
 }
 
 /// Everything that is hashed, and therefore everything that is uploaded.
@@ -250,6 +306,7 @@ pub fn hash_dir(root: &Path) -> Result<DirManifest, HashError> {
                 size: 0,
                 mode: 0,
                 digest: [0; 32],
+                stamp: None,
             });
         } else if file_type.is_symlink() {
             skipped_symlinks.push(rel_path);
@@ -290,7 +347,7 @@ fn dirs_holding_files(dirs: Vec<RelPath>, files: &[ManifestFile]) -> Vec<RelPath
 }
 
 /// A file's index in the manifest, its digest, its size as read and its mode.
-type DigestedFile = (usize, FileDigest, u64, u32);
+type DigestedFile = (usize, FileDigest, u64, u32, Option<FileStamp>);
 
 /// Fills in each file's digest, several files at a time when there are several.
 fn digest_files(root: &Path, files: &mut [ManifestFile]) -> Result<(), HashError> {
@@ -302,9 +359,13 @@ fn digest_files(root: &Path, files: &mut [ManifestFile]) -> Result<(), HashError
         let path = file.rel_path.to_local(root);
         let mut read = || {
             let handle = File::open(&path)?;
-            let mode = mode_bits(&handle.metadata()?);
+            let metadata = handle.metadata()?;
+            let mode = mode_bits(&metadata);
+            let stamp = FileStamp::settled(&metadata, std::time::SystemTime::now());
             let (digest, size) = digest_reader(handle, buffer)?;
-            Ok((digest, size, mode))
+            // Bytes read that the stamp does not account for: it vouches for nothing.
+            let stamp = stamp.filter(|stamp| stamp.len == size);
+            Ok((digest, size, mode, stamp))
         };
         read().map_err(|source| HashError::Io {
             path: path.clone(),
@@ -314,10 +375,11 @@ fn digest_files(root: &Path, files: &mut [ManifestFile]) -> Result<(), HashError
     if n_workers == 1 {
         let mut buffer = vec![0u8; READ_BUFFER_BYTES];
         for file in files.iter_mut() {
-            let (digest, size, mode) = digest_one(file, &mut buffer)?;
+            let (digest, size, mode, stamp) = digest_one(file, &mut buffer)?;
             file.digest = digest;
             file.size = size;
             file.mode = mode;
+            file.stamp = stamp;
         }
         return Ok(());
     }
@@ -335,8 +397,8 @@ fn digest_files(root: &Path, files: &mut [ManifestFile]) -> Result<(), HashError
                         let Some(file) = files.get(file_idx) else {
                             return Ok(done);
                         };
-                        let (digest, size, mode) = digest_one(file, &mut buffer)?;
-                        done.push((file_idx, digest, size, mode));
+                        let (digest, size, mode, stamp) = digest_one(file, &mut buffer)?;
+                        done.push((file_idx, digest, size, mode, stamp));
                     }
                 })
             })
@@ -351,10 +413,11 @@ fn digest_files(root: &Path, files: &mut [ManifestFile]) -> Result<(), HashError
             .collect()
     });
     for result in results {
-        for (file_idx, digest, size, mode) in result? {
+        for (file_idx, digest, size, mode, stamp) in result? {
             files[file_idx].digest = digest;
             files[file_idx].size = size;
             files[file_idx].mode = mode;
+            files[file_idx].stamp = stamp;
         }
     }
     Ok(())
@@ -369,4 +432,33 @@ fn mode_bits(metadata: &std::fs::Metadata) -> u32 {
 #[cfg(not(unix))]
 fn mode_bits(_metadata: &std::fs::Metadata) -> u32 {
     0o644
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::FileStamp;
+
+    #[test]
+    #[cfg(unix)]
+    fn a_stamp_vouches_only_for_a_settled_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("f");
+        std::fs::write(&path, "x").expect("write");
+        let metadata = std::fs::metadata(&path).expect("stat");
+        let changed = metadata.modified().expect("mtime");
+        let stamp = FileStamp::of(&metadata).expect("unix has stamps");
+        assert_eq!(stamp.len, 1);
+
+        let soon = changed + FileStamp::SETTLE - Duration::from_millis(1);
+        assert_eq!(FileStamp::settled(&metadata, soon), None, "racily clean");
+        let later = changed + FileStamp::SETTLE + Duration::from_millis(10);
+        assert_eq!(FileStamp::settled(&metadata, later), Some(stamp));
+        assert_eq!(
+            FileStamp::settled(&metadata, SystemTime::UNIX_EPOCH),
+            None,
+            "a clock behind the file's change vouches for nothing"
+        );
+    }
 }

@@ -383,6 +383,42 @@ pub enum RemoteExit {
     NoStatus,
 }
 
+/// Holds a started command at its gate: the command was sent to the host at once (so that the
+/// host's session start overlaps whatever the caller does meanwhile) but waits for one line on
+/// its stdin before it does anything. Create with [`ExecGate::new`]; the [`GateKeeper`] opens
+/// it.
+#[derive(Debug)]
+pub struct ExecGate(tokio::sync::oneshot::Receiver<()>);
+
+/// The caller's end of an [`ExecGate`]. [`GateKeeper::open`] lets the command run; dropping the
+/// keeper ends the command before it does anything.
+#[derive(Debug)]
+pub struct GateKeeper(tokio::sync::oneshot::Sender<()>);
+
+impl ExecGate {
+    /// The line a gated command waits for on its stdin, newline included.
+    pub const OPEN_LINE: &'static [u8] = b"go\n";
+
+    /// A closed gate and its keeper.
+    pub fn new() -> (GateKeeper, ExecGate) {
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        (GateKeeper(sender), ExecGate(receiver))
+    }
+
+    /// Waits for the keeper: `true` when it opened the gate, `false` when it was dropped.
+    pub async fn wait(self) -> bool {
+        self.0.await.is_ok()
+    }
+}
+
+impl GateKeeper {
+    /// Lets the gated command run.
+    pub fn open(self) {
+        // The command may already have ended (its channel failed); nothing waits then.
+        let _ = self.0.send(());
+    }
+}
+
 /// A request to kill the process tree of a run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KillRequest {
@@ -456,8 +492,8 @@ pub trait SshSession: Send + Sync {
         progress: &dyn ProgressSink,
     ) -> Result<TransferStats, SshError>;
 
-    /// Runs `command`, streaming its stdout and stderr to `output` as they arrive, until the
-    /// channel closes. Dropping the future abandons the command (it is not killed: use
+    /// Runs `command` with an empty stdin, streaming its stdout and stderr to `output` as they
+    /// arrive, until the channel closes. Dropping the future abandons the command (it is not killed: use
     /// [`SshSession::kill`]).
     ///
     /// # Errors
@@ -466,6 +502,21 @@ pub trait SshSession: Send + Sync {
     async fn exec(
         &self,
         command: &str,
+        output: &mut dyn ExecOutput,
+    ) -> Result<RemoteExit, SshError>;
+
+    /// Like [`SshSession::exec`], but for a command that first reads one line from its stdin
+    /// (see [`crate::remote::RemoteShell::exec_command`]): the command is started at once; when
+    /// `gate` opens, [`ExecGate::OPEN_LINE`] is written to its stdin; when its keeper is
+    /// dropped instead, the command's stdin is closed with nothing written, and it ends without
+    /// doing anything. Either way its stdin is then closed.
+    ///
+    /// # Errors
+    /// As [`SshSession::exec`].
+    async fn exec_gated(
+        &self,
+        command: &str,
+        gate: ExecGate,
         output: &mut dyn ExecOutput,
     ) -> Result<RemoteExit, SshError>;
 

@@ -141,6 +141,37 @@ impl RemoteShell {
         }
     }
 
+    /// [`RemoteShell::exec_command`] behind a gate (see
+    /// [`crate::ports::SshSession::exec_gated`]): the script first reads one line from its
+    /// stdin and runs only if it is the gate's open line. `None` for a shell that has no gated
+    /// form (Windows), whose command is started only when it may run.
+    pub fn gated_exec_command(
+        self,
+        run_dir: &str,
+        pid_file: &str,
+        entrypoint: &str,
+    ) -> Option<String> {
+        match self {
+            Self::Posix => Some(posix_gated_command(&posix_exec_script(
+                run_dir, pid_file, entrypoint,
+            ))),
+            Self::Windows(_) => None,
+        }
+    }
+
+    /// A gated command that removes `run_dir` and `pid_file` (`rm -rf`, one round trip whatever
+    /// the size of the folder). `None` for a shell that has no gated form (Windows).
+    pub fn gated_cleanup_command(self, run_dir: &str, pid_file: &str) -> Option<String> {
+        match self {
+            Self::Posix => Some(posix_gated_command(&format!(
+                "rm -rf -- {} {}",
+                quote_posix(run_dir),
+                quote_posix(pid_file)
+            ))),
+            Self::Windows(_) => None,
+        }
+    }
+
     /// The command that kills the process tree whose leader's pid is in `pid_file`.
     pub fn kill_command(self, pid_file: &str, grace: Duration) -> String {
         match self {
@@ -150,17 +181,29 @@ impl RemoteShell {
     }
 }
 
+/// `exec sh -c '<script>'` whose script first waits for the gate's open line on stdin
+/// ([`crate::ports::ExecGate::OPEN_LINE`]), and exits with 125 without running anything when
+/// stdin ends before it.
+pub fn posix_gated_command(script: &str) -> String {
+    let gated = format!("read -r gate && [ \"$gate\" = go ] || exit 125; {script}");
+    format!("exec sh -c {}", quote_posix(&gated))
+}
+
 /// `exec sh -c '<script>'`, where the script enters `run_dir`, writes its pid (the session's
 /// process-group leader, because the login shell was replaced by `exec`) and replaces itself
 /// with the entrypoint.
 pub fn posix_exec_command(run_dir: &str, pid_file: &str, entrypoint: &str) -> String {
-    let script = format!(
+    let script = posix_exec_script(run_dir, pid_file, entrypoint);
+    format!("exec sh -c {}", quote_posix(&script))
+}
+
+fn posix_exec_script(run_dir: &str, pid_file: &str, entrypoint: &str) -> String {
+    format!(
         "cd {dir} || exit 126; echo $$ > {pid} || exit 126; chmod +x ./{ep}; exec ./{ep}",
         dir = quote_posix(run_dir),
         pid = quote_posix(pid_file),
         ep = quote_posix(entrypoint),
-    );
-    format!("exec sh -c {}", quote_posix(&script))
+    )
 }
 
 /// A POSIX script that sends `TERM` to the process group recorded in `pid_file`, waits up to

@@ -19,8 +19,9 @@ use crate::error::{DispatchError, ErrorCode, RunError, error_chain};
 use crate::hash::{DirManifest, HashError, hash_dir};
 use crate::ids::{MachineName, RunId};
 use crate::ports::{
-    Claim, Clock, ExecOutput, KillRequest, OutputStream, ProgressSink, RemoteExit, RunIdGenerator,
-    RunStore, SshConnector, SshError, SshSession, SshTarget, StoreError, TransferProgress,
+    Claim, Clock, ExecGate, ExecOutput, KillRequest, OutputStream, ProgressSink, RemoteExit,
+    RunIdGenerator, RunStore, SshConnector, SshError, SshSession, SshTarget, StoreError,
+    TransferProgress,
 };
 use crate::remote::{RemoteLayout, RemoteShell, WindowsShell, join_remote};
 use crate::run::{
@@ -309,6 +310,7 @@ impl Runner {
                 .await;
         }
 
+        let dial_started = std::time::Instant::now();
         let session = tokio::select! {
             biased;
             () = signals.cancel.cancelled() => {
@@ -323,6 +325,7 @@ impl Runner {
             },
         };
 
+        tracing::debug!(run = %run.id, elapsed = ?dial_started.elapsed(), "connected");
         let start = Transition::new(RunStatus::Pending, RunStatus::Running, self.clock.now());
         let run = match self.store.transition(&run.id, start).await {
             Ok(run) => run,
@@ -367,6 +370,11 @@ impl Runner {
     }
 
     /// Everything between `start` and the final status, on a running run.
+    ///
+    /// On a POSIX host the entrypoint's command (and, for a large folder, the `rm -rf` of the
+    /// cleanup) is started behind a gate before the upload, so that the host's session start
+    /// overlaps the upload; the gate opens when the upload is done (the cleanup's after the
+    /// download). Windows commands start when they may run.
     async fn drive(
         &self,
         run: &Run,
@@ -376,7 +384,7 @@ impl Runner {
         signals: &StopSignals,
         observer: &dyn RunObserver,
     ) -> Outcome {
-        let mut outcome = Outcome::default();
+        let started = std::time::Instant::now();
 
         // Remote folders. The remote root must exist before realpath can resolve it.
         let runs_dir = join_remote(&machine.remote_root, "runs");
@@ -390,89 +398,119 @@ impl Runner {
         };
         let layout = tokio::select! {
             biased;
-            () = signals.cancel.cancelled() => return outcome.interrupted(),
+            () = signals.cancel.cancelled() => return Outcome::default().interrupted(),
             prepared = prepared => match prepared {
                 Ok(layout) => layout,
-                Err(error) => return outcome.failed(&error),
+                Err(error) => return Outcome::default().failed(&error),
             },
         };
         let run_dir = layout.run_dir();
+        let pid_file = layout.pid_file();
+        tracing::debug!(run = %run.id, elapsed = ?started.elapsed(), "remote folders ready");
         if let Err(error) = self.store.set_remote_dir(&run.id, &run_dir).await {
-            return outcome.failed_with(ErrorCode::StoreError, error_chain(&error));
+            return Outcome::default().failed_with(ErrorCode::StoreError, error_chain(&error));
         }
 
-        // Upload. From here on the remote folder exists and is cleaned up whatever happens.
-        let progress = ObserverProgress { run, observer };
-        let uploaded = tokio::select! {
-            biased;
-            () = signals.cancel.cancelled() => Err(None),
-            uploaded = session.upload(manifest, &run_dir, &progress) => uploaded.map_err(Some),
+        let shell = machine.shell();
+        let n_entries = manifest.files.len() + manifest.dirs.len();
+        let cleanup_command = (!run.keep_remote && n_entries >= RM_CLEANUP_MIN_ENTRIES)
+            .then(|| shell.gated_cleanup_command(&run_dir, &pid_file))
+            .flatten();
+        let (cleanup_keeper, cleanup_gate) = ExecGate::new();
+        let cleanup_channel = async {
+            let command = cleanup_command.as_ref()?;
+            let mut output = TailOutput::default();
+            let ended = session.exec_gated(command, cleanup_gate, &mut output).await;
+            Some((ended, output))
         };
-        let executed = match uploaded {
-            Ok(_) => true,
-            Err(None) => {
-                outcome = outcome.interrupted();
-                false
+        let main = async {
+            let mut outcome = self
+                .upload_and_run(run, &shell, &layout, manifest, session, signals, observer)
+                .await;
+            tracing::debug!(run = %run.id, elapsed = ?started.elapsed(), "exec and download ended");
+            let clean = !run.keep_remote && !outcome.connection_lost;
+            if clean {
+                cleanup_keeper.open();
+            } else {
+                drop(cleanup_keeper);
             }
-            Err(Some(error)) => {
-                outcome = outcome.failed(&error);
-                false
-            }
+            outcome.cleanup_pending = clean;
+            outcome
         };
-
-        if executed {
-            self.exec_and_collect(
-                run,
-                machine,
-                &layout,
-                session,
-                signals,
-                observer,
-                &mut outcome,
-            )
-            .await;
-        }
-
-        if !run.keep_remote && !outcome.connection_lost {
-            let cleanup = async {
-                for path in [run_dir.as_str(), layout.pid_file().as_str()] {
-                    if let Err(error) = session.remove(path).await {
-                        outcome.notes.push(format!(
-                            "failed to remove remote {path}: {}",
-                            error_chain(&error)
-                        ));
-                    }
-                }
-            };
+        // The gated cleanup runs beside everything else; it is bounded by the abandon signal
+        // once the rest is done.
+        tokio::pin!(main);
+        tokio::pin!(cleanup_channel);
+        let mut removed = None;
+        let mut outcome = loop {
             tokio::select! {
-                biased;
-                () = signals.abandon.cancelled() => {}
-                () = cleanup => {}
+                outcome = &mut main => break outcome,
+                ended = &mut cleanup_channel, if removed.is_none() => removed = Some(ended),
+            }
+        };
+        if outcome.cleanup_pending {
+            if removed.is_none() {
+                removed = tokio::select! {
+                    biased;
+                    () = signals.abandon.cancelled() => None,
+                    ended = &mut cleanup_channel => Some(ended),
+                };
+            }
+            let removed_by_rm = match removed {
+                Some(Some((Ok(RemoteExit::Code(0)), _))) => true,
+                Some(Some((ended, output))) => {
+                    tracing::debug!(
+                        run = %run.id,
+                        "rm -rf of the remote run folder ended with {ended:?}: {}; removing it over SFTP",
+                        String::from_utf8_lossy(&output.0).trim()
+                    );
+                    false
+                }
+                Some(None) | None => false,
+            };
+            if !removed_by_rm && !signals.abandon.is_cancelled() {
+                let cleanup = async {
+                    for path in [run_dir.as_str(), pid_file.as_str()] {
+                        if let Err(error) = session.remove(path).await {
+                            outcome.notes.push(format!(
+                                "failed to remove remote {path}: {}",
+                                error_chain(&error)
+                            ));
+                        }
+                    }
+                };
+                tokio::select! {
+                    biased;
+                    () = signals.abandon.cancelled() => {}
+                    () = cleanup => {}
+                }
             }
         }
+        tracing::debug!(run = %run.id, elapsed = ?started.elapsed(), "cleanup ended");
         for note in &outcome.notes {
             observer.warning(run, note);
         }
         outcome
     }
 
-    /// Exec with the timeout and stop signals, the kill when needed, then the artifacts.
+    /// Upload, exec (with the timeout and stop signals, the kill when needed), then the
+    /// artifacts.
     #[expect(
         clippy::too_many_arguments,
-        reason = "one private step of execute, called once"
+        reason = "one private step of drive, called once"
     )]
-    async fn exec_and_collect(
+    async fn upload_and_run(
         &self,
         run: &Run,
-        machine: &MachineSpec,
+        shell: &RemoteShell,
         layout: &RemoteLayout,
+        manifest: &DirManifest,
         session: &dyn SshSession,
         signals: &StopSignals,
         observer: &dyn RunObserver,
-        outcome: &mut Outcome,
-    ) {
-        let shell = machine.shell();
-        let command = shell.exec_command(&layout.run_dir(), &layout.pid_file(), &run.entrypoint);
+    ) -> Outcome {
+        let mut outcome = Outcome::default();
+        let run_dir = layout.run_dir();
         let mut logs = match LogSink::open(run, observer) {
             Ok(logs) => logs,
             Err(error) => {
@@ -480,15 +518,77 @@ impl Runner {
                     "failed to open the local log files in {}: {error}",
                     run.paths.dir.display()
                 );
-                *outcome = std::mem::take(outcome).failed_with(ErrorCode::Internal, message);
-                return;
+                return outcome.failed_with(ErrorCode::Internal, message);
             }
         };
-        let timeout = run.timeout_ms.map(Duration::from_millis);
 
-        let finished = {
-            let exec = session.exec(&command, &mut logs);
-            tokio::pin!(exec);
+        // The command is created now; a gated one is also started now, and waits for the
+        // upload at its gate. An ungated one starts when first polled, after the upload.
+        let gated_command = shell.gated_exec_command(&run_dir, &layout.pid_file(), &run.entrypoint);
+        let command = gated_command
+            .clone()
+            .unwrap_or_else(|| shell.exec_command(&run_dir, &layout.pid_file(), &run.entrypoint));
+        let (keeper, gate) = ExecGate::new();
+        let mut exec: std::pin::Pin<Box<dyn Future<Output = ExecResult> + Send + '_>> =
+            if gated_command.is_some() {
+                Box::pin(session.exec_gated(&command, gate, &mut logs))
+            } else {
+                Box::pin(session.exec(&command, &mut logs))
+            };
+
+        // Upload. From here on the remote folder exists and is cleaned up whatever happens.
+        let progress = ObserverProgress { run, observer };
+        let mut ended_at_gate = None;
+        let uploaded = {
+            let upload = session.upload(manifest, &run_dir, &progress);
+            tokio::pin!(upload);
+            loop {
+                tokio::select! {
+                    biased;
+                    () = signals.cancel.cancelled() => break Err(None),
+                    uploaded = &mut upload => break uploaded.map_err(Some),
+                    ended = &mut exec, if gated_command.is_some() && ended_at_gate.is_none() => {
+                        ended_at_gate = Some(ended);
+                    }
+                }
+            }
+        };
+        let failed_before_start = match uploaded {
+            Ok(_) => None,
+            Err(None) => Some(Outcome::default().interrupted()),
+            Err(Some(error)) => Some(Outcome::default().failed(&error)),
+        };
+        if let Some(failed) = failed_before_start {
+            // The gated command ends without running anything once its keeper is gone.
+            drop(keeper);
+            outcome = failed;
+            if gated_command.is_some() && ended_at_gate.is_none() && !outcome.connection_lost {
+                let drained = tokio::time::timeout(self.config.kill_wait, &mut exec);
+                tokio::select! {
+                    biased;
+                    () = signals.abandon.cancelled() => {}
+                    _ = drained => {}
+                }
+            }
+            return outcome;
+        }
+        tracing::debug!(run = %run.id, "upload ended");
+
+        let timeout = run.timeout_ms.map(Duration::from_millis);
+        let finished = if let Some(ended) = ended_at_gate {
+            // The command's channel ended while it waited: it never started the entrypoint.
+            match ended {
+                Ok(exit) => Err(SshError::ExecFailed {
+                    reason: format!(
+                        "the remote command ended ({exit:?}) before it was allowed to start {}",
+                        run.entrypoint
+                    ),
+                    source: None,
+                }),
+                Err(error) => Err(error),
+            }
+        } else {
+            keeper.open();
             let stop = tokio::select! {
                 biased;
                 finished = &mut exec => Err(finished),
@@ -499,7 +599,7 @@ impl Runner {
                 Err(finished) => finished.map(Some),
                 Ok(reason) => {
                     let kill = KillRequest {
-                        shell,
+                        shell: *shell,
                         pid_file: layout.pid_file(),
                         grace: self.config.kill_grace,
                     };
@@ -531,7 +631,9 @@ impl Runner {
                 }
             }
         };
+        drop(exec);
         let log_error = logs.take_error();
+        tracing::debug!(run = %run.id, "remote command ended");
 
         // How the command ended.
         match finished {
@@ -597,7 +699,7 @@ impl Runner {
 
         // Artifacts, whatever the outcome, unless the connection is gone.
         if outcome.connection_lost {
-            return;
+            return outcome;
         }
         let artifacts_dir = layout.artifacts_dir();
         let download = session.download_dir(&artifacts_dir, &run.paths.artifacts);
@@ -625,6 +727,7 @@ impl Runner {
                 outcome.set_failure(error.code(), error_chain(&error));
             }
         }
+        outcome
     }
 
     /// Ends a pending run `failed` with `code` (dial, host key, login, changed directory).
@@ -745,6 +848,8 @@ struct Outcome {
     artifacts: Option<ArtifactSummary>,
     stopped: Option<StopReason>,
     connection_lost: bool,
+    /// The remote run folder is to be removed.
+    cleanup_pending: bool,
     notes: Vec<String>,
 }
 
@@ -758,6 +863,7 @@ impl Default for Outcome {
             artifacts: None,
             stopped: None,
             connection_lost: false,
+            cleanup_pending: false,
             notes: Vec::new(),
         }
     }
@@ -794,6 +900,29 @@ impl Outcome {
         }
         self.to = RunStatus::Failed;
         self.error = Some(RunError::new(code, message));
+    }
+}
+
+/// What an exec future gives.
+type ExecResult = Result<RemoteExit, SshError>;
+
+/// From this many uploaded entries on, a POSIX run folder is removed with one `rm -rf` (its
+/// channel started, gated, before the upload) rather than one pipelined SFTP request per
+/// entry; below it the SFTP removal takes a few requests and no process on the host.
+const RM_CLEANUP_MIN_ENTRIES: usize = 64;
+
+/// Keeps the last bytes a command printed, for a diagnostic.
+#[derive(Default)]
+struct TailOutput(Vec<u8>);
+
+#[async_trait]
+impl ExecOutput for TailOutput {
+    async fn write(&mut self, _stream: OutputStream, data: &[u8]) {
+        const KEEP: usize = 2048;
+        self.0.extend_from_slice(data);
+        if self.0.len() > KEEP {
+            self.0.drain(..self.0.len() - KEEP);
+        }
     }
 }
 

@@ -9,8 +9,8 @@ use russh::{ChannelMsg, Disconnect, Sig, client};
 use russh_sftp::client::SftpSession;
 use testfleet_core::hash::DirManifest;
 use testfleet_core::ports::{
-    DownloadReport, ExecOutput, KillRequest, OutputStream, ProgressSink, RemoteExit, SshError,
-    SshSession, TransferStats,
+    DownloadReport, ExecGate, ExecOutput, KillRequest, OutputStream, ProgressSink, RemoteExit,
+    SshError, SshSession, TransferStats,
 };
 
 use crate::TransferTuning;
@@ -117,10 +117,13 @@ impl RusshSession {
         }
     }
 
-    /// Runs `command` on a fresh channel, feeding its output to `output`.
+    /// Runs `command` on a fresh channel, feeding its output to `output`. Its stdin gets the
+    /// gate's open line when there is a gate and it opens, and is closed right after the start
+    /// when there is none.
     async fn run(
         &self,
         command: &str,
+        gate: Option<ExecGate>,
         output: &mut dyn ExecOutput,
     ) -> Result<RemoteExit, SshError> {
         let exec_failed = |error: russh::Error| {
@@ -139,13 +142,38 @@ impl RusshSession {
             .await
             .map_err(exec_failed)?;
         channel.exec(true, command).await.map_err(exec_failed)?;
+        let mut gate = match gate {
+            Some(gate) => Some(Box::pin(gate.wait())),
+            None => {
+                channel.eof().await.map_err(exec_failed)?;
+                None
+            }
+        };
 
         let mut exit: Option<RemoteExit> = None;
         let mut closed = false;
         let mut started = false;
         // Drain until the channel ends: some servers send the exit status before EOF, others
         // after, some never; an undrained channel would freeze the whole connection.
-        while let Some(message) = channel.wait().await {
+        loop {
+            let message = tokio::select! {
+                biased;
+                opened = async { gate.as_mut().expect("guarded").await }, if gate.is_some() => {
+                    gate = None;
+                    if opened {
+                        channel
+                            .data(ExecGate::OPEN_LINE)
+                            .await
+                            .map_err(exec_failed)?;
+                    }
+                    channel.eof().await.map_err(exec_failed)?;
+                    continue;
+                }
+                message = channel.wait() => message,
+            };
+            let Some(message) = message else {
+                break;
+            };
             match message {
                 ChannelMsg::Data { data } => output.write(OutputStream::Stdout, &data).await,
                 ChannelMsg::ExtendedData { data, ext: 1 } => {
@@ -237,13 +265,22 @@ impl SshSession for RusshSession {
         command: &str,
         output: &mut dyn ExecOutput,
     ) -> Result<RemoteExit, SshError> {
-        self.run(command, output).await
+        self.run(command, None, output).await
+    }
+
+    async fn exec_gated(
+        &self,
+        command: &str,
+        gate: ExecGate,
+        output: &mut dyn ExecOutput,
+    ) -> Result<RemoteExit, SshError> {
+        self.run(command, Some(gate), output).await
     }
 
     async fn kill(&self, request: &KillRequest) -> Result<(), SshError> {
         let command = request.shell.kill_command(&request.pid_file, request.grace);
         let mut output = Collect::default();
-        match self.run(&command, &mut output).await? {
+        match self.run(&command, None, &mut output).await? {
             RemoteExit::Code(0) => Ok(()),
             other => Err(SshError::ExecFailed {
                 reason: format!(

@@ -11,7 +11,7 @@ use russh_sftp::client::SftpSession;
 use russh_sftp::client::error::Error as SftpError;
 use russh_sftp::protocol::{FileAttributes, OpenFlags, StatusCode};
 use sha2::{Digest as _, Sha256};
-use testfleet_core::hash::{DirManifest, ManifestFile};
+use testfleet_core::hash::{DirManifest, FileStamp, ManifestFile};
 use testfleet_core::ports::{
     DownloadReport, ProgressSink, RefusedEntry, SshError, TransferProgress, TransferStats,
 };
@@ -226,36 +226,126 @@ async fn upload_inner(
         bytes_done: AtomicU64::new(0),
     };
     progress.report();
+    let n_in_flight = session.tuning.files_in_flight.max(1);
+    let mut prefetched = prefetch(manifest, 2 * n_in_flight);
     // A hand-rolled window rather than `buffer_unordered`: a closure held across the await
     // trips the `Send` check of the async-trait future.
-    let n_in_flight = session.tuning.files_in_flight.max(1);
-    let mut pending = files.iter();
     let mut in_flight = futures::stream::FuturesUnordered::new();
+    let mut all_read = false;
     loop {
-        while in_flight.len() < n_in_flight {
-            let Some((file, remote)) = pending.next() else {
-                break;
-            };
-            in_flight.push(upload_file(
-                session,
-                &sftp,
-                &manifest.root,
-                file,
-                remote,
-                &progress,
-            ));
+        tokio::select! {
+            biased;
+            Some(result) = in_flight.next(), if !in_flight.is_empty() => {
+                result?;
+                progress.files_done.fetch_add(1, Ordering::Relaxed);
+                progress.report();
+            }
+            next = prefetched.recv(), if !all_read && in_flight.len() < n_in_flight => {
+                match next {
+                    Some((idx, read)) => {
+                        let (file, remote) = &files[idx];
+                        in_flight.push(upload_file(
+                            session,
+                            &sftp,
+                            &manifest.root,
+                            file,
+                            remote,
+                            read,
+                            &progress,
+                        ));
+                    }
+                    None => all_read = true,
+                }
+            }
+            else => break,
         }
-        let Some(result) = in_flight.next().await else {
-            break;
-        };
-        result?;
-        progress.files_done.fetch_add(1, Ordering::Relaxed);
-        progress.report();
     }
     Ok(TransferStats {
         files: progress.files_done.load(Ordering::Relaxed),
         bytes: progress.bytes_done.load(Ordering::Relaxed),
     })
+}
+
+/// Files up to this size are read whole, ahead of their upload, by one reader thread: one
+/// blocking-pool hop per upload instead of one per open and per read of every file.
+const WHOLE_FILE_MAX: u64 = CHUNK_BYTES as u64;
+
+/// What the reader thread found for one file of the manifest.
+enum Prefetched {
+    /// The whole file, its size and digest checked against the manifest.
+    Whole(Vec<u8>),
+    /// A large file: its upload reads (and checks) it as it goes.
+    Stream,
+    /// The file is gone, or its size or contents differ from the manifest.
+    Changed,
+    Failed(std::io::Error),
+}
+
+/// Starts a thread that reads the manifest's small files in order, `capacity` files ahead
+/// at most (so memory stays bounded by `capacity × WHOLE_FILE_MAX`), and hands them over with
+/// their index. It stops early when the receiver is dropped.
+fn prefetch(
+    manifest: &DirManifest,
+    capacity: usize,
+) -> tokio::sync::mpsc::Receiver<(usize, Prefetched)> {
+    let (sender, receiver) = tokio::sync::mpsc::channel(capacity.max(1));
+    let jobs: Vec<Option<(PathBuf, ManifestFile)>> = manifest
+        .files
+        .iter()
+        .map(|file| {
+            (file.size <= WHOLE_FILE_MAX)
+                .then(|| (file.rel_path.to_local(&manifest.root), file.clone()))
+        })
+        .collect();
+    tokio::task::spawn_blocking(move || {
+        for (idx, job) in jobs.into_iter().enumerate() {
+            let read = match job {
+                Some((path, file)) => read_whole(&path, &file),
+                None => Prefetched::Stream,
+            };
+            if sender.blocking_send((idx, read)).is_err() {
+                break;
+            }
+        }
+    });
+    receiver
+}
+
+fn read_whole(path: &Path, file: &ManifestFile) -> Prefetched {
+    use std::io::Read as _;
+    let mut handle = match std::fs::File::open(path) {
+        Ok(handle) => handle,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Prefetched::Changed,
+        Err(error) => return Prefetched::Failed(error),
+    };
+    let vouched = match handle.metadata() {
+        Ok(metadata) => vouched_for(file, &metadata),
+        Err(error) => return Prefetched::Failed(error),
+    };
+    // One byte more than expected tells a file that grew.
+    let mut bytes = Vec::with_capacity(usize::try_from(file.size).unwrap_or(0) + 1);
+    if let Err(error) = (&mut handle).take(file.size + 1).read_to_end(&mut bytes) {
+        return Prefetched::Failed(error);
+    }
+    let unchanged = if vouched {
+        // Still the same after the read: what was read is what was hashed.
+        handle
+            .metadata()
+            .is_ok_and(|metadata| vouched_for(file, &metadata))
+    } else {
+        let actual: [u8; 32] = Sha256::digest(&bytes).into();
+        actual == file.digest
+    };
+    if bytes.len() as u64 != file.size || !unchanged {
+        return Prefetched::Changed;
+    }
+    Prefetched::Whole(bytes)
+}
+
+/// Whether the stamp taken when `file` was hashed still vouches for the open file described by
+/// `metadata`, so that its bytes need not be hashed again (see [`FileStamp`]).
+fn vouched_for(file: &ManifestFile, metadata: &std::fs::Metadata) -> bool {
+    file.stamp.is_some() && FileStamp::of(metadata) == file.stamp
 }
 
 async fn upload_file(
@@ -264,11 +354,20 @@ async fn upload_file(
     root: &Path,
     file: &ManifestFile,
     remote: &str,
+    prefetched: Prefetched,
     progress: &Progress<'_>,
 ) -> Result<(), SshError> {
     let changed = || SshError::TestDirChanged {
         path: file.rel_path.to_string_lossy(),
     };
+    match prefetched {
+        Prefetched::Whole(bytes) => {
+            return upload_whole(session, sftp, file, remote, &bytes, progress).await;
+        }
+        Prefetched::Stream => {}
+        Prefetched::Changed => return Err(changed()),
+        Prefetched::Failed(error) => return Err(op_failed(session, Op::Upload, remote, error)),
+    }
     let local_path = file.rel_path.to_local(root);
     let mut local = tokio::fs::File::open(&local_path).await.map_err(|error| {
         if error.kind() == std::io::ErrorKind::NotFound {
@@ -277,18 +376,11 @@ async fn upload_file(
             op_failed(session, Op::Upload, remote, error)
         }
     })?;
-    let attrs = FileAttributes {
-        permissions: Some(file.mode & 0o7777),
-        ..FileAttributes::empty()
+    let vouched = match local.metadata().await {
+        Ok(metadata) => vouched_for(file, &metadata),
+        Err(error) => return Err(op_failed(session, Op::Upload, remote, error)),
     };
-    let mut remote_file = sftp
-        .open_with_flags_and_attributes(
-            remote,
-            OpenFlags::CREATE | OpenFlags::TRUNCATE | OpenFlags::WRITE,
-            attrs,
-        )
-        .await
-        .map_err(|error| op_failed(session, Op::Upload, remote, error))?;
+    let mut remote_file = open_for_upload(session, sftp, file, remote).await?;
 
     let mut hasher = Sha256::new();
     let mut n_bytes = 0u64;
@@ -309,7 +401,9 @@ async fn upload_file(
             outcome = Err(changed());
             break;
         }
-        hasher.update(&buffer[..n_read]);
+        if !vouched {
+            hasher.update(&buffer[..n_read]);
+        }
         if let Err(error) = remote_file.write_all(&buffer[..n_read]).await {
             outcome = Err(op_failed(session, Op::Upload, remote, error));
             break;
@@ -323,12 +417,71 @@ async fn upload_file(
     let closed = remote_file.shutdown().await;
     outcome?;
     closed.map_err(|error| op_failed(session, Op::Upload, remote, error))?;
-    let digest: [u8; 32] = hasher.finalize().into();
-    if n_bytes != file.size || digest != file.digest {
+    let unchanged = if vouched {
+        // Still the same after the read: what was sent is what was hashed.
+        local
+            .metadata()
+            .await
+            .is_ok_and(|metadata| vouched_for(file, &metadata))
+    } else {
+        let digest: [u8; 32] = hasher.finalize().into();
+        digest == file.digest
+    };
+    if n_bytes != file.size || !unchanged {
         return Err(changed());
     }
-    // The server's umask may have narrowed the mode given at open; set it explicitly when the
-    // file is executable or otherwise unusual. A plain 0644 file is left as created.
+    set_unusual_mode(session, sftp, file, remote).await
+}
+
+/// Uploads a file read (and checked) beforehand.
+async fn upload_whole(
+    session: &RusshSession,
+    sftp: &SftpSession,
+    file: &ManifestFile,
+    remote: &str,
+    bytes: &[u8],
+    progress: &Progress<'_>,
+) -> Result<(), SshError> {
+    let mut remote_file = open_for_upload(session, sftp, file, remote).await?;
+    let written = remote_file.write_all(bytes).await;
+    // Always close: dropping a russh-sftp file loses its write errors.
+    let closed = remote_file.shutdown().await;
+    written.map_err(|error| op_failed(session, Op::Upload, remote, error))?;
+    closed.map_err(|error| op_failed(session, Op::Upload, remote, error))?;
+    progress
+        .bytes_done
+        .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+    progress.report();
+    set_unusual_mode(session, sftp, file, remote).await
+}
+
+async fn open_for_upload(
+    session: &RusshSession,
+    sftp: &SftpSession,
+    file: &ManifestFile,
+    remote: &str,
+) -> Result<russh_sftp::client::fs::File, SshError> {
+    let attrs = FileAttributes {
+        permissions: Some(file.mode & 0o7777),
+        ..FileAttributes::empty()
+    };
+    sftp.open_with_flags_and_attributes(
+        remote,
+        OpenFlags::CREATE | OpenFlags::TRUNCATE | OpenFlags::WRITE,
+        attrs,
+    )
+    .await
+    .map_err(|error| op_failed(session, Op::Upload, remote, error))
+}
+
+/// The server's umask may have narrowed the mode given at open; set it explicitly when the
+/// file is executable or otherwise unusual. A plain 0644 file is left as created.
+async fn set_unusual_mode(
+    session: &RusshSession,
+    sftp: &SftpSession,
+    file: &ManifestFile,
+    remote: &str,
+) -> Result<(), SshError> {
     if file.mode & 0o7777 != 0o644 {
         let attrs = FileAttributes {
             permissions: Some(file.mode & 0o7777),

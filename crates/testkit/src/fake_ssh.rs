@@ -15,8 +15,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use testfleet_core::hash::{DirManifest, digest_reader};
 use testfleet_core::ports::{
-    DownloadReport, ExecOutput, KillRequest, OutputStream, ProgressSink, RefusedEntry, RemoteExit,
-    SshConnector, SshError, SshSession, SshTarget, TransferProgress, TransferStats,
+    DownloadReport, ExecGate, ExecOutput, KillRequest, OutputStream, ProgressSink, RefusedEntry,
+    RemoteExit, SshConnector, SshError, SshSession, SshTarget, TransferProgress, TransferStats,
 };
 use tokio::sync::Notify;
 
@@ -35,6 +35,8 @@ pub enum SshCall {
         files: Vec<String>,
     },
     Exec(String),
+    /// A gated command whose gate was dropped: it ended without running.
+    GateClosed(String),
     Kill(KillRequest),
     Download {
         remote_dir: String,
@@ -53,6 +55,7 @@ impl SshCall {
             Self::Realpath(_) => "realpath",
             Self::Upload { .. } => "upload",
             Self::Exec(_) => "exec",
+            Self::GateClosed(_) => "gate_closed",
             Self::Kill(_) => "kill",
             Self::Download { .. } => "download",
             Self::Remove(_) => "remove",
@@ -403,6 +406,32 @@ impl SshSession for FakeSession {
             () = tokio::time::sleep(exec.duration) => Ok(exec.exit),
             () = &mut killed => Ok(exec.exit_when_killed),
         }
+    }
+
+    async fn exec_gated(
+        &self,
+        command: &str,
+        gate: ExecGate,
+        output: &mut dyn ExecOutput,
+    ) -> Result<RemoteExit, SshError> {
+        // A command that cannot start fails at once, as a refused channel does; otherwise,
+        // like a POSIX gated script, nothing runs unless the gate opens.
+        let script = self.fake.script();
+        let fails_to_start = script
+            .exec_by_command
+            .into_iter()
+            .find_map(|(scripted, exec)| (scripted == command).then_some(exec))
+            .unwrap_or(script.exec)
+            .error
+            .is_some();
+        if fails_to_start {
+            return self.exec(command, output).await;
+        }
+        if !gate.wait().await {
+            self.fake.record(SshCall::GateClosed(command.to_owned()));
+            return Ok(RemoteExit::Code(125));
+        }
+        self.exec(command, output).await
     }
 
     async fn kill(&self, request: &KillRequest) -> Result<(), SshError> {

@@ -6,9 +6,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
+use testfleet_core::ports::ExecGate;
 use testfleet_core::remote::{
-    WindowsShell, decode_powershell_command, posix_exec_command, posix_kill_command, quote_posix,
-    windows_exec_command, windows_kill_command,
+    RemoteShell, WindowsShell, decode_powershell_command, posix_exec_command, posix_kill_command,
+    quote_posix, windows_exec_command, windows_kill_command,
 };
 use testfleet_testkit::process::live_group_members;
 
@@ -97,6 +98,114 @@ fn exec_handles_the_classic_troublemakers_under_sh_and_bash() {
             check_exec(shell, name).unwrap_or_else(|error| panic!("{shell} {name:?}: {error}"));
         }
     }
+}
+
+/// Runs `command` like [`run_as_login_shell`], with `stdin` as its whole standard input.
+fn run_with_stdin(shell: &str, command: &str, out_dir: &Path, stdin: &[u8]) -> i32 {
+    use std::io::Write as _;
+    let mut child = Command::new(shell)
+        .arg("-c")
+        .arg(command)
+        .env("TF_OUT", out_dir)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("the shell starts");
+    let mut pipe = child.stdin.take().expect("piped");
+    pipe.write_all(stdin).expect("write stdin");
+    drop(pipe);
+    child
+        .wait()
+        .expect("wait")
+        .code()
+        .expect("ended with a status")
+}
+
+const TROUBLEMAKERS: [&str; 5] = ["with space", "it's", "$HOME `id`", "new\nline", "-rf"];
+
+#[test]
+fn gated_exec_runs_only_after_the_open_line() {
+    assert_eq!(
+        ExecGate::OPEN_LINE,
+        b"go\n",
+        "the scripts compare with `go`"
+    );
+    for shell in ["/bin/sh", "/bin/bash"] {
+        for name in TROUBLEMAKERS {
+            let parent = tempfile::tempdir().expect("temp dir");
+            let out = tempfile::tempdir().expect("temp dir");
+            let run_dir = parent.path().join(name);
+            std::fs::create_dir(&run_dir).expect("mkdir");
+            // run.sh also shows that the open line is not left on its stdin.
+            std::fs::write(
+                run_dir.join("run.sh"),
+                "#!/bin/sh\npwd -P > \"$TF_OUT/cwd\"\ncat > \"$TF_OUT/stdin\"\n",
+            )
+            .expect("write");
+            let pid_file = parent.path().join(format!("{name}.pid"));
+            let command = RemoteShell::Posix
+                .gated_exec_command(
+                    run_dir.to_str().expect("utf-8"),
+                    pid_file.to_str().expect("utf-8"),
+                    "run.sh",
+                )
+                .expect("POSIX has a gated form");
+
+            for refused in [&b""[..], b"no\n", b"g"] {
+                let status = run_with_stdin(shell, &command, out.path(), refused);
+                assert_eq!(status, 125, "{shell} {name:?} {refused:?}");
+                assert!(!out.path().join("cwd").exists(), "nothing ran");
+                assert!(!pid_file.exists(), "no pid file");
+            }
+            let status = run_with_stdin(shell, &command, out.path(), ExecGate::OPEN_LINE);
+            assert_eq!(status, 0, "{shell} {name:?}");
+            let cwd = std::fs::read_to_string(out.path().join("cwd")).expect("run.sh ran");
+            assert_eq!(
+                PathBuf::from(cwd.strip_suffix('\n').unwrap_or(&cwd)),
+                std::fs::canonicalize(&run_dir).expect("exists")
+            );
+            assert_eq!(
+                std::fs::read(out.path().join("stdin")).expect("stdin saved"),
+                b""
+            );
+            assert!(pid_file.exists(), "the pid file was written");
+        }
+    }
+}
+
+#[test]
+fn gated_cleanup_removes_the_run_folder_and_pid_file_only_when_opened() {
+    for name in TROUBLEMAKERS {
+        let parent = tempfile::tempdir().expect("temp dir");
+        let run_dir = parent.path().join(name);
+        std::fs::create_dir_all(run_dir.join("sub/deeper")).expect("mkdir");
+        std::fs::write(run_dir.join("sub/deeper/file"), "x").expect("write");
+        let pid_file = parent.path().join(format!("{name}.pid"));
+        std::fs::write(&pid_file, "1\n").expect("write");
+        let neighbour = parent.path().join("neighbour");
+        std::fs::write(&neighbour, "stays").expect("write");
+        let command = RemoteShell::Posix
+            .gated_cleanup_command(
+                run_dir.to_str().expect("utf-8"),
+                pid_file.to_str().expect("utf-8"),
+            )
+            .expect("POSIX has a gated form");
+
+        assert_eq!(run_with_stdin("/bin/sh", &command, parent.path(), b""), 125);
+        assert!(
+            run_dir.exists() && pid_file.exists(),
+            "{name:?}: kept when not opened"
+        );
+        let status = run_with_stdin("/bin/sh", &command, parent.path(), ExecGate::OPEN_LINE);
+        assert_eq!(status, 0, "{name:?}");
+        assert!(!run_dir.exists() && !pid_file.exists(), "{name:?}: removed");
+        assert!(neighbour.exists(), "nothing else removed");
+    }
+    let windows = RemoteShell::Windows(WindowsShell::Powershell);
+    assert_eq!(
+        windows.gated_exec_command("/C:/r", "/C:/r.pid", "run.ps1"),
+        None
+    );
+    assert_eq!(windows.gated_cleanup_command("/C:/r", "/C:/r.pid"), None);
 }
 
 #[test]

@@ -280,7 +280,11 @@ async fn a_successful_run_goes_pending_running_completed() {
                 remote_dir: dir.clone(),
                 files: vec!["data/input.txt".into(), "run.sh".into()]
             },
-            SshCall::Exec(RemoteShell::Posix.exec_command(&dir, &format!("{dir}.pid"), "run.sh")),
+            SshCall::Exec(
+                RemoteShell::Posix
+                    .gated_exec_command(&dir, &format!("{dir}.pid"), "run.sh")
+                    .expect("POSIX is gated")
+            ),
             SshCall::Download {
                 remote_dir: format!("{dir}/artifacts"),
                 local_dir: run.paths.artifacts.clone()
@@ -332,6 +336,62 @@ async fn keep_remote_skips_the_cleanup() {
         .expect("ok");
     assert_eq!(dispatched.run.status, RunStatus::Completed);
     assert!(!h.ssh.call_names().contains(&"remove"));
+}
+
+/// A large POSIX run folder is removed by one gated `rm -rf`, started before the upload and
+/// opened after the download; when that fails, the SFTP removal takes over. A kept folder gets
+/// no `rm` at all.
+#[tokio::test]
+async fn a_large_posix_run_folder_is_removed_by_one_gated_rm() {
+    let id = SeqIds::default().next_id(StepClock::default().now());
+    let dir = format!("/home/ci/.testfleet/runs/{id}");
+    let rm = RemoteShell::Posix
+        .gated_cleanup_command(&dir, &format!("{dir}.pid"))
+        .expect("POSIX is gated");
+    let cases = [
+        (RemoteExit::Code(0), false, vec!["exec"]),
+        (RemoteExit::Code(1), false, vec!["exec", "remove", "remove"]),
+        (RemoteExit::Code(0), true, vec![]),
+    ];
+    for (rm_exit, keep_remote, cleanup_calls) in cases {
+        let h = harness(FakeScript {
+            exec_by_command: vec![(
+                rm.clone(),
+                testfleet_testkit::fake_ssh::FakeExec {
+                    exit: rm_exit.clone(),
+                    ..Default::default()
+                },
+            )],
+            ..FakeScript::default()
+        });
+        for idx in 0..70 {
+            std::fs::write(h.test_dir.path().join(format!("f{idx}")), "x").expect("write");
+        }
+        let mut request = request(machine("linux-1", "linux"));
+        request.keep_remote = keep_remote;
+        let run = h
+            .dispatch_with(&request, &StopSignals::default())
+            .await
+            .expect("recorded")
+            .run;
+        assert_eq!(run.id, id);
+        assert_eq!(run.status, RunStatus::Completed, "{:?}", run.error);
+        let calls = h.ssh.calls();
+        let names = h.ssh.call_names();
+        let download = names
+            .iter()
+            .position(|n| *n == "download")
+            .expect("download");
+        let expected: Vec<&str> = cleanup_calls.into_iter().chain(["close"]).collect();
+        assert_eq!(
+            names[download + 1..],
+            expected,
+            "{rm_exit:?} keep={keep_remote}"
+        );
+        if !keep_remote {
+            assert_eq!(calls[download + 1], SshCall::Exec(rm.clone()));
+        }
+    }
 }
 
 #[tokio::test]
@@ -510,6 +570,7 @@ async fn an_upload_failure_fails_the_run_and_cleans_up() {
             "create_dir_all",
             "realpath",
             "upload",
+            "gate_closed",
             "remove",
             "remove",
             "close"

@@ -201,6 +201,48 @@ async fn a_file_changed_after_hashing_is_test_dir_changed() {
     assert_eq!(error.code(), ErrorCode::TestDirChanged, "{error}");
 }
 
+/// A file whose stamp vouches for it is sent without hashing it again; a change after hashing
+/// still moves its change time and is caught, small files (read whole) and large (streamed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_is_caught_also_when_the_stamp_vouched_for_the_file() {
+    use testfleet_core::hash::FileStamp;
+    // Longer than any file system's change-time tick, so that a rewrite shows.
+    let tick = Duration::from_millis(50);
+    let server = TestServer::start(ServerConfig::default()).await;
+    let session = crate::connect(&server.target()).await;
+    let big = vec![5u8; 300 * 1024];
+    for (name, size) in [("small.txt", 3), ("big.bin", big.len())] {
+        let local = tempfile::tempdir().expect("temp dir");
+        crate::write_file(local.path(), name, &big[..size], 0o644);
+        tokio::time::sleep(tick).await;
+        let mut manifest = hash_dir(local.path()).expect("hashes");
+        // As if the file had settled long before it was hashed.
+        let metadata = std::fs::metadata(local.path().join(name)).expect("stat");
+        manifest.files[0].stamp = FileStamp::of(&metadata);
+        assert!(manifest.files[0].stamp.is_some());
+
+        session
+            .upload(&manifest, "vouched", &NoProgress)
+            .await
+            .expect("an unchanged file uploads");
+        assert_eq!(
+            std::fs::read(server.home().join("vouched").join(name)).expect("uploaded"),
+            &big[..size]
+        );
+
+        tokio::time::sleep(tick).await;
+        std::fs::write(local.path().join(name), vec![9u8; size]).expect("rewritten, same size");
+        let error = session
+            .upload(&manifest, "vouched", &NoProgress)
+            .await
+            .expect_err("the change is caught");
+        assert!(
+            matches!(&error, SshError::TestDirChanged { path } if path == name),
+            "{name}: {error}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_non_utf8_path_is_upload_failed_naming_it() {
     use std::os::unix::ffi::OsStrExt as _;

@@ -289,7 +289,7 @@ async fn a_connection_dropped_during_the_upload_fails_the_run() {
             },
             ..ServerConfig::default()
         },
-        "true\n",
+        "touch \"$HOME/script-ran\"\n",
     )
     .await;
     crate::write_file(s.test_dir.path(), "big.bin", &vec![7u8; 2_000_000], 0o644);
@@ -300,11 +300,19 @@ async fn a_connection_dropped_during_the_upload_fails_the_run() {
         matches!(code, ErrorCode::ConnectionLost | ErrorCode::UploadFailed),
         "{code}"
     );
+    // The gated command was started before the upload, and stayed at its gate.
     assert!(
-        !s.server
+        s.server
             .exec_commands()
             .iter()
-            .any(|c| c.contains("run.sh")),
+            .all(|c| c.starts_with("exec sh -c 'read -r gate")),
+        "{:?}",
+        s.server.exec_commands()
+    );
+    // Give a wrongly released script time to show itself.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !s.server.home().join("script-ran").exists(),
         "the script never ran"
     );
 }

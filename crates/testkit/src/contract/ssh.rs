@@ -11,10 +11,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use testfleet_core::hash::hash_dir;
 use testfleet_core::ports::{
-    ExecOutput, KillRequest, NoProgress, OutputStream, RemoteExit, SshConnector, SshSession,
-    SshTarget,
+    ExecGate, ExecOutput, KillRequest, NoProgress, OutputStream, RemoteExit, SshConnector,
+    SshSession, SshTarget,
 };
-use testfleet_core::remote::{RemoteShell, join_remote};
+use testfleet_core::remote::{RemoteShell, join_remote, posix_gated_command};
 
 /// Writes `out` to stdout, `err` to stderr and exits 3.
 pub const OUTPUT_AND_EXIT_COMMAND: &str = "printf 'out\\n'; printf 'err\\n' >&2; exit 3";
@@ -22,6 +22,14 @@ pub const OUTPUT_AND_EXIT_COMMAND: &str = "printf 'out\\n'; printf 'err\\n' >&2;
 pub const SELF_TERM_COMMAND: &str = "kill -TERM $$";
 /// Does nothing and succeeds; run against [`ContractHost::NoExitStatus`].
 pub const TRUE_COMMAND: &str = "true";
+/// Copies its stdin to stdout, then prints `end`: it ends only if stdin ends.
+pub const STDIN_COMMAND: &str = "cat; echo end";
+
+/// [`STDIN_COMMAND`] behind a POSIX gate: prints `end` once the gate opens, and nothing when it
+/// is dropped (exit status 125).
+pub fn gated_stdin_command() -> String {
+    posix_gated_command(STDIN_COMMAND)
+}
 
 /// Which kind of host the suite asks the factory for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +92,9 @@ pub async fn ssh(connector: Arc<dyn SshConnector>, targets: TargetFactory) {
 
     exec_reports_output_and_exit_code(session).await;
     exec_reports_exit_signal(session).await;
+    exec_stdin_is_empty(session).await;
+    gated_exec_runs_when_its_gate_opens(session).await;
+    gated_exec_does_nothing_when_its_gate_is_dropped(session).await;
     let root = directories_are_created_idempotently(session).await;
     upload_and_download_round_trip(session, &root).await;
     kill_ends_a_running_exec(session, &root).await;
@@ -127,6 +138,69 @@ async fn exec_reports_exit_signal(session: &dyn SshSession) {
         .await
         .expect("the exec runs");
     assert_eq!(exit, RemoteExit::Signal("TERM".into()));
+}
+
+async fn exec_stdin_is_empty(session: &dyn SshSession) {
+    let mut output = Captured::default();
+    let exit = tokio::time::timeout(
+        Duration::from_secs(30),
+        session.exec(STDIN_COMMAND, &mut output),
+    )
+    .await
+    .expect("a command reading stdin sees its end at once")
+    .expect("the exec runs");
+    assert_eq!(exit, RemoteExit::Code(0));
+    assert_eq!(output.stdout_text(), "end\n");
+}
+
+async fn gated_exec_runs_when_its_gate_opens(session: &dyn SshSession) {
+    let command = gated_stdin_command();
+    let (keeper, gate) = ExecGate::new();
+    let mut output = Captured::default();
+    let opener = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        keeper.open();
+    };
+    let (exit, ()) = tokio::join!(
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            session.exec_gated(&command, gate, &mut output)
+        ),
+        opener
+    );
+    let exit = exit
+        .expect("the gated command ends once its gate opens")
+        .expect("the exec runs");
+    assert_eq!(
+        exit,
+        RemoteExit::Code(0),
+        "stderr: {}",
+        output.stderr_text()
+    );
+    // The open line is the gate's, not the command's: `cat` sees only the end of stdin.
+    assert_eq!(output.stdout_text(), "end\n");
+}
+
+async fn gated_exec_does_nothing_when_its_gate_is_dropped(session: &dyn SshSession) {
+    let command = gated_stdin_command();
+    let (keeper, gate) = ExecGate::new();
+    let mut output = Captured::default();
+    let dropper = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        drop(keeper);
+    };
+    let (exit, ()) = tokio::join!(
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            session.exec_gated(&command, gate, &mut output)
+        ),
+        dropper
+    );
+    let exit = exit
+        .expect("a gated command ends when its gate is dropped")
+        .expect("the exec runs");
+    assert_eq!(exit, RemoteExit::Code(125));
+    assert_eq!(output.stdout_text(), "", "nothing ran");
 }
 
 /// Creates `testfleet-contract/a/b` twice and returns the absolute `testfleet-contract`.

@@ -645,9 +645,23 @@ async fn run_exec(
 ) {
     let id = channel.id();
     let (mut read_half, write_half) = channel.split();
-    // Drain what the client sends (stdin is not used): an undrained channel stalls the
-    // connection.
-    let drain = tokio::spawn(async move { while read_half.wait().await.is_some() {} });
+    // Drain what the client sends, passing its data to the command's stdin until EOF: an
+    // undrained channel stalls the connection.
+    let (stdin_sender, stdin) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+    let drain = tokio::spawn(async move {
+        let mut stdin_sender = Some(stdin_sender);
+        while let Some(message) = read_half.wait().await {
+            match message {
+                russh::ChannelMsg::Data { data } => {
+                    if let Some(sender) = &stdin_sender {
+                        let _ = sender.send(data.to_vec());
+                    }
+                }
+                russh::ChannelMsg::Eof | russh::ChannelMsg::Close => stdin_sender = None,
+                _ => {}
+            }
+        }
+    });
     let faults = &inner.config.faults;
     if faults.stall_exec {
         // Never answer: the client must give up on its own.
@@ -668,7 +682,7 @@ async fn run_exec(
         }
         Ended::Status(reply.map_or(0, |reply| reply.exit_status))
     } else {
-        run_process(&inner, &write_half, &command).await
+        run_process(&inner, &write_half, &command, stdin).await
     };
 
     let send_exit = async {
@@ -722,6 +736,7 @@ async fn run_process(
     inner: &Inner,
     write_half: &russh::ChannelWriteHalf<Msg>,
     command: &str,
+    mut stdin: tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
 ) -> Ended {
     let mut process = tokio::process::Command::new("sh");
     process
@@ -729,7 +744,7 @@ async fn run_process(
         .arg(command)
         .current_dir(&inner.home)
         .env("HOME", &inner.home)
-        .stdin(Stdio::null())
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         // A group of its own, like sshd's new session: `kill -TERM -<pgid>` reaches the tree.
@@ -752,6 +767,16 @@ async fn run_process(
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
             .push(pid);
+    }
+    // The client's stdin data, then EOF; a command that does not read it is not held up.
+    if let Some(mut child_stdin) = child.stdin.take() {
+        tokio::spawn(async move {
+            while let Some(data) = stdin.recv().await {
+                if child_stdin.write_all(&data).await.is_err() {
+                    break;
+                }
+            }
+        });
     }
     let mut stdout = child.stdout.take();
     let mut stderr = child.stderr.take();

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use testfleet_core::ports::{HostKeyPolicy, OutputStream, RemoteExit, SshTarget};
 use testfleet_testkit::contract::ssh::{
-    ContractHost, OUTPUT_AND_EXIT_COMMAND, SELF_TERM_COMMAND, TRUE_COMMAND,
+    ContractHost, OUTPUT_AND_EXIT_COMMAND, SELF_TERM_COMMAND, STDIN_COMMAND, TRUE_COMMAND,
+    gated_stdin_command,
 };
 use testfleet_testkit::fake_ssh::{FakeExec, FakeScript, FakeSsh};
 
@@ -21,6 +22,15 @@ fn target() -> SshTarget {
         connect_timeout: SshTarget::DEFAULT_CONNECT_TIMEOUT,
         keepalive_interval: SshTarget::DEFAULT_KEEPALIVE_INTERVAL,
         keepalive_max: SshTarget::DEFAULT_KEEPALIVE_MAX,
+    }
+}
+
+/// Prints `end` and succeeds, as `cat; echo end` does with an empty stdin.
+fn end_command() -> FakeExec {
+    FakeExec {
+        output: vec![(OutputStream::Stdout, b"end\n".to_vec())],
+        exit: RemoteExit::Code(0),
+        ..FakeExec::default()
     }
 }
 
@@ -52,6 +62,8 @@ async fn fake_ssh_passes_the_ssh_contract() {
                     ..FakeExec::default()
                 },
             ),
+            (STDIN_COMMAND.to_owned(), end_command()),
+            (gated_stdin_command(), end_command()),
             (
                 TRUE_COMMAND.to_owned(),
                 FakeExec {

@@ -6,7 +6,7 @@
 //! Data and remote destinations live on `/dev/shm` when it exists: this machine's unjournaled
 //! ext4 makes re-created small files slow, which would measure the disk, not the transport.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -92,14 +92,6 @@ impl Bench {
             }
         }
         println!("(ratio > 1: testfleet is faster)");
-    }
-}
-
-fn scratch_base() -> PathBuf {
-    if Path::new("/dev/shm").is_dir() {
-        PathBuf::from("/dev/shm")
-    } else {
-        std::env::temp_dir()
     }
 }
 
@@ -283,7 +275,7 @@ pub fn run(bin: &Path) -> Result<()> {
     let openssh = Openssh { sshd: &sshd };
     let data = tempfile::Builder::new()
         .prefix("tf-bench")
-        .tempdir_in(scratch_base())?;
+        .tempdir_in(crate::targets::scratch_base())?;
     let remote = data.path().join("remote");
     std::fs::create_dir_all(&remote)?;
     eprintln!("generating data under {}", data.path().display());

@@ -130,8 +130,18 @@ impl Target {
 fn scratch_dir() -> Result<tempfile::TempDir> {
     tempfile::Builder::new()
         .prefix("tf-e2e")
-        .tempdir()
+        .tempdir_in(scratch_base())
         .context("failed to create a scratch dir")
+}
+
+/// Where scratch data goes: tmpfs when there is one, so that the numbers measure the tools and
+/// not the disk, and the remote folders of the built-in servers cost what they would on a host.
+pub fn scratch_base() -> PathBuf {
+    if Path::new("/dev/shm").is_dir() {
+        PathBuf::from("/dev/shm")
+    } else {
+        std::env::temp_dir()
+    }
 }
 
 pub fn current_user() -> String {

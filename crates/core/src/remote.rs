@@ -199,7 +199,7 @@ pub fn posix_exec_command(run_dir: &str, pid_file: &str, entrypoint: &str) -> St
 
 fn posix_exec_script(run_dir: &str, pid_file: &str, entrypoint: &str) -> String {
     format!(
-        "cd {dir} || exit 126; echo $$ > {pid} || exit 126; chmod +x ./{ep}; exec ./{ep}",
+        "cd {dir} || exit 126; echo $$ > {pid} || exit 126; [ -x ./{ep} ] || chmod +x ./{ep}; exec ./{ep}",
         dir = quote_posix(run_dir),
         pid = quote_posix(pid_file),
         ep = quote_posix(entrypoint),

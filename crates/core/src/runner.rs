@@ -537,10 +537,11 @@ impl Runner {
             };
 
         // Upload. From here on the remote folder exists and is cleaned up whatever happens.
+        let manifest = with_executable_entrypoint(manifest, *shell, &run.entrypoint);
         let progress = ObserverProgress { run, observer };
         let mut ended_at_gate = None;
         let uploaded = {
-            let upload = session.upload(manifest, &run_dir, &progress);
+            let upload = session.upload(&manifest, &run_dir, &progress);
             tokio::pin!(upload);
             loop {
                 tokio::select! {
@@ -900,6 +901,31 @@ impl Outcome {
         }
         self.to = RunStatus::Failed;
         self.error = Some(RunError::new(code, message));
+    }
+}
+
+/// The manifest to upload: on POSIX the entrypoint goes up executable, as the exec script's
+/// `chmod +x` would make it (mode bits are not hashed), which spares the host that process.
+fn with_executable_entrypoint<'m>(
+    manifest: &'m DirManifest,
+    shell: RemoteShell,
+    entrypoint: &str,
+) -> std::borrow::Cow<'m, DirManifest> {
+    use std::borrow::Cow;
+    if shell != RemoteShell::Posix {
+        return Cow::Borrowed(manifest);
+    }
+    let found = manifest
+        .files
+        .iter()
+        .position(|file| file.rel_path.to_str() == Some(entrypoint));
+    match found {
+        Some(idx) if manifest.files[idx].mode & 0o111 != 0o111 => {
+            let mut owned = manifest.clone();
+            owned.files[idx].mode |= 0o111;
+            Cow::Owned(owned)
+        }
+        _ => Cow::Borrowed(manifest),
     }
 }
 

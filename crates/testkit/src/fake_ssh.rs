@@ -222,6 +222,14 @@ impl FakeSsh {
         path == "/" || lock(&self.shared.remote).contains_key(&path)
     }
 
+    /// The permission bits of the remote file `path` (absolute), if it is a file.
+    pub fn remote_mode(&self, path: &str) -> Option<u32> {
+        match lock(&self.shared.remote).get(&self.absolute(path)) {
+            Some(RemoteNode::File { mode, .. }) => Some(*mode),
+            _ => None,
+        }
+    }
+
     fn mkdirs(&self, absolute: &str) {
         let mut remote = lock(&self.shared.remote);
         let mut prefix = String::new();

@@ -325,6 +325,35 @@ async fn a_windows_machine_gets_run_ps1_through_powershell() {
     assert!(script.contains(&expected), "{script}");
 }
 
+/// Mode bits are not hashed, and the exec script would `chmod +x` the entrypoint anyway: on
+/// POSIX it is uploaded executable, every other file keeps its bits.
+#[tokio::test]
+async fn a_posix_entrypoint_is_uploaded_executable() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let h = harness(FakeScript::default());
+    let set_mode = |name: &str, mode: u32| {
+        std::fs::set_permissions(
+            h.test_dir.path().join(name),
+            std::fs::Permissions::from_mode(mode),
+        )
+        .expect("chmod");
+    };
+    set_mode("run.sh", 0o640);
+    set_mode("data/input.txt", 0o600);
+    let mut keep = request(machine("linux-1", "linux"));
+    keep.keep_remote = true;
+    let dispatched = h
+        .dispatch_with(&keep, &StopSignals::default())
+        .await
+        .expect("ok");
+    let dir = remote_dir(&dispatched);
+    assert_eq!(h.ssh.remote_mode(&format!("{dir}/run.sh")), Some(0o751));
+    assert_eq!(
+        h.ssh.remote_mode(&format!("{dir}/data/input.txt")),
+        Some(0o600)
+    );
+}
+
 #[tokio::test]
 async fn keep_remote_skips_the_cleanup() {
     let h = harness(FakeScript::default());

@@ -338,10 +338,7 @@ impl Drop for TestServer {
         );
         for pgid in groups {
             // Signal the group by its id (never by name); a group already gone is fine.
-            let _ = std::process::Command::new("kill")
-                .args(["-KILL", "--", &format!("-{pgid}")])
-                .stderr(Stdio::null())
-                .status();
+            let _ = signal_group(pgid, Some(nix::sys::signal::Signal::SIGKILL));
         }
     }
 }
@@ -714,16 +711,17 @@ async fn run_exec(
     drain.abort();
 }
 
+/// Sends `signal` to the process group `pgid` (`None` only probes that it exists).
+fn signal_group(pgid: u32, signal: Option<nix::sys::signal::Signal>) -> nix::Result<()> {
+    let pgid = i32::try_from(pgid).map_err(|_| nix::errno::Errno::EINVAL)?;
+    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), signal)
+}
+
 /// Stops tracking a process group that no longer exists, so that the server's drop never
 /// signals an id the system may have handed to someone else. (An id cannot be reused while its
 /// group exists, so a group still alive here is still ours.)
-async fn forget_group_if_gone(inner: &Inner, pgid: u32) {
-    let probe = tokio::process::Command::new("kill")
-        .args(["-0", "--", &format!("-{pgid}")])
-        .stderr(Stdio::null())
-        .status()
-        .await;
-    if !probe.is_ok_and(|status| status.success()) {
+fn forget_group_if_gone(inner: &Inner, pgid: u32) {
+    if signal_group(pgid, None).is_err() {
         inner
             .process_groups
             .lock()
@@ -797,7 +795,7 @@ async fn run_process(
     tokio::join!(copy_out, copy_err);
     let waited = child.wait().await;
     if let Some(pid) = leader {
-        forget_group_if_gone(inner, pid).await;
+        forget_group_if_gone(inner, pid);
     }
     match waited {
         Ok(status) => {

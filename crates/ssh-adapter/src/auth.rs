@@ -1,12 +1,13 @@
 //! Public-key login: the ssh-agent's keys first, then the target's identity files, then the
 //! usual `~/.ssh` keys.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use russh::client;
 use russh::keys::agent::client::AgentClient;
-use russh::keys::{PrivateKeyWithHashAlg, load_secret_key};
+use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, load_secret_key};
 use testfleet_core::ports::{SshError, SshTarget};
 
 use crate::ConnectorOptions;
@@ -42,6 +43,37 @@ fn transport_lost(target: &SshTarget, error: &russh::Error) -> SshError {
     }
 }
 
+/// Private keys read from identity files, by path. Only keys that loaded are kept; a path is
+/// read again when it failed (say, an encrypted key), so the error stays accurate.
+#[derive(Clone, Default)]
+pub(crate) struct KeyCache(Arc<std::sync::Mutex<HashMap<PathBuf, Arc<PrivateKey>>>>);
+
+impl std::fmt::Debug for KeyCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyCache").finish_non_exhaustive()
+    }
+}
+
+impl KeyCache {
+    fn load(&self, path: &Path) -> Result<Arc<PrivateKey>, russh::keys::Error> {
+        let cached = self
+            .0
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .get(path)
+            .cloned();
+        if let Some(key) = cached {
+            return Ok(key);
+        }
+        let key = Arc::new(load_secret_key(path, None)?);
+        self.0
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .insert(path.to_owned(), Arc::clone(&key));
+        Ok(key)
+    }
+}
+
 /// Logs in as `target.user`.
 ///
 /// # Errors
@@ -51,6 +83,7 @@ pub(crate) async fn authenticate(
     handle: &mut client::Handle<ClientHandler>,
     target: &SshTarget,
     options: &ConnectorOptions,
+    keys: &KeyCache,
 ) -> Result<(), SshError> {
     let mut tried: Vec<String> = Vec::new();
     let mut encrypted: Vec<PathBuf> = Vec::new();
@@ -88,7 +121,7 @@ pub(crate) async fn authenticate(
     }
 
     for path in identity_files(target, options) {
-        let key = match load_secret_key(&path, None) {
+        let key = match keys.load(&path) {
             Ok(key) => key,
             Err(russh::keys::Error::KeyIsEncrypted) => {
                 encrypted.push(path);
@@ -99,7 +132,7 @@ pub(crate) async fn authenticate(
                 continue;
             }
         };
-        let key = PrivateKeyWithHashAlg::new(Arc::new(key), rsa_hash);
+        let key = PrivateKeyWithHashAlg::new(key, rsa_hash);
         let result = handle
             .authenticate_publickey(&target.user, key)
             .await

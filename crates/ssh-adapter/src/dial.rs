@@ -194,6 +194,7 @@ fn dial_failed(
 pub(crate) async fn connect(
     target: &SshTarget,
     options: &ConnectorOptions,
+    keys: &crate::auth::KeyCache,
 ) -> Result<RusshSession, SshError> {
     let deadline = tokio::time::Instant::now() + target.connect_timeout;
     let timed_out = || {
@@ -246,7 +247,7 @@ pub(crate) async fn connect(
 
     let auth = tokio::time::timeout_at(
         deadline,
-        crate::auth::authenticate(&mut handle, target, options),
+        crate::auth::authenticate(&mut handle, target, options, keys),
     )
     .await;
     match auth {

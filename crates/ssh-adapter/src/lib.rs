@@ -64,6 +64,8 @@ impl Default for ConnectorOptions {
 #[derive(Debug, Clone, Default)]
 pub struct RusshConnector {
     options: ConnectorOptions,
+    /// Identity files already read, so that a fan-out parses each key once.
+    keys: auth::KeyCache,
 }
 
 impl RusshConnector {
@@ -74,14 +76,17 @@ impl RusshConnector {
 
     /// A connector with explicit options (tests turn the agent and `~/.ssh` keys off).
     pub fn with_options(options: ConnectorOptions) -> Self {
-        Self { options }
+        Self {
+            options,
+            keys: auth::KeyCache::default(),
+        }
     }
 }
 
 #[async_trait]
 impl SshConnector for RusshConnector {
     async fn connect(&self, target: &SshTarget) -> Result<Box<dyn SshSession>, SshError> {
-        let session = dial::connect(target, &self.options).await?;
+        let session = dial::connect(target, &self.options, &self.keys).await?;
         Ok(Box::new(session))
     }
 }

@@ -434,8 +434,18 @@ pub fn run(bin: &Path) -> Result<()> {
         (group, tree.clone())
     }));
     let remote_copy = remote.join("script");
+    let digest_cache = tf.state_dir.join("digests");
     for (group, tree) in &run_rows {
         let tree_text = tree.to_str().context("utf-8")?.to_owned();
+        if *group != "trivial dispatch" {
+            // Without the digest cache of earlier runs: every file is read and hashed.
+            bench.measure(group, "testfleet run, cold digest cache", || {
+                clear(&digest_cache);
+                let mut command = tf.command(&["run", &tree_text, "-m", "bench", "--json"]);
+                command.stdout(Stdio::null());
+                with_peak_rss(command)
+            })?;
+        }
         bench.measure(group, "testfleet run", || {
             let mut command = tf.command(&["run", &tree_text, "-m", "bench", "--json"]);
             command.stdout(Stdio::null());
@@ -506,17 +516,61 @@ pub fn run(bin: &Path) -> Result<()> {
         command.stdout(Stdio::null());
         with_peak_rss(command)
     })?;
+    let names: Vec<String> = (1..=32).map(|idx| format!("m{idx}")).collect();
+    let mut fan_args = vec!["run", trivial_text.as_str(), "--json"];
+    for name in &names {
+        fan_args.push("-m");
+        fan_args.push(name);
+    }
     bench.measure("fan-out (testkit servers)", "32 machines", || {
-        let mut args = vec!["run", trivial_text.as_str(), "--json"];
-        let names: Vec<String> = (1..=32).map(|idx| format!("m{idx}")).collect();
-        for name in &names {
-            args.push("-m");
-            args.push(name);
-        }
-        let mut command = fan_tf.command(&args);
+        let mut command = fan_tf.command(&fan_args);
         command.stdout(Stdio::null());
         with_peak_rss(command)
     })?;
+    // Where the CPU of a 32-machine fan-out goes. The servers run in this process and start
+    // the runs' shells as its children; testfleet's own share comes from GNU time.
+    let n_rounds = 5;
+    let before = cpu_ticks()?;
+    let mut client_secs = 0.0;
+    for _ in 0..n_rounds {
+        let mut command = Command::new("/usr/bin/time");
+        command
+            .args(["-f", "TF_CPU=%U %S"])
+            .arg(&fan_tf.bin)
+            .args(fan_tf.command(&fan_args).get_args())
+            .envs(
+                fan_tf
+                    .command(&[])
+                    .get_envs()
+                    .filter_map(|(key, value)| Some((key, value?))),
+            )
+            .stdout(Stdio::null());
+        let output = command.output()?;
+        ensure!(output.status.success(), "fan-out failed: {output:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let cpu = stderr
+            .lines()
+            .rev()
+            .find_map(|line| line.strip_prefix("TF_CPU="))
+            .context("GNU time printed no CPU times")?;
+        client_secs += cpu
+            .split(' ')
+            .filter_map(|secs| secs.parse::<f64>().ok())
+            .sum::<f64>();
+    }
+    let after = cpu_ticks()?;
+    let per_round = |ticks: u64| ticks as f64 * 10.0 / f64::from(n_rounds);
+    let client_ms = client_secs * 1000.0 / f64::from(n_rounds);
+    let servers_ms = per_round(after.0 - before.0);
+    let hosts_ms = (per_round(after.1 - before.1) - client_ms).max(0.0);
+    let fan_out_cpu = format!(
+        "CPU of one 32-machine fan-out (mean of {n_rounds}): testfleet {client_ms:.0} ms, built-in \
+         servers {servers_ms:.0} ms, shells they start for the runs {hosts_ms:.0} ms; on {} cores \
+         no schedule is shorter than {:.0} ms",
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        (client_ms + servers_ms + hosts_ms)
+            / std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64),
+    );
 
     bench.print(&[
         (
@@ -562,8 +616,20 @@ pub fn run(bin: &Path) -> Result<()> {
             ">= 1x",
         ),
         (
+            "whole run 5,000 x 4 KiB",
+            "testfleet run, cold digest cache",
+            "tar | ssh 'tar x && sh run.sh && tar c artifacts' | tar x",
+            ">= 1x",
+        ),
+        (
             "whole run mixed tree",
             "testfleet run",
+            "tar | ssh 'tar x && sh run.sh && tar c artifacts' | tar x",
+            ">= 1x",
+        ),
+        (
+            "whole run mixed tree",
+            "testfleet run, cold digest cache",
             "tar | ssh 'tar x && sh run.sh && tar c artifacts' | tar x",
             ">= 1x",
         ),
@@ -574,5 +640,24 @@ pub fn run(bin: &Path) -> Result<()> {
             ">= 0.5x (32 within 2x of 1)",
         ),
     ]);
+    println!("{fan_out_cpu}");
     Ok(())
+}
+
+/// CPU time of this process and of its waited-for children, in clock ticks (1/100 s).
+fn cpu_ticks() -> Result<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat
+        .rsplit_once(')')
+        .context("unexpected /proc/self/stat")?
+        .1;
+    let fields: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(4)
+        .map(|field| field.parse().unwrap_or(0))
+        .collect();
+    ensure!(fields.len() == 4, "unexpected /proc/self/stat");
+    Ok((fields[0] + fields[1], fields[2] + fields[3]))
 }

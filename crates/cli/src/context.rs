@@ -3,9 +3,10 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use testfleet_core::hash::{DigestCache, DirManifest};
 use testfleet_core::ports::{RunStore, StoreError, SystemClock, UlidGenerator};
-use testfleet_core::runner::{Runner, RunnerConfig, reap_lost_runs};
-use testfleet_core::{Run, RunId};
+use testfleet_core::runner::{Runner, RunnerConfig, hash_test_dir_with, reap_lost_runs};
+use testfleet_core::{DispatchError, Run, RunId};
 use testfleet_ssh::RusshConnector;
 use testfleet_store_sqlite::{DATABASE_FILE, SqliteStore};
 
@@ -68,6 +69,43 @@ impl Context {
     /// [`CliError::FleetConfig`].
     pub fn fleet(&self) -> Result<Fleet, CliError> {
         Fleet::load(&self.fleet_path()?, &self.env)
+    }
+
+    /// Hashes a test directory for a run. The digests go to a cache in the state directory
+    /// (`digests/<sha256 of the directory's path>`), so that the next run reads only files whose
+    /// stamp changed (see `testfleet_core::hash::DigestCache`). A cache that cannot be read or
+    /// written only costs a full hash.
+    ///
+    /// # Errors
+    /// The hashing errors of `hash_test_dir`.
+    pub async fn hash_for_run(&self, dir: PathBuf) -> Result<DirManifest, CliError> {
+        let cache_dir = self.state_dir().ok().map(|state| state.join("digests"));
+        let hashed = tokio::task::spawn_blocking(move || {
+            let cache_file = cache_dir.and_then(|cache_dir| {
+                let root = std::fs::canonicalize(&dir).ok()?;
+                Some(cache_dir.join(DigestCache::file_name_for(&root)))
+            });
+            let cache = cache_file
+                .as_deref()
+                .map(DigestCache::load)
+                .unwrap_or_default();
+            let manifest = hash_test_dir_with(&dir, &cache)?;
+            if let Some(file) = cache_file {
+                let fresh = DigestCache::of_manifest(&manifest);
+                if fresh != cache
+                    && let Err(error) = fresh.save(&file)
+                {
+                    tracing::debug!(
+                        "failed to save the digest cache {}: {error}",
+                        file.display()
+                    );
+                }
+            }
+            Ok::<_, DispatchError>(manifest)
+        })
+        .await
+        .map_err(|error| CliError::Internal(format!("hashing panicked: {error}")))?;
+        Ok(hashed?)
     }
 
     /// Opens (creating it if needed) the run database in the state directory.

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::entrypoint::{TargetOs, resolve_entrypoint};
 use crate::error::{DispatchError, ErrorCode, RunError, error_chain};
-use crate::hash::{DirManifest, HashError, hash_dir};
+use crate::hash::{DigestCache, DirManifest, HashError, hash_dir, hash_dir_with};
 use crate::ids::{MachineName, RunId};
 use crate::ports::{
     Claim, Clock, ExecGate, ExecOutput, KillRequest, OutputStream, ProgressSink, RemoteExit,
@@ -778,7 +778,18 @@ impl Runner {
 /// [`DispatchError::TestDirNotFound`] when the path is missing or not a directory;
 /// [`DispatchError::Hash`] when a file in it cannot be read.
 pub fn hash_test_dir(test_dir: &Path) -> Result<DirManifest, DispatchError> {
-    hash_dir(test_dir).map_err(|error| match error {
+    hash_test_dir_with(test_dir, &DigestCache::default())
+}
+
+/// [`hash_test_dir`] with the digests of an earlier hash (see [`hash_dir_with`]).
+///
+/// # Errors
+/// As [`hash_test_dir`].
+pub fn hash_test_dir_with(
+    test_dir: &Path,
+    cache: &DigestCache,
+) -> Result<DirManifest, DispatchError> {
+    hash_dir_with(test_dir, cache).map_err(|error| match error {
         HashError::NotADirectory { path, source } => {
             DispatchError::TestDirNotFound { path, source }
         }

@@ -12,7 +12,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{Value, json};
 use testfleet_core::ports::Clock as _;
 use testfleet_core::ports::{HostKeyPolicy, OutputStream, RunStore, SystemClock, TransferProgress};
-use testfleet_core::runner::{DispatchRequest, Prepared, RunObserver, Runner, hash_test_dir};
+use testfleet_core::runner::{DispatchRequest, Prepared, RunObserver, Runner};
 use testfleet_core::{
     DirManifest, DispatchError, DispatchedRun, ErrorCode, Run, RunId, RunStatus, Transition,
     error_chain, resolve_entrypoint,
@@ -53,10 +53,7 @@ impl MachineError {
 pub async fn run(ctx: &Context, args: RunArgs) -> Result<Report, CliError> {
     let fleet = ctx.fleet()?;
     let selected = fleet.select(&args.machines, &args.labels)?;
-    let dir = args.dir.clone();
-    let manifest = tokio::task::spawn_blocking(move || hash_test_dir(&dir))
-        .await
-        .map_err(|error| CliError::Internal(format!("hashing panicked: {error}")))??;
+    let manifest = ctx.hash_for_run(args.dir.clone()).await?;
     warn_skipped(&manifest);
     // Every machine's entrypoint is checked before any machine is claimed.
     for machine in &selected {

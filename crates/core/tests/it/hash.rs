@@ -274,3 +274,54 @@ proptest! {
         prop_assert_eq!(hash_dir(dir.path()).expect("hashes").hash.to_string(), hash_of(&tree));
     }
 }
+
+/// The digest cache is consulted only for files whose settled stamp is unchanged: a changed or
+/// a new file is read again, and a damaged cache is no cache.
+#[test]
+fn the_digest_cache_spares_only_unchanged_settled_files() {
+    use testfleet_core::hash::{DigestCache, FileStamp, hash_dir_with};
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("a.txt"), "one").expect("write");
+    std::fs::write(dir.path().join("b.txt"), "two").expect("write");
+    std::thread::sleep(FileStamp::SETTLE + std::time::Duration::from_millis(200));
+    let first = hash_dir(dir.path()).expect("hashes");
+    assert!(
+        first.files.iter().all(|file| file.stamp.is_some()),
+        "settled"
+    );
+    let cache = DigestCache::of_manifest(&first);
+    assert_eq!(cache.len(), 2);
+    assert_eq!(DigestCache::decode(&cache.encode()), Some(cache.clone()));
+
+    // A cached digest is taken as it is (a planted one shows that the file was not read).
+    let mut planted = first.clone();
+    planted.files[0].digest = [7; 32];
+    let planted = DigestCache::of_manifest(&planted);
+    let cached = hash_dir_with(dir.path(), &planted).expect("hashes");
+    assert_eq!(cached.files[0].digest, [7; 32]);
+    assert_eq!(cached.files[1].digest, first.files[1].digest);
+
+    // A rewritten file has a new stamp and is read again; a new one has no stamp yet.
+    std::fs::write(dir.path().join("a.txt"), "uno").expect("write");
+    std::fs::write(dir.path().join("c.txt"), "three").expect("write");
+    let again = hash_dir_with(dir.path(), &planted).expect("hashes");
+    assert_eq!(again.hash, hash_dir(dir.path()).expect("hashes").hash);
+    assert_ne!(again.files[0].digest, [7; 32]);
+    assert_eq!(again.files[2].stamp, None, "too new to vouch for");
+
+    for damaged in [
+        &b""[..],
+        b"not a cache\n",
+        b"testfleet digest cache 1\nzz 1 2 3 4 5 00\n",
+    ] {
+        assert_eq!(DigestCache::decode(damaged), None, "{damaged:?}");
+    }
+    let file = dir.path().join("cache/digests");
+    planted.save(&file).expect("saved");
+    assert_eq!(DigestCache::load(&file), planted);
+    assert_eq!(
+        DigestCache::load(&dir.path().join("missing")),
+        DigestCache::default()
+    );
+}

@@ -528,14 +528,17 @@ pub fn run(bin: &Path) -> Result<()> {
         with_peak_rss(command)
     })?;
     // Where the CPU of a 32-machine fan-out goes. The servers run in this process and start
-    // the runs' shells as its children; testfleet's own share comes from GNU time.
+    // the runs' shells as its children; testfleet's own share comes from bash's `times`, which
+    // reads getrusage (GNU time rounds to 10 ms).
     let n_rounds = 5;
     let before = cpu_ticks()?;
     let mut client_secs = 0.0;
     for _ in 0..n_rounds {
-        let mut command = Command::new("/usr/bin/time");
+        let mut command = Command::new("bash");
         command
-            .args(["-f", "TF_CPU=%U %S"])
+            .arg("-c")
+            .arg("\"$@\" >/dev/null && times")
+            .arg("bash")
             .arg(&fan_tf.bin)
             .args(fan_tf.command(&fan_args).get_args())
             .envs(
@@ -543,20 +546,19 @@ pub fn run(bin: &Path) -> Result<()> {
                     .command(&[])
                     .get_envs()
                     .filter_map(|(key, value)| Some((key, value?))),
-            )
-            .stdout(Stdio::null());
+            );
         let output = command.output()?;
         ensure!(output.status.success(), "fan-out failed: {output:?}");
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        let cpu = stderr
-            .lines()
-            .rev()
-            .find_map(|line| line.strip_prefix("TF_CPU="))
-            .context("GNU time printed no CPU times")?;
-        client_secs += cpu
-            .split(' ')
-            .filter_map(|secs| secs.parse::<f64>().ok())
-            .sum::<f64>();
+        // `times` prints the shell's own times, then its children's: `0m0.052s 0m0.016s`.
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let children = stdout.lines().last().context("bash printed no times")?;
+        for field in children.split_whitespace() {
+            let (minutes, seconds) = field
+                .trim_end_matches('s')
+                .split_once('m')
+                .context("unexpected times output")?;
+            client_secs += minutes.parse::<f64>()? * 60.0 + seconds.parse::<f64>()?;
+        }
     }
     let after = cpu_ticks()?;
     let per_round = |ticks: u64| ticks as f64 * 10.0 / f64::from(n_rounds);

@@ -372,6 +372,30 @@ pub trait ExecOutput: Send {
     async fn write(&mut self, stream: OutputStream, data: &[u8]);
 }
 
+/// An [`ExecOutput`] that keeps only the last [`OutputTail::KEEP`] bytes of both streams, for
+/// an error message about a helper command (a kill, a cleanup).
+#[derive(Debug, Default)]
+pub struct OutputTail(Vec<u8>);
+
+impl OutputTail {
+    pub const KEEP: usize = 4096;
+
+    /// What was kept, as text, trimmed.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0).trim().to_owned()
+    }
+}
+
+#[async_trait]
+impl ExecOutput for OutputTail {
+    async fn write(&mut self, _stream: OutputStream, data: &[u8]) {
+        self.0.extend_from_slice(data);
+        if self.0.len() > Self::KEEP {
+            self.0.drain(..self.0.len() - Self::KEEP);
+        }
+    }
+}
+
 /// How a remote command ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RemoteExit {

@@ -19,9 +19,9 @@ use crate::error::{DispatchError, ErrorCode, RunError, error_chain};
 use crate::hash::{DigestCache, DirManifest, HashError, hash_dir, hash_dir_with};
 use crate::ids::{MachineName, RunId};
 use crate::ports::{
-    Claim, Clock, ExecGate, ExecOutput, KillRequest, OutputStream, ProgressSink, RemoteExit,
-    RunIdGenerator, RunStore, SshConnector, SshError, SshSession, SshTarget, StoreError,
-    TransferProgress,
+    Claim, Clock, ExecGate, ExecOutput, KillRequest, OutputStream, OutputTail, ProgressSink,
+    RemoteExit, RunIdGenerator, RunStore, SshConnector, SshError, SshSession, SshTarget,
+    StoreError, TransferProgress,
 };
 use crate::remote::{RemoteLayout, RemoteShell, WindowsShell, join_remote};
 use crate::run::{
@@ -419,7 +419,7 @@ impl Runner {
         let (cleanup_keeper, cleanup_gate) = ExecGate::new();
         let cleanup_channel = async {
             let command = cleanup_command.as_ref()?;
-            let mut output = TailOutput::default();
+            let mut output = OutputTail::default();
             let ended = session.exec_gated(command, cleanup_gate, &mut output).await;
             Some((ended, output))
         };
@@ -462,7 +462,7 @@ impl Runner {
                     tracing::debug!(
                         run = %run.id,
                         "rm -rf of the remote run folder ended with {ended:?}: {}; removing it over SFTP",
-                        String::from_utf8_lossy(&output.0).trim()
+                        output.text()
                     );
                     false
                 }
@@ -947,21 +947,6 @@ type ExecResult = Result<RemoteExit, SshError>;
 /// channel started, gated, before the upload) rather than one pipelined SFTP request per
 /// entry; below it the SFTP removal takes a few requests and no process on the host.
 const RM_CLEANUP_MIN_ENTRIES: usize = 64;
-
-/// Keeps the last bytes a command printed, for a diagnostic.
-#[derive(Default)]
-struct TailOutput(Vec<u8>);
-
-#[async_trait]
-impl ExecOutput for TailOutput {
-    async fn write(&mut self, _stream: OutputStream, data: &[u8]) {
-        const KEEP: usize = 2048;
-        self.0.extend_from_slice(data);
-        if self.0.len() > KEEP {
-            self.0.drain(..self.0.len() - KEEP);
-        }
-    }
-}
 
 async fn sleep_or_forever(limit: Option<Duration>) {
     match limit {

@@ -9,8 +9,8 @@ use russh::{ChannelMsg, Disconnect, Sig, client};
 use russh_sftp::client::SftpSession;
 use testfleet_core::hash::DirManifest;
 use testfleet_core::ports::{
-    DownloadReport, ExecGate, ExecOutput, KillRequest, OutputStream, ProgressSink, RemoteExit,
-    SshError, SshSession, TransferStats,
+    DownloadReport, ExecGate, ExecOutput, KillRequest, OutputStream, OutputTail, ProgressSink,
+    RemoteExit, SshError, SshSession, TransferStats,
 };
 
 use crate::TransferTuning;
@@ -226,21 +226,6 @@ fn signal_text(signal: &Sig) -> String {
     }
 }
 
-/// Keeps the last bytes of a kill command's output for its error message.
-#[derive(Default)]
-struct Collect(Vec<u8>);
-
-#[async_trait]
-impl ExecOutput for Collect {
-    async fn write(&mut self, _stream: OutputStream, data: &[u8]) {
-        const KEEP: usize = 4096;
-        self.0.extend_from_slice(data);
-        if self.0.len() > KEEP {
-            self.0.drain(..self.0.len() - KEEP);
-        }
-    }
-}
-
 #[async_trait]
 impl SshSession for RusshSession {
     async fn create_dir_all(&self, path: &str) -> Result<(), SshError> {
@@ -279,7 +264,7 @@ impl SshSession for RusshSession {
 
     async fn kill(&self, request: &KillRequest) -> Result<(), SshError> {
         let command = request.shell.kill_command(&request.pid_file, request.grace);
-        let mut output = Collect::default();
+        let mut output = OutputTail::default();
         match self.run(&command, None, &mut output).await? {
             RemoteExit::Code(0) => Ok(()),
             other => Err(SshError::ExecFailed {
@@ -290,7 +275,7 @@ impl SshSession for RusshSession {
                     } else {
                         ""
                     },
-                    String::from_utf8_lossy(&output.0).trim()
+                    output.text()
                 ),
                 source: None,
             }),

@@ -153,24 +153,35 @@ async fn exec_stdin_is_empty(session: &dyn SshSession) {
     assert_eq!(output.stdout_text(), "end\n");
 }
 
-async fn gated_exec_runs_when_its_gate_opens(session: &dyn SshSession) {
+/// Starts [`gated_stdin_command`], then opens its gate (`open`) or drops it, and returns how
+/// the command ended and what it printed.
+async fn run_gated(session: &dyn SshSession, open: bool) -> (RemoteExit, Captured) {
     let command = gated_stdin_command();
     let (keeper, gate) = ExecGate::new();
     let mut output = Captured::default();
-    let opener = async {
+    let decide = async {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        keeper.open();
+        if open {
+            keeper.open();
+        } else {
+            drop(keeper);
+        }
     };
     let (exit, ()) = tokio::join!(
         tokio::time::timeout(
             Duration::from_secs(30),
             session.exec_gated(&command, gate, &mut output)
         ),
-        opener
+        decide
     );
     let exit = exit
-        .expect("the gated command ends once its gate opens")
+        .expect("a gated command ends once its gate is opened or dropped")
         .expect("the exec runs");
+    (exit, output)
+}
+
+async fn gated_exec_runs_when_its_gate_opens(session: &dyn SshSession) {
+    let (exit, output) = run_gated(session, true).await;
     assert_eq!(
         exit,
         RemoteExit::Code(0),
@@ -182,23 +193,7 @@ async fn gated_exec_runs_when_its_gate_opens(session: &dyn SshSession) {
 }
 
 async fn gated_exec_does_nothing_when_its_gate_is_dropped(session: &dyn SshSession) {
-    let command = gated_stdin_command();
-    let (keeper, gate) = ExecGate::new();
-    let mut output = Captured::default();
-    let dropper = async {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        drop(keeper);
-    };
-    let (exit, ()) = tokio::join!(
-        tokio::time::timeout(
-            Duration::from_secs(30),
-            session.exec_gated(&command, gate, &mut output)
-        ),
-        dropper
-    );
-    let exit = exit
-        .expect("a gated command ends when its gate is dropped")
-        .expect("the exec runs");
+    let (exit, output) = run_gated(session, false).await;
     assert_eq!(exit, RemoteExit::Code(125));
     assert_eq!(output.stdout_text(), "", "nothing ran");
 }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use testfleet_core::hash::{DigestCache, DirManifest};
-use testfleet_core::ports::{RunStore, StoreError, SystemClock, UlidGenerator};
+use testfleet_core::ports::{RunStore, SshConnector, StoreError, SystemClock, UlidGenerator};
 use testfleet_core::runner::{Runner, RunnerConfig, hash_test_dir_with, reap_lost_runs};
 use testfleet_core::{DispatchError, Run, RunId};
 use testfleet_ssh::RusshConnector;
@@ -139,9 +139,21 @@ impl Context {
     /// # Errors
     /// As [`Context::state_dir`].
     pub fn runner(&self, store: Arc<SqliteStore>) -> Result<Runner, CliError> {
+        self.runner_with(store, Arc::new(RusshConnector::new()))
+    }
+
+    /// [`Context::runner`] dialing through `connector`.
+    ///
+    /// # Errors
+    /// As [`Context::runner`].
+    pub fn runner_with(
+        &self,
+        store: Arc<SqliteStore>,
+        connector: Arc<dyn SshConnector>,
+    ) -> Result<Runner, CliError> {
         Ok(Runner::new(
             store,
-            Arc::new(RusshConnector::new()),
+            connector,
             Arc::new(SystemClock),
             Arc::new(UlidGenerator::default()),
             RunnerConfig::new(self.state_dir()?),

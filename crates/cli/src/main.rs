@@ -10,6 +10,7 @@ mod context;
 mod error;
 mod output;
 mod owner;
+mod predial;
 
 use std::process::ExitCode;
 

@@ -5,27 +5,32 @@
 use std::collections::HashMap;
 use std::io::Write as _;
 use std::process::Stdio;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use futures::StreamExt as _;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{Value, json};
 use testfleet_core::ports::Clock as _;
-use testfleet_core::ports::{HostKeyPolicy, OutputStream, RunStore, SystemClock, TransferProgress};
-use testfleet_core::runner::{DispatchRequest, Prepared, RunObserver, Runner};
+use testfleet_core::ports::{
+    HostKeyPolicy, OutputStream, RunStore, SshConnector, SystemClock, TransferProgress,
+};
+use testfleet_core::runner::{DispatchRequest, MachineSpec, Prepared, RunObserver, Runner};
 use testfleet_core::{
     DirManifest, DispatchError, DispatchedRun, ErrorCode, Run, RunId, RunStatus, Transition,
     error_chain, resolve_entrypoint,
 };
+use testfleet_ssh::RusshConnector;
 
 use crate::cli::RunArgs;
 use crate::commands::hash::warn_skipped;
 use crate::commands::runs::POLL_INTERVAL;
 use crate::commands::signals::SignalWatch;
+use crate::config::FleetMachine;
 use crate::context::{Context, get_run, reap};
 use crate::error::{CliError, Exit};
 use crate::output::{self, Report};
 use crate::owner;
+use crate::predial::Predialer;
 
 /// Runs executed at the same time by one foreground command.
 const MAX_CONCURRENT_RUNS: usize = 32;
@@ -53,26 +58,50 @@ impl MachineError {
 pub async fn run(ctx: &Context, args: RunArgs) -> Result<Report, CliError> {
     let fleet = ctx.fleet()?;
     let selected = fleet.select(&args.machines, &args.labels)?;
+    // A foreground run logs in while the directory is hashed and the machines are claimed (a
+    // detached worker dials on its own).
+    let predialer = Arc::new(Predialer::new(Arc::new(RusshConnector::new())));
+    if !args.detach && args.dir.is_dir() {
+        for machine in &selected {
+            predialer.dial(run_spec(machine, args.accept_new_host_key).ssh);
+        }
+    }
+    let dispatched = dispatch(ctx, args, &selected, predialer.clone()).await;
+    predialer.close_unused().await;
+    dispatched
+}
+
+/// The machine as a run sees it: the fleet's, with `--accept-new-host-key` applied.
+fn run_spec(machine: &FleetMachine, accept_new_host_key: bool) -> MachineSpec {
+    let mut spec = machine.spec.clone();
+    if accept_new_host_key {
+        spec.ssh.host_key_policy = HostKeyPolicy::AcceptNew;
+    }
+    spec
+}
+
+async fn dispatch(
+    ctx: &Context,
+    args: RunArgs,
+    selected: &[&FleetMachine],
+    connector: Arc<dyn SshConnector>,
+) -> Result<Report, CliError> {
     let manifest = ctx.hash_for_run(args.dir.clone()).await?;
     warn_skipped(&manifest);
     // Every machine's entrypoint is checked before any machine is claimed.
-    for machine in &selected {
+    for machine in selected {
         resolve_entrypoint(&manifest.root, &machine.spec.os).map_err(DispatchError::from)?;
     }
 
     let store = ctx.open_and_reap().await?;
-    let runner = ctx.runner(store.clone())?;
+    let runner = ctx.runner_with(store.clone(), connector)?;
     let me = owner::current();
     let single = selected.len() == 1;
     let mut prepared_runs: Vec<(DispatchRequest, Prepared)> = Vec::new();
     let mut errors: Vec<MachineError> = Vec::new();
-    for machine in &selected {
-        let mut spec = machine.spec.clone();
-        if args.accept_new_host_key {
-            spec.ssh.host_key_policy = HostKeyPolicy::AcceptNew;
-        }
+    for machine in selected {
         let request = DispatchRequest {
-            machine: spec,
+            machine: run_spec(machine, args.accept_new_host_key),
             timeout: args.timeout.or(machine.timeout),
             keep_remote: args.keep_remote,
             owner: Some(me),

@@ -51,8 +51,11 @@ pub async fn worker(
         spec.ssh.host_key_policy = HostKeyPolicy::AcceptNew;
     }
     let runner = ctx.runner(store.clone())?;
+    // Hashed again (with the digest cache) to check that the directory is still the one
+    // claimed; when that fails, the runner hashes once more and records why.
+    let manifest = ctx.hash_for_run(run.test_dir.clone()).await.ok();
     let run = runner
-        .execute(run, &spec, None, &watch.signals, &NoObserver)
+        .execute(run, &spec, manifest.as_ref(), &watch.signals, &NoObserver)
         .await?;
     tracing::info!(run = %run.id, status = %run.status, "worker finished");
     Ok(done(run))

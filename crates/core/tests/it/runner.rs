@@ -663,6 +663,27 @@ async fn a_file_changed_after_hashing_is_test_dir_changed() {
         h.event_trail(&run.id).await,
         ["->pending", "pending>failed:TEST_DIR_CHANGED"]
     );
+
+    // A worker that hashed the directory itself (with its digest cache) hands over a manifest
+    // of another hash: the same failure, before dialing.
+    let h = harness(FakeScript::default());
+    let manifest = testfleet_core::runner::hash_test_dir(h.test_dir.path()).expect("hashes");
+    let prepared = h.runner.prepare(&manifest, &req).await.expect("claims");
+    std::fs::write(h.test_dir.path().join("new-file"), "x").expect("write");
+    let fresh = testfleet_core::runner::hash_test_dir(h.test_dir.path()).expect("hashes");
+    let run = h
+        .runner
+        .execute(
+            prepared.run,
+            &req.machine,
+            Some(&fresh),
+            &StopSignals::default(),
+            &NoObserver,
+        )
+        .await
+        .expect("recorded");
+    assert_eq!(run.error.map(|e| e.code), Some(ErrorCode::TestDirChanged));
+    assert!(!h.ssh.call_names().contains(&"connect"), "nothing dialed");
     assert!(
         h.ssh.calls().is_empty(),
         "nothing is dialed for a changed directory"

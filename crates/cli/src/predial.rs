@@ -85,26 +85,9 @@ impl SshConnector for Predialer {
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
-
-    use testfleet_core::ports::HostKeyPolicy;
-    use testfleet_testkit::fake_ssh::{FakeScript, FakeSsh};
+    use testfleet_testkit::fake_ssh::{FakeScript, FakeSsh, fake_target as target};
 
     use super::*;
-
-    fn target(host: &str) -> SshTarget {
-        SshTarget {
-            host: host.into(),
-            port: 22,
-            user: "ci".into(),
-            identity_files: Vec::new(),
-            known_hosts: PathBuf::from("/nonexistent/known_hosts"),
-            host_key_policy: HostKeyPolicy::Strict,
-            connect_timeout: SshTarget::DEFAULT_CONNECT_TIMEOUT,
-            keepalive_interval: SshTarget::DEFAULT_KEEPALIVE_INTERVAL,
-            keepalive_max: SshTarget::DEFAULT_KEEPALIVE_MAX,
-        }
-    }
 
     #[tokio::test]
     async fn a_predialed_connection_is_handed_out_once_and_the_rest_are_closed() {

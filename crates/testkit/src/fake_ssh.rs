@@ -15,8 +15,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use testfleet_core::hash::{DirManifest, digest_reader};
 use testfleet_core::ports::{
-    DownloadReport, ExecGate, ExecOutput, KillRequest, OutputStream, ProgressSink, RefusedEntry,
-    RemoteExit, SshConnector, SshError, SshSession, SshTarget, TransferProgress, TransferStats,
+    DownloadReport, ExecGate, ExecOutput, HostKeyPolicy, KillRequest, OutputStream, ProgressSink,
+    RefusedEntry, RemoteExit, SshConnector, SshError, SshSession, SshTarget, TransferProgress,
+    TransferStats,
 };
 use tokio::sync::Notify;
 
@@ -159,6 +160,21 @@ struct Shared {
 #[derive(Debug, Clone, Default)]
 pub struct FakeSsh {
     shared: Arc<Shared>,
+}
+
+/// A target for the fake: `ci@<host>:22`, strict host keys, no real files.
+pub fn fake_target(host: &str) -> SshTarget {
+    SshTarget {
+        host: host.into(),
+        port: 22,
+        user: "ci".into(),
+        identity_files: Vec::new(),
+        known_hosts: PathBuf::from("/nonexistent/known_hosts"),
+        host_key_policy: HostKeyPolicy::Strict,
+        connect_timeout: SshTarget::DEFAULT_CONNECT_TIMEOUT,
+        keepalive_interval: SshTarget::DEFAULT_KEEPALIVE_INTERVAL,
+        keepalive_max: SshTarget::DEFAULT_KEEPALIVE_MAX,
+    }
 }
 
 impl FakeSsh {

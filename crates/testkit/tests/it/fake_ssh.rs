@@ -1,29 +1,14 @@
 //! FakeSsh passes the same SSH contract suite as the russh adapter.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use testfleet_core::ports::{HostKeyPolicy, OutputStream, RemoteExit, SshTarget};
+use testfleet_core::ports::{OutputStream, RemoteExit};
 use testfleet_testkit::contract::ssh::{
     ContractHost, OUTPUT_AND_EXIT_COMMAND, SELF_TERM_COMMAND, STDIN_COMMAND, TRUE_COMMAND,
     gated_stdin_command,
 };
-use testfleet_testkit::fake_ssh::{FakeExec, FakeScript, FakeSsh};
-
-fn target() -> SshTarget {
-    SshTarget {
-        host: "fake".into(),
-        port: 22,
-        user: "ci".into(),
-        identity_files: Vec::new(),
-        known_hosts: PathBuf::from("/nonexistent/known_hosts"),
-        host_key_policy: HostKeyPolicy::Strict,
-        connect_timeout: SshTarget::DEFAULT_CONNECT_TIMEOUT,
-        keepalive_interval: SshTarget::DEFAULT_KEEPALIVE_INTERVAL,
-        keepalive_max: SshTarget::DEFAULT_KEEPALIVE_MAX,
-    }
-}
+use testfleet_testkit::fake_ssh::{FakeExec, FakeScript, FakeSsh, fake_target};
 
 /// Prints `end` and succeeds, as `cat; echo end` does with an empty stdin.
 fn end_command() -> FakeExec {
@@ -78,7 +63,7 @@ async fn fake_ssh_passes_the_ssh_contract() {
     testfleet_testkit::contract::ssh::ssh(
         Arc::new(fake.clone()),
         Arc::new(|host| match host {
-            ContractHost::Normal | ContractHost::NoExitStatus => Some(target()),
+            ContractHost::Normal | ContractHost::NoExitStatus => Some(fake_target("fake")),
         }),
     )
     .await;

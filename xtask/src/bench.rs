@@ -2,6 +2,8 @@
 //! against the same private OpenSSH sshd (and testkit servers for the fan-out), in one run,
 //! printed as a table with ratios and peak memory. No timed assertion anywhere: the table is the
 //! result. Runs in the release profile (`cargo xtask bench` re-executes itself that way).
+//! `BENCH_SAMPLES=N` sets the samples per row (3); `BENCH_ONLY=TEXT` measures only the groups
+//! whose name contains TEXT, e.g. `BENCH_ONLY="256 MiB"`.
 //!
 //! Data and remote destinations live on `/dev/shm` when it exists: this machine's unjournaled
 //! ext4 makes re-created small files slow, which would measure the disk, not the transport.
@@ -31,15 +33,24 @@ struct Row {
 struct Bench {
     rows: Vec<Row>,
     samples: usize,
+    /// `BENCH_ONLY`: measure only the groups whose name contains it.
+    only: Option<String>,
 }
 
 impl Bench {
+    fn wants(&self, group: &str) -> bool {
+        self.only.as_deref().is_none_or(|only| group.contains(only))
+    }
+
     fn measure(
         &mut self,
         group: &'static str,
         name: impl Into<String>,
         mut work: impl FnMut() -> Result<Option<u64>>,
     ) -> Result<()> {
+        if !self.wants(group) {
+            return Ok(());
+        }
         let name = name.into();
         eprintln!("  {group}: {name}");
         let mut times = Vec::new();
@@ -111,10 +122,13 @@ fn sh(script: &str) -> Result<()> {
     Ok(())
 }
 
-/// Runs a command under GNU time and returns its peak RSS in KiB.
+/// Runs a command (its program, arguments and environment) under GNU time and returns its peak
+/// RSS in KiB. Its output is discarded, except a `--json` document, which a failure shows.
 fn with_peak_rss(command: Command) -> Result<Option<u64>> {
     let program = command.get_program().to_owned();
     let args: Vec<_> = command.get_args().map(ToOwned::to_owned).collect();
+    // A JSON document is small and says why a run failed; human output may be a GiB.
+    let json = args.iter().any(|arg| arg == "--json");
     let mut timed = Command::new("/usr/bin/time");
     timed
         .arg("-f")
@@ -122,7 +136,7 @@ fn with_peak_rss(command: Command) -> Result<Option<u64>> {
         .arg(program)
         .args(args)
         .stdin(Stdio::null())
-        .stdout(Stdio::null());
+        .stdout(if json { Stdio::piped() } else { Stdio::null() });
     for (key, value) in command.get_envs() {
         if let Some(value) = value {
             timed.env(key, value);
@@ -133,7 +147,11 @@ fn with_peak_rss(command: Command) -> Result<Option<u64>> {
         .context("failed to run /usr/bin/time (apt-get install time)")?;
     let stderr = String::from_utf8_lossy(&output.stderr);
     if !output.status.success() {
-        bail!("command failed ({}): {stderr}", output.status);
+        bail!(
+            "command failed ({}): {stderr}\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout)
+        );
     }
     Ok(stderr
         .lines()
@@ -298,6 +316,9 @@ pub fn run(bin: &Path) -> Result<()> {
     let mut bench = Bench {
         rows: Vec::new(),
         samples,
+        only: std::env::var("BENCH_ONLY")
+            .ok()
+            .filter(|only| !only.is_empty()),
     };
     let dest = remote.join("dest");
     let clear = |path: &Path| {
@@ -441,15 +462,11 @@ pub fn run(bin: &Path) -> Result<()> {
             // Without the digest cache of earlier runs: every file is read and hashed.
             bench.measure(group, "testfleet run, cold digest cache", || {
                 clear(&digest_cache);
-                let mut command = tf.command(&["run", &tree_text, "-m", "bench", "--json"]);
-                command.stdout(Stdio::null());
-                with_peak_rss(command)
+                with_peak_rss(tf.command(&["run", &tree_text, "-m", "bench", "--json"]))
             })?;
         }
         bench.measure(group, "testfleet run", || {
-            let mut command = tf.command(&["run", &tree_text, "-m", "bench", "--json"]);
-            command.stdout(Stdio::null());
-            with_peak_rss(command)
+            with_peak_rss(tf.command(&["run", &tree_text, "-m", "bench", "--json"]))
         })?;
         if *group == "trivial dispatch" {
             sh(&openssh.ssh_words(&format!(
@@ -483,9 +500,7 @@ pub fn run(bin: &Path) -> Result<()> {
     // Peak memory of the big upload through the whole binary.
     let big_text = trees[2].1.to_str().context("utf-8")?.to_owned();
     bench.measure("whole run 256 MiB", "testfleet run", || {
-        let mut command = tf.command(&["run", &big_text, "-m", "bench", "--json"]);
-        command.stdout(Stdio::null());
-        with_peak_rss(command)
+        with_peak_rss(tf.command(&["run", &big_text, "-m", "bench", "--json"]))
     })?;
 
     // Peak memory of a foreground run whose script prints 1 GiB (human output, to /dev/null).
@@ -497,9 +512,7 @@ pub fn run(bin: &Path) -> Result<()> {
     )?;
     let loud_text = loud.to_str().context("utf-8")?.to_owned();
     bench.measure("1 GiB of stdout, foreground", "testfleet run", || {
-        let mut command = tf.command(&["run", &loud_text, "-m", "bench"]);
-        command.stdout(Stdio::null());
-        with_peak_rss(command)
+        with_peak_rss(tf.command(&["run", &loud_text, "-m", "bench"]))
     })?;
 
     // -- fan-out to testkit servers -------------------------------------------------------------
@@ -512,67 +525,31 @@ pub fn run(bin: &Path) -> Result<()> {
     };
     let trivial_text = trivial.to_str().context("utf-8")?.to_owned();
     bench.measure("fan-out (testkit servers)", "1 machine", || {
-        let mut command = fan_tf.command(&["run", &trivial_text, "-m", "m1", "--json"]);
-        command.stdout(Stdio::null());
-        with_peak_rss(command)
+        with_peak_rss(fan_tf.command(&["run", &trivial_text, "-m", "m1", "--json"]))
     })?;
     let names: Vec<String> = (1..=32).map(|idx| format!("m{idx}")).collect();
-    let mut fan_args = vec!["run", trivial_text.as_str(), "--json"];
-    for name in &names {
-        fan_args.push("-m");
-        fan_args.push(name);
-    }
+    let fan_args = fan_out_args(&trivial_text, &names);
     bench.measure("fan-out (testkit servers)", "32 machines", || {
-        let mut command = fan_tf.command(&fan_args);
-        command.stdout(Stdio::null());
-        with_peak_rss(command)
+        with_peak_rss(fan_tf.command(&fan_args))
     })?;
-    // Where the CPU of a 32-machine fan-out goes. The servers run in this process and start
-    // the runs' shells as its children; testfleet's own share comes from bash's `times`, which
-    // reads getrusage (GNU time rounds to 10 ms).
-    let n_rounds = 5;
-    let before = cpu_ticks()?;
-    let mut client_secs = 0.0;
-    for _ in 0..n_rounds {
-        let mut command = Command::new("bash");
-        command
-            .arg("-c")
-            .arg("\"$@\" >/dev/null && times")
-            .arg("bash")
-            .arg(&fan_tf.bin)
-            .args(fan_tf.command(&fan_args).get_args())
-            .envs(
-                fan_tf
-                    .command(&[])
-                    .get_envs()
-                    .filter_map(|(key, value)| Some((key, value?))),
-            );
-        let output = command.output()?;
-        ensure!(output.status.success(), "fan-out failed: {output:?}");
-        // `times` prints the shell's own times, then its children's: `0m0.052s 0m0.016s`.
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        let children = stdout.lines().last().context("bash printed no times")?;
-        for field in children.split_whitespace() {
-            let (minutes, seconds) = field
-                .trim_end_matches('s')
-                .split_once('m')
-                .context("unexpected times output")?;
-            client_secs += minutes.parse::<f64>()? * 60.0 + seconds.parse::<f64>()?;
-        }
-    }
-    let after = cpu_ticks()?;
-    let per_round = |ticks: u64| ticks as f64 * 10.0 / f64::from(n_rounds);
-    let client_ms = client_secs * 1000.0 / f64::from(n_rounds);
-    let servers_ms = per_round(after.0 - before.0);
-    let hosts_ms = (per_round(after.1 - before.1) - client_ms).max(0.0);
-    let fan_out_cpu = format!(
-        "CPU of one 32-machine fan-out (mean of {n_rounds}): testfleet {client_ms:.0} ms, built-in \
-         servers {servers_ms:.0} ms, shells they start for the runs {hosts_ms:.0} ms; on {} cores \
-         no schedule is shorter than {:.0} ms",
-        std::thread::available_parallelism().map_or(1, |n| n.get()),
-        (client_ms + servers_ms + hosts_ms)
-            / std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64),
-    );
+    // The same with a run that takes a second (sleeping), as a real test does: whether the
+    // runs overlap rather than queue, with testfleet's own overhead a small part of the time.
+    let second = data.path().join("one-second");
+    std::fs::create_dir_all(&second)?;
+    std::fs::write(second.join("run.sh"), "#!/bin/sh\nsleep 1\n")?;
+    let second_text = second.to_str().context("utf-8")?.to_owned();
+    bench.measure("fan-out, 1 s run (testkit servers)", "1 machine", || {
+        with_peak_rss(fan_tf.command(&["run", &second_text, "-m", "m1", "--json"]))
+    })?;
+    let second_args = fan_out_args(&second_text, &names);
+    bench.measure("fan-out, 1 s run (testkit servers)", "32 machines", || {
+        with_peak_rss(fan_tf.command(&second_args))
+    })?;
+    let fan_out_cpu = if bench.wants("fan-out (testkit servers)") {
+        Some(fan_out_cpu(&fan_tf, &fan_args)?)
+    } else {
+        None
+    };
 
     bench.print(&[
         (
@@ -641,9 +618,76 @@ pub fn run(bin: &Path) -> Result<()> {
             "1 machine",
             ">= 0.5x (32 within 2x of 1)",
         ),
+        (
+            "fan-out, 1 s run (testkit servers)",
+            "32 machines",
+            "1 machine",
+            "— (a trivial run is the target)",
+        ),
     ]);
-    println!("{fan_out_cpu}");
+    if let Some(fan_out_cpu) = fan_out_cpu {
+        println!("{fan_out_cpu}");
+    }
     Ok(())
+}
+
+/// Where the CPU of a 32-machine fan-out goes. The servers run in this process and start the
+/// runs' shells as its children; testfleet's own share comes from bash's `times`, which reads
+/// getrusage (GNU time rounds to 10 ms).
+fn fan_out_cpu(fan_tf: &Tf, fan_args: &[&str]) -> Result<String> {
+    let n_rounds = 5;
+    let before = cpu_ticks()?;
+    let mut client_secs = 0.0;
+    for _ in 0..n_rounds {
+        let mut command = Command::new("bash");
+        command
+            .arg("-c")
+            .arg("\"$@\" >/dev/null && times")
+            .arg("bash")
+            .arg(&fan_tf.bin)
+            .args(fan_tf.command(fan_args).get_args())
+            .envs(
+                fan_tf
+                    .command(&[])
+                    .get_envs()
+                    .filter_map(|(key, value)| Some((key, value?))),
+            );
+        let output = command.output()?;
+        ensure!(output.status.success(), "fan-out failed: {output:?}");
+        // `times` prints the shell's own times, then its children's: `0m0.052s 0m0.016s`.
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let children = stdout.lines().last().context("bash printed no times")?;
+        for field in children.split_whitespace() {
+            let (minutes, seconds) = field
+                .trim_end_matches('s')
+                .split_once('m')
+                .context("unexpected times output")?;
+            client_secs += minutes.parse::<f64>()? * 60.0 + seconds.parse::<f64>()?;
+        }
+    }
+    let after = cpu_ticks()?;
+    let per_round = |ticks: u64| ticks as f64 * 10.0 / f64::from(n_rounds);
+    let client_ms = client_secs * 1000.0 / f64::from(n_rounds);
+    let servers_ms = per_round(after.0 - before.0);
+    let hosts_ms = (per_round(after.1 - before.1) - client_ms).max(0.0);
+    Ok(format!(
+        "CPU of one 32-machine fan-out (mean of {n_rounds}): testfleet {client_ms:.0} ms, built-in \
+         servers {servers_ms:.0} ms, shells they start for the runs {hosts_ms:.0} ms; on {} cores \
+         no schedule is shorter than {:.0} ms",
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        (client_ms + servers_ms + hosts_ms)
+            / std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64),
+    ))
+}
+
+/// `testfleet run DIR --json -m m1 … -m mN`.
+fn fan_out_args<'a>(dir: &'a str, names: &'a [String]) -> Vec<&'a str> {
+    let mut args = vec!["run", dir, "--json"];
+    for name in names {
+        args.push("-m");
+        args.push(name);
+    }
+    args
 }
 
 /// CPU time of this process and of its waited-for children, in clock ticks (1/100 s).

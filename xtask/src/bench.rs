@@ -288,7 +288,12 @@ pub fn run(bin: &Path) -> Result<()> {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(3);
-    let runtime = tokio::runtime::Runtime::new()?;
+    // The transfer rows drive the adapter on a runtime like the one `testfleet` builds for one
+    // machine: one worker thread. The built-in servers of the fan-out get their own.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
     let sshd = PrivateSshd::start().context("failed to start OpenSSH sshd")?;
     let openssh = Openssh { sshd: &sshd };
     let data = tempfile::Builder::new()
@@ -516,7 +521,8 @@ pub fn run(bin: &Path) -> Result<()> {
     })?;
 
     // -- fan-out to testkit servers -------------------------------------------------------------
-    let fan = Target::testkit(&runtime, 32)?;
+    let servers_runtime = tokio::runtime::Runtime::new()?;
+    let fan = Target::testkit(&servers_runtime, 32)?;
     let fan_fleet = fan.write_fleet("fleet.toml", |_| {})?;
     let fan_tf = Tf {
         bin: bin.to_path_buf(),

@@ -529,28 +529,27 @@ pub fn run(bin: &Path) -> Result<()> {
         fleet: fan_fleet,
         state_dir: fan.scratch().join("state"),
     };
-    let trivial_text = trivial.to_str().context("utf-8")?.to_owned();
-    bench.measure("fan-out (testkit servers)", "1 machine", || {
-        with_peak_rss(fan_tf.command(&["run", &trivial_text, "-m", "m1", "--json"]))
-    })?;
-    let names: Vec<String> = (1..=32).map(|idx| format!("m{idx}")).collect();
-    let fan_args = fan_out_args(&trivial_text, &names);
-    bench.measure("fan-out (testkit servers)", "32 machines", || {
-        with_peak_rss(fan_tf.command(&fan_args))
-    })?;
-    // The same with a run that takes a second (sleeping), as a real test does: whether the
+    // A trivial run, then one that takes a second (sleeping), as a real test does: whether the
     // runs overlap rather than queue, with testfleet's own overhead a small part of the time.
     let second = data.path().join("one-second");
     std::fs::create_dir_all(&second)?;
     std::fs::write(second.join("run.sh"), "#!/bin/sh\nsleep 1\n")?;
+    let names: Vec<String> = (1..=32).map(|idx| format!("m{idx}")).collect();
+    let trivial_text = trivial.to_str().context("utf-8")?.to_owned();
     let second_text = second.to_str().context("utf-8")?.to_owned();
-    bench.measure("fan-out, 1 s run (testkit servers)", "1 machine", || {
-        with_peak_rss(fan_tf.command(&["run", &second_text, "-m", "m1", "--json"]))
-    })?;
-    let second_args = fan_out_args(&second_text, &names);
-    bench.measure("fan-out, 1 s run (testkit servers)", "32 machines", || {
-        with_peak_rss(fan_tf.command(&second_args))
-    })?;
+    for (group, dir) in [
+        ("fan-out (testkit servers)", &trivial_text),
+        ("fan-out, 1 s run (testkit servers)", &second_text),
+    ] {
+        bench.measure(group, "1 machine", || {
+            with_peak_rss(fan_tf.command(&["run", dir, "-m", "m1", "--json"]))
+        })?;
+        let args = fan_out_args(dir, &names);
+        bench.measure(group, "32 machines", || {
+            with_peak_rss(fan_tf.command(&args))
+        })?;
+    }
+    let fan_args = fan_out_args(&trivial_text, &names);
     let fan_out_cpu = if bench.wants("fan-out (testkit servers)") {
         Some(fan_out_cpu(&fan_tf, &fan_args)?)
     } else {
@@ -676,13 +675,13 @@ fn fan_out_cpu(fan_tf: &Tf, fan_args: &[&str]) -> Result<String> {
     let client_ms = client_secs * 1000.0 / f64::from(n_rounds);
     let servers_ms = per_round(after.0 - before.0);
     let hosts_ms = (per_round(after.1 - before.1) - client_ms).max(0.0);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     Ok(format!(
         "CPU of one 32-machine fan-out (mean of {n_rounds}): testfleet {client_ms:.0} ms, built-in \
          servers {servers_ms:.0} ms, shells they start for the runs {hosts_ms:.0} ms; on {} cores \
          no schedule is shorter than {:.0} ms",
-        std::thread::available_parallelism().map_or(1, |n| n.get()),
-        (client_ms + servers_ms + hosts_ms)
-            / std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64),
+        cores,
+        (client_ms + servers_ms + hosts_ms) / cores as f64,
     ))
 }
 

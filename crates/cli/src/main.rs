@@ -156,3 +156,26 @@ async fn execute(ctx: &Context, command: Command) -> Result<Report, CliError> {
         } => commands::worker::worker(ctx, &run_id, accept_new_host_key).await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn workers(line: &[&str]) -> usize {
+        worker_threads(&Cli::try_parse_from(line).expect("a valid line").command)
+    }
+
+    #[test]
+    fn one_worker_per_machine_at_most_one_per_core() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(workers(&["testfleet", "run", "d", "-m", "a"]), 1);
+        assert_eq!(workers(&["testfleet", "_worker", "01J"]), 1);
+        assert_eq!(
+            workers(&["testfleet", "run", "d", "-m", "a", "-m", "b", "-m", "c"]),
+            3.min(cores)
+        );
+        // Labels may select any number of machines.
+        assert_eq!(workers(&["testfleet", "run", "d", "-l", "linux"]), cores);
+        assert_eq!(workers(&["testfleet", "machines", "check"]), cores);
+    }
+}

@@ -340,7 +340,7 @@ fn fan_out_runs_one_run_per_machine_and_reports_busy_machines() {
     assert!(runs.iter().all(|r| r["status"] == "completed"));
 
     let human = env.run(&["run", str(&dir), "-m", "m1", "-m", "m2"]);
-    assert_eq!(human.code, 0);
+    assert_eq!(human.code, 0, "{}\n{}", human.stdout, human.stderr);
     let prefixed = human
         .stdout
         .lines()

@@ -730,6 +730,18 @@ fn forget_group_if_gone(inner: &Inner, pgid: u32) {
     }
 }
 
+/// Held (shared) while a run's process is spawned, and (exclusive) while an SFTP request has
+/// a file open for writing: a child never starts with a copy of a writable descriptor, which
+/// would keep another run's freshly uploaded `run.sh` "busy" until the child execs.
+static SPAWNING: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// Waits until no spawn is under way and keeps new ones from starting while held.
+pub(crate) fn no_spawn_now() -> std::sync::RwLockWriteGuard<'static, ()> {
+    SPAWNING
+        .write()
+        .unwrap_or_else(|poison| poison.into_inner())
+}
+
 async fn run_process(
     inner: &Inner,
     write_half: &russh::ChannelWriteHalf<Msg>,
@@ -748,7 +760,12 @@ async fn run_process(
         // A group of its own, like sshd's new session: `kill -TERM -<pgid>` reaches the tree.
         .process_group(0)
         .kill_on_drop(true);
-    let mut child = match process.spawn() {
+    let spawned = {
+        let _spawning = SPAWNING.read().unwrap_or_else(|poison| poison.into_inner());
+        // std's spawn returns once the child has exec'd, its inherited copies closed.
+        process.spawn()
+    };
+    let mut child = match spawned {
         Ok(child) => child,
         Err(error) => {
             let _ = write_half

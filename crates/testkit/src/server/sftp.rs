@@ -23,8 +23,36 @@ pub const HOSTILE_FILE_NAMES: [&str; 3] = ["../escape", "/abs/path", "a/b"];
 pub const HOSTILE_LINK_NAME: &str = "etc-link";
 
 enum OpenHandle {
-    File(File),
+    File(OpenFile),
     Dir { entries: Vec<NameEntry>, sent: bool },
+}
+
+/// An open file that holds no descriptor between requests: each request opens it again.
+///
+/// Every server of a test process shares one process, and a child spawned for a run gets a
+/// copy of every descriptor open at that moment until it execs. A descriptor open for writing
+/// on another run's `run.sh` would make that run's exec fail with "Text file busy" (ETXTBSY),
+/// which no real host does. So a writable descriptor lives only inside one request, and only
+/// while no spawn is under way ([`super::no_spawn_now`]).
+struct OpenFile {
+    path: PathBuf,
+    read: bool,
+    write: bool,
+    append: bool,
+}
+
+impl OpenFile {
+    /// Runs `op` on the file opened again as the SFTP open asked.
+    fn with<T>(&self, op: impl FnOnce(&mut File) -> std::io::Result<T>) -> Reply<T> {
+        let _no_spawn = self.write.then(super::no_spawn_now);
+        let mut file = OpenOptions::new()
+            .read(self.read)
+            .write(self.write)
+            .append(self.append)
+            .open(&self.path)
+            .map_err(|error| io_status(&error))?;
+        op(&mut file).map_err(|error| io_status(&error))
+    }
 }
 
 /// One SFTP session.
@@ -197,12 +225,19 @@ impl russh_sftp::server::Handler for SftpHandler {
         attrs: FileAttributes,
     ) -> Reply<Handle> {
         self.begin("open", &filename).await;
-        let path = self.local(&filename)?;
+        let file = OpenFile {
+            path: self.local(&filename)?,
+            read: pflags.contains(OpenFlags::READ),
+            write: pflags.contains(OpenFlags::WRITE) || pflags.contains(OpenFlags::APPEND),
+            append: pflags.contains(OpenFlags::APPEND),
+        };
+        // The first open creates and truncates as asked; later requests open it again as is.
+        let _no_spawn = file.write.then(super::no_spawn_now);
         let mut options = OpenOptions::new();
         options
-            .read(pflags.contains(OpenFlags::READ))
-            .write(pflags.contains(OpenFlags::WRITE) || pflags.contains(OpenFlags::APPEND))
-            .append(pflags.contains(OpenFlags::APPEND))
+            .read(file.read)
+            .write(file.write)
+            .append(file.append)
             .truncate(pflags.contains(OpenFlags::TRUNCATE));
         if pflags.contains(OpenFlags::CREATE) {
             if pflags.contains(OpenFlags::EXCLUDE) {
@@ -212,7 +247,11 @@ impl russh_sftp::server::Handler for SftpHandler {
             }
             options.mode(attrs.permissions.unwrap_or(0o644) & 0o7777);
         }
-        let file = options.open(&path).map_err(|error| io_status(&error))?;
+        drop(
+            options
+                .open(&file.path)
+                .map_err(|error| io_status(&error))?,
+        );
         Ok(Handle {
             id,
             handle: self.add_handle(OpenHandle::File(file)),
@@ -231,20 +270,21 @@ impl russh_sftp::server::Handler for SftpHandler {
         if let Some(delay) = self.inner.config.faults.reply_delay {
             tokio::time::sleep(delay).await;
         }
-        let Some(OpenHandle::File(file)) = self.handles.get_mut(&handle) else {
+        let Some(OpenHandle::File(file)) = self.handles.get(&handle) else {
             return Err(StatusCode::Failure);
         };
-        file.seek(SeekFrom::Start(offset))
-            .map_err(|error| io_status(&error))?;
         let mut data = vec![0u8; len.min(256 * 1024) as usize];
-        let mut n_read = 0;
-        while n_read < data.len() {
-            match file.read(&mut data[n_read..]) {
-                Ok(0) => break,
-                Ok(n) => n_read += n,
-                Err(error) => return Err(io_status(&error)),
+        let n_read = file.with(|file| {
+            file.seek(SeekFrom::Start(offset))?;
+            let mut n_read = 0;
+            while n_read < data.len() {
+                match file.read(&mut data[n_read..])? {
+                    0 => break,
+                    n => n_read += n,
+                }
             }
-        }
+            Ok(n_read)
+        })?;
         if n_read == 0 {
             return Err(StatusCode::Eof);
         }
@@ -267,12 +307,13 @@ impl russh_sftp::server::Handler for SftpHandler {
         if let Some(delay) = self.inner.config.faults.reply_delay {
             tokio::time::sleep(delay).await;
         }
-        let Some(OpenHandle::File(file)) = self.handles.get_mut(&handle) else {
+        let Some(OpenHandle::File(file)) = self.handles.get(&handle) else {
             return Err(StatusCode::Failure);
         };
-        file.seek(SeekFrom::Start(offset))
-            .map_err(|error| io_status(&error))?;
-        file.write_all(&data).map_err(|error| io_status(&error))?;
+        file.with(|file| {
+            file.seek(SeekFrom::Start(offset))?;
+            file.write_all(&data)
+        })?;
         self.count(
             &self.uploaded,
             self.inner.config.faults.drop_after_upload_bytes,
@@ -309,7 +350,7 @@ impl russh_sftp::server::Handler for SftpHandler {
         let Some(OpenHandle::File(file)) = self.handles.get(&handle) else {
             return Err(StatusCode::Failure);
         };
-        let metadata = file.metadata().map_err(|error| io_status(&error))?;
+        let metadata = file.with(|file| file.metadata())?;
         Ok(Attrs {
             id,
             attrs: attrs_of(&metadata),
@@ -334,7 +375,7 @@ impl russh_sftp::server::Handler for SftpHandler {
             return Err(StatusCode::Failure);
         };
         if let Some(mode) = attrs.permissions {
-            file.set_permissions(fs::Permissions::from_mode(mode & 0o7777))
+            fs::set_permissions(&file.path, fs::Permissions::from_mode(mode & 0o7777))
                 .map_err(|error| io_status(&error))?;
         }
         Ok(ok(id))

@@ -413,7 +413,7 @@ pub fn run(bin: &Path) -> Result<()> {
     bench.measure("connect + auth + exec true", "testfleet (russh)", || {
         runtime.block_on(async {
             let session = connector.connect(&ssh_target).await?;
-            let mut sink = testfleet_testkit::contract::ssh::Captured::default();
+            let mut sink = testfleet_contract::ssh::Captured::default();
             let exit = session.exec("true", &mut sink).await?;
             ensure!(
                 exit == testfleet_core::ports::RemoteExit::Code(0),

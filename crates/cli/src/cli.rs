@@ -1,4 +1,4 @@
-//! The command line (DESIGN §6), declared with clap.
+//! The command line (`docs/contract.md#commands`), declared with clap.
 
 use std::path::PathBuf;
 use std::time::Duration;

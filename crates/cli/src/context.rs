@@ -3,9 +3,9 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use testfleet_core::hash::{DigestCache, DirManifest};
+use testfleet_core::hash::{DigestCache, DirManifest, hash_resolved, resolve_test_dir};
 use testfleet_core::ports::{RunStore, SshConnector, StoreError, SystemClock, UlidGenerator};
-use testfleet_core::runner::{Runner, RunnerConfig, hash_test_dir_with, reap_lost_runs};
+use testfleet_core::runner::{Runner, RunnerConfig, Watch};
 use testfleet_core::{DispatchError, Run, RunId};
 use testfleet_ssh::RusshConnector;
 use testfleet_store_sqlite::{DATABASE_FILE, SqliteStore};
@@ -16,6 +16,7 @@ use crate::config::{Env, Fleet};
 use crate::error::CliError;
 use crate::output::Style;
 use crate::owner::ProcessProbe;
+use crate::remedy::RunRemedies;
 
 /// The environment of one command.
 #[derive(Debug)]
@@ -26,7 +27,7 @@ pub struct Context {
 }
 
 impl Context {
-    /// The state directory (DESIGN §4), absolute.
+    /// The state directory (`docs/contract.md#local-state`), absolute.
     ///
     /// # Errors
     /// [`CliError::InvalidArgument`] when neither a flag, `TESTFLEET_STATE_DIR`, the XDG
@@ -44,7 +45,7 @@ impl Context {
             })
     }
 
-    /// The fleet file path (DESIGN §5), absolute.
+    /// The fleet file path (`docs/contract.md#fleet-file`), absolute.
     ///
     /// # Errors
     /// [`CliError::FleetConfig`] when nothing says where it is.
@@ -77,22 +78,21 @@ impl Context {
     /// written only costs a full hash.
     ///
     /// # Errors
-    /// The hashing errors of `hash_test_dir`.
+    /// The hashing errors of `hash_dir`.
     pub async fn hash_for_run(&self, dir: PathBuf) -> Result<DirManifest, CliError> {
         let cache_dir = self.state_dir().ok().map(|state| state.join("digests"));
         let hashed = tokio::task::spawn_blocking(move || {
-            let cache_file = cache_dir.and_then(|cache_dir| {
-                let root = std::fs::canonicalize(&dir).ok()?;
-                Some(cache_dir.join(DigestCache::file_name_for(&root)))
-            });
-            let cache = cache_file
+            let root = resolve_test_dir(&dir)?;
+            let cache_file =
+                cache_dir.map(|cache_dir| cache_dir.join(DigestCache::file_name_for(&root)));
+            let cached = cache_file
                 .as_deref()
                 .map(DigestCache::load)
                 .unwrap_or_default();
-            let manifest = hash_test_dir_with(&dir, &cache)?;
+            let manifest = hash_resolved(root, &cached)?;
             if let Some(file) = cache_file {
                 let fresh = DigestCache::of_manifest(&manifest);
-                if fresh != cache
+                if fresh != cached
                     && let Err(error) = fresh.save(&file)
                 {
                     tracing::debug!(
@@ -151,13 +151,29 @@ impl Context {
         store: Arc<SqliteStore>,
         connector: Arc<dyn SshConnector>,
     ) -> Result<Runner, CliError> {
+        let mut config = RunnerConfig::new(self.state_dir()?);
+        config.remedies = Arc::new(RunRemedies);
         Ok(Runner::new(
             store,
             connector,
             Arc::new(SystemClock),
             Arc::new(UlidGenerator::default()),
-            RunnerConfig::new(self.state_dir()?),
+            config,
         ))
+    }
+}
+
+/// How often waiting commands look at the store again.
+pub const POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Reads runs from `store` as every command must: reaping runs whose owner died (they become
+/// `interrupted`/`WORKER_LOST`) before each look.
+pub fn watch(store: &dyn RunStore) -> Watch<'_> {
+    Watch {
+        store,
+        clock: &SystemClock,
+        probe: &ProcessProbe,
+        poll: POLL_INTERVAL,
     }
 }
 
@@ -166,11 +182,7 @@ impl Context {
 /// # Errors
 /// [`CliError::Store`].
 pub async fn reap(store: &dyn RunStore) -> Result<Vec<Run>, CliError> {
-    let reaped = reap_lost_runs(store, &SystemClock, &ProcessProbe).await?;
-    for run in &reaped {
-        tracing::info!(run = %run.id, machine = %run.machine, "reaped a run whose owner is gone");
-    }
-    Ok(reaped)
+    Ok(watch(store).reap().await?)
 }
 
 /// Parses a run id given on the command line.

@@ -75,11 +75,18 @@ impl CliError {
         }
     }
 
-    /// The message with its source chain.
+    /// The message with its source chain, and what to do about it where testfleet can say.
     pub fn message(&self) -> String {
         let mut message = error_chain(self);
-        if let Self::Dispatch(DispatchError::TestDirNotFound { .. }) = self {
-            message.push_str("; pass the path of a directory that holds the entrypoint (run.sh, or run.ps1 for Windows)");
+        match self {
+            Self::Dispatch(DispatchError::TestDirNotFound { .. }) => {
+                message.push_str("; pass the path of a directory that holds the entrypoint (run.sh, or run.ps1 for Windows)");
+            }
+            Self::Dispatch(DispatchError::MachineBusy { active_run, .. }) => {
+                message.push_str("; ");
+                message.push_str(&crate::remedy::machine_busy(active_run));
+            }
+            _ => {}
         }
         message
     }
@@ -103,10 +110,7 @@ impl CliError {
             Self::Dispatch(DispatchError::MissingEntrypoint(error)) => {
                 json!({ "os": error.os.as_str(), "dir": error.dir, "wanted": error.wanted })
             }
-            Self::Dispatch(DispatchError::RunNotFound(id))
-            | Self::Store(StoreError::NotFound(id)) => {
-                json!({ "id": id })
-            }
+            Self::Store(StoreError::NotFound(id)) => json!({ "id": id }),
             Self::Io { path, .. } => json!({ "path": path }),
             Self::InvalidArgument { .. }
             | Self::Dispatch(_)
@@ -123,7 +127,7 @@ impl From<testfleet_core::RunId> for CliError {
     }
 }
 
-/// The process exit status of a command (DESIGN §6).
+/// The process exit status of a command (`docs/contract.md#exit-codes`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
     /// The command did its job; every run it waited for completed.

@@ -1,5 +1,6 @@
 //! The `testfleet` binary: parses the command line, runs one command, prints its result as
-//! human text or as one JSON document, and exits with the code of DESIGN §6.
+//! human text or as one JSON document, and exits with the code of
+//! `docs/contract.md#exit-codes`.
 //!
 //! This is the only crate that knows clap, the JSON envelope and exit codes.
 
@@ -11,6 +12,7 @@ mod error;
 mod output;
 mod owner;
 mod predial;
+mod remedy;
 
 use std::process::ExitCode;
 

@@ -1,5 +1,5 @@
 //! Which process owns a run: this process's pid and start time, and the probe the reaper uses
-//! to tell whether an owner is still alive (DESIGN §2, worker ownership).
+//! to tell whether an owner is still alive (`docs/contract.md#owners-and-the-reaper`).
 
 use testfleet_core::RunOwner;
 use testfleet_core::runner::OwnerProbe;

@@ -85,7 +85,7 @@ impl SshConnector for Predialer {
 
 #[cfg(test)]
 mod tests {
-    use testfleet_testkit::fake_ssh::{FakeScript, FakeSsh, fake_target as target};
+    use testfleet_contract::fake_ssh::{FakeScript, FakeSsh, fake_target as target};
 
     use super::*;
 

@@ -1,11 +1,11 @@
 //! Which script starts a test on a machine: `run.ps1` on Windows, `run.sh` elsewhere.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::ErrorCode;
+use crate::code::ErrorCode;
 
 /// A machine's operating system as the fleet file names it, lower-cased (`linux`, `macos`,
 /// `windows`, …).
@@ -90,23 +90,6 @@ impl EntrypointError {
     }
 }
 
-/// Returns the entrypoint's file name when `dir` holds it as a regular file.
-///
-/// # Errors
-/// [`EntrypointError`] when the file is absent (or is not a regular file: a symlink is not
-/// uploaded, so it cannot be the entrypoint).
-pub fn resolve_entrypoint(dir: &Path, os: &TargetOs) -> Result<&'static str, EntrypointError> {
-    let wanted = os.entrypoint();
-    match std::fs::symlink_metadata(dir.join(wanted)) {
-        Ok(metadata) if metadata.is_file() => Ok(wanted),
-        _ => Err(EntrypointError {
-            os: os.clone(),
-            dir: dir.to_path_buf(),
-            wanted,
-        }),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,9 +97,14 @@ mod tests {
     fn check(os: &str, files: &[&str], expected: Result<&str, &str>) {
         let dir = tempfile::tempdir().expect("a temp dir can be created");
         for file in files {
-            std::fs::write(dir.path().join(file), "x").expect("the temp dir is writable");
+            let path = dir.path().join(file);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).expect("the temp dir is writable");
+            }
+            std::fs::write(path, "x").expect("the temp dir is writable");
         }
-        let actual = resolve_entrypoint(dir.path(), &TargetOs::new(os));
+        let manifest = crate::hash::hash_dir(dir.path()).expect("the temp dir hashes");
+        let actual = manifest.entrypoint_for(&TargetOs::new(os));
         match (actual, expected) {
             (Ok(found), Ok(wanted)) => assert_eq!(found, wanted),
             (Err(error), Err(wanted)) => {
@@ -126,7 +114,7 @@ mod tests {
                 assert!(message.contains(wanted), "{message}");
                 assert!(message.contains(&os.trim().to_lowercase()), "{message}");
                 assert!(
-                    message.contains(&dir.path().display().to_string()),
+                    message.contains(&manifest.root.display().to_string()),
                     "{message}"
                 );
             }
@@ -136,6 +124,7 @@ mod tests {
 
     #[test]
     fn entrypoints_by_os() {
+        check("linux", &["sub/run.sh"], Err("run.sh"));
         check("linux", &["run.sh"], Ok("run.sh"));
         check("macos", &["run.sh", "run.ps1"], Ok("run.sh"));
         check("freebsd", &["run.sh"], Ok("run.sh"));
@@ -152,6 +141,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("a temp dir can be created");
         std::fs::write(dir.path().join("real.sh"), "x").expect("writable");
         std::os::unix::fs::symlink("real.sh", dir.path().join("run.sh")).expect("symlink");
-        assert!(resolve_entrypoint(dir.path(), &TargetOs::linux()).is_err());
+        let manifest = crate::hash::hash_dir(dir.path()).expect("the temp dir hashes");
+        assert!(manifest.entrypoint_for(&TargetOs::linux()).is_err());
     }
 }

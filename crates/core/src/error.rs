@@ -1,203 +1,68 @@
-//! Stable error codes and the errors of a dispatch.
-//!
-//! The strings of [`ErrorCode`] are a public contract (DESIGN §2): agents match on them. Every
-//! error of this crate maps to exactly one code through an exhaustive `match`.
+//! The errors of a dispatch that are reported instead of recording a run.
 
-use std::fmt;
 use std::path::PathBuf;
 
-use serde::{Deserialize, Serialize};
-
+use crate::code::ErrorCode;
 use crate::entrypoint::EntrypointError;
 use crate::hash::HashError;
 use crate::ids::{MachineName, RunId, TestDirHash};
 use crate::ports::StoreError;
 
-/// The stable error codes of DESIGN §2.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum ErrorCode {
-    TestDirNotFound,
-    MissingEntrypoint,
-    UnknownMachine,
-    MachineBusy,
-    InvalidArgument,
-    FleetConfigInvalid,
-    RunNotFound,
-    HostKeyUnknown,
-    HostKeyMismatch,
-    AuthFailed,
-    DialFailed,
-    UploadFailed,
-    DownloadFailed,
-    TestDirChanged,
-    ExecFailed,
-    ConnectionLost,
-    NonzeroExit,
-    Timeout,
-    Interrupted,
-    WorkerLost,
-    StoreError,
-    Internal,
-}
-
-impl ErrorCode {
-    /// Every code, in the order of the table in DESIGN §2.
-    pub const ALL: [ErrorCode; 22] = [
-        Self::TestDirNotFound,
-        Self::MissingEntrypoint,
-        Self::UnknownMachine,
-        Self::MachineBusy,
-        Self::InvalidArgument,
-        Self::FleetConfigInvalid,
-        Self::RunNotFound,
-        Self::HostKeyUnknown,
-        Self::HostKeyMismatch,
-        Self::AuthFailed,
-        Self::DialFailed,
-        Self::UploadFailed,
-        Self::DownloadFailed,
-        Self::TestDirChanged,
-        Self::ExecFailed,
-        Self::ConnectionLost,
-        Self::NonzeroExit,
-        Self::Timeout,
-        Self::Interrupted,
-        Self::WorkerLost,
-        Self::StoreError,
-        Self::Internal,
-    ];
-
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::TestDirNotFound => "TEST_DIR_NOT_FOUND",
-            Self::MissingEntrypoint => "MISSING_ENTRYPOINT",
-            Self::UnknownMachine => "UNKNOWN_MACHINE",
-            Self::MachineBusy => "MACHINE_BUSY",
-            Self::InvalidArgument => "INVALID_ARGUMENT",
-            Self::FleetConfigInvalid => "FLEET_CONFIG_INVALID",
-            Self::RunNotFound => "RUN_NOT_FOUND",
-            Self::HostKeyUnknown => "HOST_KEY_UNKNOWN",
-            Self::HostKeyMismatch => "HOST_KEY_MISMATCH",
-            Self::AuthFailed => "AUTH_FAILED",
-            Self::DialFailed => "DIAL_FAILED",
-            Self::UploadFailed => "UPLOAD_FAILED",
-            Self::DownloadFailed => "DOWNLOAD_FAILED",
-            Self::TestDirChanged => "TEST_DIR_CHANGED",
-            Self::ExecFailed => "EXEC_FAILED",
-            Self::ConnectionLost => "CONNECTION_LOST",
-            Self::NonzeroExit => "NONZERO_EXIT",
-            Self::Timeout => "TIMEOUT",
-            Self::Interrupted => "INTERRUPTED",
-            Self::WorkerLost => "WORKER_LOST",
-            Self::StoreError => "STORE_ERROR",
-            Self::Internal => "INTERNAL",
-        }
-    }
-
-    /// Parses a code from its stable string.
-    pub fn parse(text: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|code| code.as_str() == text)
-    }
-}
-
-impl fmt::Display for ErrorCode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// The error recorded in a run: its code and a human message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RunError {
-    pub code: ErrorCode,
-    pub message: String,
-}
-
-impl RunError {
-    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-        }
-    }
-}
-
-/// Renders an error with its whole `source()` chain, `outer: inner: innermost`.
-pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(inner) = source {
-        let inner_text = inner.to_string();
-        // thiserror messages often embed their source already; do not repeat it.
-        if !text.ends_with(&inner_text) {
-            text.push_str(": ");
-            text.push_str(&inner_text);
-        }
-        source = inner.source();
-    }
-    text
-}
-
 /// A dispatch refused before any run was recorded, or a store failure. Nothing was persisted
 /// for a preflight error.
+///
+/// Messages say what happened in terms of the domain; an application adds its own remedies
+/// (the command to run next) when it shows them.
 #[derive(Debug, thiserror::Error)]
 pub enum DispatchError {
+    /// The test directory does not exist or is not a directory.
     #[error("test directory {path} does not exist or is not a directory")]
     TestDirNotFound {
+        /// The path as given.
         path: PathBuf,
+        /// Why it could not be opened, when the file system said.
         #[source]
         source: Option<std::io::Error>,
     },
+    /// The machine's entrypoint is not in the test directory.
     #[error(transparent)]
     MissingEntrypoint(#[from] EntrypointError),
+    /// A file of the test directory could not be read.
     #[error("failed to read test directory")]
     Hash(#[source] HashError),
-    #[error(
-        "machine {machine} is busy with run {active_run} (test directory hash {active_hash}); \
-         wait for it (`testfleet wait {active_run}`) or cancel it (`testfleet cancel {active_run}`)"
-    )]
+    /// Another test directory is pending or running on the machine.
+    #[error("machine {machine} is busy with run {active_run} (test directory hash {active_hash})")]
     MachineBusy {
+        /// The machine asked for.
         machine: MachineName,
+        /// The run that holds it.
         active_run: RunId,
+        /// The hash of the directory that run executes.
         active_hash: TestDirHash,
     },
-    #[error("invalid argument: {0}")]
-    InvalidArgument(String),
-    #[error("run {0} not found")]
-    RunNotFound(RunId),
+    /// The store failed.
     #[error("run store failed")]
     Store(#[from] StoreError),
-    #[error("internal error: {0}")]
-    Internal(String),
 }
 
 impl DispatchError {
+    /// The stable code of this error.
     pub fn code(&self) -> ErrorCode {
         match self {
             Self::TestDirNotFound { .. } => ErrorCode::TestDirNotFound,
             Self::MissingEntrypoint(_) => ErrorCode::MissingEntrypoint,
             Self::Hash(error) => error.code(),
             Self::MachineBusy { .. } => ErrorCode::MachineBusy,
-            Self::InvalidArgument(_) => ErrorCode::InvalidArgument,
-            Self::RunNotFound(_) => ErrorCode::RunNotFound,
             Self::Store(_) => ErrorCode::StoreError,
-            Self::Internal(_) => ErrorCode::Internal,
         }
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn codes_round_trip_through_their_strings() {
-        for code in ErrorCode::ALL {
-            assert_eq!(ErrorCode::parse(code.as_str()), Some(code));
-            let json = format!("\"{}\"", code.as_str());
-            assert_eq!(serde_json::to_string(&code).ok(), Some(json));
+impl From<HashError> for DispatchError {
+    fn from(error: HashError) -> Self {
+        match error {
+            HashError::NotADirectory { path, source } => Self::TestDirNotFound { path, source },
+            error @ HashError::Io { .. } => Self::Hash(error),
         }
-        assert_eq!(ErrorCode::parse("NOPE"), None);
     }
 }

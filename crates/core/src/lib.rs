@@ -3,6 +3,7 @@
 //!
 //! This crate does no network I/O and no SQL; adapters implement [`ports`].
 
+pub mod code;
 pub mod entrypoint;
 pub mod error;
 pub mod hash;
@@ -13,8 +14,9 @@ pub mod run;
 pub mod runner;
 pub mod time;
 
-pub use entrypoint::{EntrypointError, OsFamily, TargetOs, resolve_entrypoint};
-pub use error::{DispatchError, ErrorCode, RunError, error_chain};
+pub use code::{ErrorCode, RunError, error_chain};
+pub use entrypoint::{EntrypointError, OsFamily, TargetOs};
+pub use error::DispatchError;
 pub use hash::{DirManifest, HashError, ManifestFile, RelPath, hash_dir};
 pub use ids::{IdError, MachineName, RunId, TestDirHash};
 pub use run::{

@@ -1,4 +1,4 @@
-//! What testfleet says to a remote machine (DESIGN §3): the run folder layout, the exec and
+//! What testfleet says to a remote machine (`docs/contract.md#remote-side`): the run folder layout, the exec and
 //! kill commands for POSIX shells and PowerShell, and the check of names that come back.
 //!
 //! Everything here is a pure function of its inputs, so that each can be tested by running the
@@ -13,33 +13,55 @@ use serde::{Deserialize, Serialize};
 use crate::entrypoint::OsFamily;
 use crate::ids::RunId;
 
-/// Where one run lives on the remote machine, in SFTP path form.
+/// Where one run lives on the remote machine, in SFTP path form
+/// (`docs/contract.md#remote-side`). Every path is computed once, when the layout is made.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteLayout {
-    /// The absolute remote root, as SFTP `realpath` returned it.
-    pub root: String,
-    pub run_id: RunId,
+    root: String,
+    runs_dir: String,
+    run_dir: String,
+    pid_file: String,
+    artifacts_dir: String,
 }
 
 impl RemoteLayout {
+    /// The layout of run `run_id` under the absolute remote root `root` (as SFTP `realpath`
+    /// returned it).
+    pub fn new(root: String, run_id: &RunId) -> Self {
+        let runs_dir = join_remote(&root, "runs");
+        let run_dir = join_remote(&runs_dir, run_id.as_str());
+        Self {
+            pid_file: format!("{run_dir}.pid"),
+            artifacts_dir: join_remote(&run_dir, "artifacts"),
+            root,
+            runs_dir,
+            run_dir,
+        }
+    }
+
+    /// The absolute remote root.
+    pub fn root(&self) -> &str {
+        &self.root
+    }
+
     /// `<root>/runs`: the parent of every run folder and of the control files.
-    pub fn runs_dir(&self) -> String {
-        join_remote(&self.root, "runs")
+    pub fn runs_dir(&self) -> &str {
+        &self.runs_dir
     }
 
     /// `<root>/runs/<run-id>`: the script's working directory.
-    pub fn run_dir(&self) -> String {
-        join_remote(&self.runs_dir(), self.run_id.as_str())
+    pub fn run_dir(&self) -> &str {
+        &self.run_dir
     }
 
     /// `<root>/runs/<run-id>.pid`: beside the run folder, never inside it.
-    pub fn pid_file(&self) -> String {
-        format!("{}.pid", self.run_dir())
+    pub fn pid_file(&self) -> &str {
+        &self.pid_file
     }
 
     /// `<root>/runs/<run-id>/artifacts`: what the script leaves for download.
-    pub fn artifacts_dir(&self) -> String {
-        join_remote(&self.run_dir(), "artifacts")
+    pub fn artifacts_dir(&self) -> &str {
+        &self.artifacts_dir
     }
 }
 
@@ -347,10 +369,10 @@ mod tests {
 
     #[test]
     fn layout() {
-        let layout = RemoteLayout {
-            root: "/home/ci/.testfleet".into(),
-            run_id: RunId::parse("01JD0000000000000000000000").expect("a valid ulid"),
-        };
+        let layout = RemoteLayout::new(
+            "/home/ci/.testfleet".into(),
+            &RunId::parse("01JD0000000000000000000000").expect("a valid ulid"),
+        );
         assert_eq!(
             layout.run_dir(),
             "/home/ci/.testfleet/runs/01JD0000000000000000000000"

@@ -1,4 +1,4 @@
-//! The run record and its lifecycle (DESIGN §2).
+//! The run record and its lifecycle (`docs/contract.md#lifecycle`).
 //!
 //! [`transition`] is the one place that says which status may follow which; stores apply a
 //! [`Transition`] with [`Run::apply`], so every store records the same fields the same way.
@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::code::{ErrorCode, RunError};
 use crate::entrypoint::TargetOs;
-use crate::error::{ErrorCode, RunError};
 use crate::ids::{MachineName, RunId, TestDirHash};
 use crate::time::Timestamp;
 
@@ -107,7 +107,7 @@ pub struct TransitionError {
     pub event: LifecycleEvent,
 }
 
-/// The lifecycle diagram of DESIGN §2. Terminal states never change.
+/// The lifecycle of `docs/contract.md#lifecycle`. Terminal states never change.
 ///
 /// # Errors
 /// [`TransitionError`] for an event the diagram has no edge for.

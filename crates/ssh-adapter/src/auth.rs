@@ -11,7 +11,7 @@ use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, load_secret_key};
 use testfleet_core::ports::{SshError, SshTarget};
 
 use crate::ConnectorOptions;
-use crate::dial::ClientHandler;
+use crate::handler::ClientHandler;
 
 /// The identity files to try, in order, without duplicates: the target's own, then (when
 /// enabled) `~/.ssh/id_ed25519`, `id_ecdsa`, `id_rsa` that exist.

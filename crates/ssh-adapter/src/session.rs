@@ -14,7 +14,7 @@ use testfleet_core::ports::{
 };
 
 use crate::TransferTuning;
-use crate::dial::{ClientHandler, SharedState, lock};
+use crate::handler::{ClientHandler, SharedState, lock};
 
 /// A logged-in russh connection.
 pub(crate) struct RusshSession {

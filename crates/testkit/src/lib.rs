@@ -1,11 +1,10 @@
-//! Test support for testfleet: fakes of every port, one contract suite per port, and an
-//! in-process SSH/SFTP server with fault injection.
+//! Test support for testfleet's own tests and tasks: an in-process SSH/SFTP server with fault
+//! injection, a private OpenSSH `sshd`, and a reader of the local process table.
 //!
-//! This crate is a dev-dependency only; nothing in a shipped binary links it.
+//! The port contract suites and the fakes live in `testfleet-contract`, which needs no server:
+//! that is the crate for adapters outside this workspace. This one is a dev-dependency of the
+//! workspace's crates and a dependency of `xtask`; nothing in a shipped binary links it.
 
-pub mod contract;
-pub mod fake_ssh;
-pub mod fake_store;
 pub mod process;
 pub mod server;
 pub mod sshd;

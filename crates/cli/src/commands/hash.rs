@@ -1,9 +1,11 @@
-//! `testfleet hash DIR`: the directory hash of DESIGN §2, as a dispatch would compute it.
+//! `testfleet hash DIR`: the directory hash (`docs/contract.md#test-directory-hash`), as a
+//! dispatch computes it.
 
 use std::path::PathBuf;
 
 use serde_json::json;
-use testfleet_core::runner::hash_test_dir;
+use testfleet_core::DispatchError;
+use testfleet_core::hash::hash_dir;
 
 use crate::error::CliError;
 use crate::output::Report;
@@ -13,7 +15,7 @@ use crate::output::Report;
 /// # Errors
 /// `TEST_DIR_NOT_FOUND` for a missing path or a file; `INTERNAL` for an unreadable file.
 pub async fn hash(dir: PathBuf) -> Result<Report, CliError> {
-    let manifest = tokio::task::spawn_blocking(move || hash_test_dir(&dir))
+    let manifest = tokio::task::spawn_blocking(move || hash_dir(&dir).map_err(DispatchError::from))
         .await
         .map_err(|error| CliError::Internal(format!("hashing panicked: {error}")))??;
     let skipped: Vec<String> = manifest

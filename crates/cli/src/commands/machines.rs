@@ -201,7 +201,7 @@ pub async fn check(ctx: &Context, name: Option<&str>) -> Result<Report, CliError
             }
             Err(error) => {
                 all_ok = false;
-                let message = error.describe_for(name, false);
+                let message = crate::remedy::describe_ssh(name, &error, false);
                 let _ = writeln!(human, "{name:<16} {}  {message}", error.code());
                 entries.push(json!({
                     "name": name, "ok": false, "latency_ms": null, "os": null,

@@ -10,23 +10,16 @@ use std::sync::{Arc, Mutex};
 use futures::StreamExt as _;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{Value, json};
-use testfleet_core::ports::Clock as _;
-use testfleet_core::ports::{
-    HostKeyPolicy, OutputStream, RunStore, SshConnector, SystemClock, TransferProgress,
-};
+use testfleet_core::ports::{HostKeyPolicy, OutputStream, SshConnector, TransferProgress};
 use testfleet_core::runner::{DispatchRequest, MachineSpec, Prepared, RunObserver, Runner};
-use testfleet_core::{
-    DirManifest, DispatchError, DispatchedRun, ErrorCode, Run, RunId, RunStatus, Transition,
-    error_chain, resolve_entrypoint,
-};
+use testfleet_core::{DirManifest, DispatchError, DispatchedRun, ErrorCode, Run, RunId, RunStatus};
 use testfleet_ssh::RusshConnector;
 
 use crate::cli::RunArgs;
 use crate::commands::hash::warn_skipped;
-use crate::commands::runs::POLL_INTERVAL;
 use crate::commands::signals::SignalWatch;
 use crate::config::FleetMachine;
-use crate::context::{Context, get_run, reap};
+use crate::context::{Context, get_run, watch};
 use crate::error::{CliError, Exit};
 use crate::output::{self, Report};
 use crate::owner;
@@ -90,7 +83,9 @@ async fn dispatch(
     warn_skipped(&manifest);
     // Every machine's entrypoint is checked before any machine is claimed.
     for machine in selected {
-        resolve_entrypoint(&manifest.root, &machine.spec.os).map_err(DispatchError::from)?;
+        manifest
+            .entrypoint_for(&machine.spec.os)
+            .map_err(DispatchError::from)?;
     }
 
     let store = ctx.open_and_reap().await?;
@@ -109,16 +104,19 @@ async fn dispatch(
         match runner.prepare(&manifest, &request).await {
             Ok(prepared) => prepared_runs.push((request, prepared)),
             Err(error) if single => return Err(error.into()),
-            Err(error) => errors.push(MachineError {
-                machine: machine.spec.name.to_string(),
-                code: error.code(),
-                message: error_chain(&error),
-            }),
+            Err(error) => {
+                let error = CliError::from(error);
+                errors.push(MachineError {
+                    machine: machine.spec.name.to_string(),
+                    code: error.code(),
+                    message: error.message(),
+                });
+            }
         }
     }
 
     let results = if args.detach {
-        detach_all(ctx, store.as_ref(), prepared_runs, args.accept_new_host_key).await?
+        detach_all(ctx, &runner, prepared_runs, args.accept_new_host_key).await?
     } else {
         let watch = SignalWatch::install(!ctx.style.json)?;
         let results =
@@ -187,7 +185,7 @@ async fn foreground_all(
                         .map(|run| DispatchedRun { run, reused: false })
                         .map_err(CliError::from)
                 } else if prepared.reused {
-                    wait_for(runner.store().as_ref(), &prepared.run.id, watch)
+                    wait_for(runner, &prepared.run.id, watch)
                         .await
                         .map(|run| DispatchedRun { run, reused: true })
                 } else {
@@ -207,27 +205,28 @@ async fn foreground_all(
 }
 
 /// Polls a run another process owns until it is terminal (or until we are interrupted).
-async fn wait_for(store: &dyn RunStore, id: &RunId, watch: &SignalWatch) -> Result<Run, CliError> {
-    loop {
-        reap(store).await?;
-        let run = get_run(store, id).await?;
-        if run.status.is_terminal() || watch.signals.cancel.is_cancelled() {
-            return Ok(run);
-        }
-        tokio::select! {
-            () = tokio::time::sleep(POLL_INTERVAL) => {}
-            () = watch.signals.cancel.cancelled() => {}
-        }
-    }
+async fn wait_for(
+    runner: &Runner,
+    id: &RunId,
+    watch_signals: &SignalWatch,
+) -> Result<Run, CliError> {
+    let ids = [id.clone()];
+    let runs = watch(runner.store().as_ref())
+        .until_terminal(&ids, watch_signals.signals.cancel.cancelled())
+        .await?;
+    runs.into_iter()
+        .next()
+        .ok_or_else(|| CliError::Internal(format!("run {id} vanished while waiting")))
 }
 
 /// Spawns one `_worker` per new run and makes it the run's owner before returning.
 async fn detach_all(
     ctx: &Context,
-    store: &dyn RunStore,
+    runner: &Runner,
     prepared_runs: Vec<(DispatchRequest, Prepared)>,
     accept_new_host_key: bool,
 ) -> Result<Vec<DispatchedRun>, CliError> {
+    let store = runner.store().as_ref();
     let mut results = Vec::with_capacity(prepared_runs.len());
     for (_, prepared) in prepared_runs {
         if !prepared.needs_execution() {
@@ -247,10 +246,14 @@ async fn detach_all(
                 Err(error) => return Err(error.into()),
             },
             Err(error) => {
-                let change =
-                    Transition::new(RunStatus::Pending, RunStatus::Failed, SystemClock.now())
-                        .with_error(ErrorCode::Internal, error.message());
-                store.transition(&prepared.run.id, change).await?
+                runner
+                    .end_pending(
+                        &prepared.run.id,
+                        RunStatus::Failed,
+                        ErrorCode::Internal,
+                        error.message(),
+                    )
+                    .await?
             }
         };
         results.push(DispatchedRun { run, reused: false });

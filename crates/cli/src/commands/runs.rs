@@ -3,19 +3,16 @@
 
 use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::json;
 use testfleet_core::ports::{RunFilter, RunStore};
-use testfleet_core::{MachineName, Run, RunId, RunStatus, Timestamp};
+use testfleet_core::{MachineName, Run, RunStatus, Timestamp};
 
-use crate::context::{Context, get_run, parse_run_id, reap};
+use crate::context::{Context, POLL_INTERVAL, get_run, parse_run_id, reap, watch};
 use crate::error::{CliError, Exit};
 use crate::output::{self, Report};
 use crate::owner::ProcessProbe;
-
-/// How often waiting commands look at the store again.
-pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// How long `cancel` waits for the owner to record the run's end.
 const CANCEL_DEADLINE: Duration = Duration::from_secs(90);
 
@@ -88,30 +85,19 @@ pub async fn wait(
     for id in &ids {
         get_run(store.as_ref(), id).await?;
     }
-    let deadline = timeout.map(|timeout| Instant::now() + timeout);
-    let runs = loop {
-        let runs = current_runs(store.as_ref(), &ids).await?;
-        let past_deadline = deadline.is_some_and(|deadline| Instant::now() >= deadline);
-        if runs.iter().all(|run| run.status.is_terminal()) || past_deadline {
-            break runs;
+    let give_up = async {
+        match timeout {
+            Some(timeout) => tokio::time::sleep(timeout).await,
+            None => std::future::pending().await,
         }
-        tokio::time::sleep(POLL_INTERVAL).await;
     };
+    let runs = watch(store.as_ref()).until_terminal(&ids, give_up).await?;
     let human: String = runs
         .iter()
         .map(|run| output::run_summary(ctx.style, run, false))
         .collect();
     let exit = runs_exit(&runs);
     Ok(Report::new(json!({ "runs": runs, "errors": [] }), human).with_exit(exit))
-}
-
-async fn current_runs(store: &dyn RunStore, ids: &[RunId]) -> Result<Vec<Run>, CliError> {
-    reap(store).await?;
-    let mut runs = Vec::with_capacity(ids.len());
-    for id in ids {
-        runs.push(get_run(store, id).await?);
-    }
-    Ok(runs)
 }
 
 /// `logs RUN_ID [--stderr] [-f]`: the log file's bytes; with `-f`, new bytes as they are
@@ -210,23 +196,20 @@ pub async fn cancel(ctx: &Context, run_id: &str) -> Result<Report, CliError> {
                 }
             }
         }
-        let deadline = Instant::now() + CANCEL_DEADLINE;
-        loop {
-            reap(store.as_ref()).await?;
-            run = get_run(store.as_ref(), &id).await?;
-            if run.status.is_terminal() {
-                break;
-            }
-            if Instant::now() >= deadline {
-                eprintln!(
-                    "warning: run {id} is still {} after {}s; its owner did not stop it yet",
-                    run.status,
-                    CANCEL_DEADLINE.as_secs()
-                );
-                exit = Exit::RunFailed;
-                break;
-            }
-            tokio::time::sleep(POLL_INTERVAL).await;
+        let ids = [id.clone()];
+        let runs = watch(store.as_ref())
+            .until_terminal(&ids, tokio::time::sleep(CANCEL_DEADLINE))
+            .await?;
+        if let Some(current) = runs.into_iter().next() {
+            run = current;
+        }
+        if !run.status.is_terminal() {
+            eprintln!(
+                "warning: run {id} is still {} after {}s; its owner did not stop it yet",
+                run.status,
+                CANCEL_DEADLINE.as_secs()
+            );
+            exit = Exit::RunFailed;
         }
     }
     let human = output::run_summary(ctx.style, &run, false);

@@ -2,9 +2,9 @@
 //! of its own, as the run's owner. SIGTERM or SIGINT cancel the run.
 
 use serde_json::json;
-use testfleet_core::ports::{Clock as _, HostKeyPolicy, RunStore, StoreError, SystemClock};
-use testfleet_core::runner::NoObserver;
-use testfleet_core::{ErrorCode, Run, RunStatus, Transition};
+use testfleet_core::ports::{HostKeyPolicy, RunStore as _, StoreError};
+use testfleet_core::runner::{NoObserver, Runner};
+use testfleet_core::{Run, RunStatus};
 
 use crate::commands::signals::SignalWatch;
 use crate::context::{Context, get_run, parse_run_id};
@@ -38,19 +38,19 @@ pub async fn worker(
         return Ok(done(run));
     }
     tracing::info!(run = %run.id, machine = %run.machine, "worker started");
+    let runner = ctx.runner(store.clone())?;
     let fleet = match ctx.fleet() {
         Ok(fleet) => fleet,
-        Err(error) => return fail(store.as_ref(), &run, &error).await,
+        Err(error) => return fail(&runner, &run, &error).await,
     };
     let machine = match fleet.machine(run.machine.as_str()) {
         Ok(machine) => machine,
-        Err(error) => return fail(store.as_ref(), &run, &error).await,
+        Err(error) => return fail(&runner, &run, &error).await,
     };
     let mut spec = machine.spec.clone();
     if accept_new_host_key {
         spec.ssh.host_key_policy = HostKeyPolicy::AcceptNew;
     }
-    let runner = ctx.runner(store.clone())?;
     // Hashed again (with the digest cache) to check that the directory is still the one
     // claimed; when that fails, the runner hashes once more and records why.
     let manifest = ctx.hash_for_run(run.test_dir.clone()).await.ok();
@@ -67,13 +67,9 @@ fn done(run: Run) -> Report {
 }
 
 /// Ends the pending run `failed` with the error's code: the worker could not even start it.
-async fn fail(store: &dyn RunStore, run: &Run, error: &CliError) -> Result<Report, CliError> {
-    let code: ErrorCode = error.code();
-    let change = Transition::new(RunStatus::Pending, RunStatus::Failed, SystemClock.now())
-        .with_error(code, error.message());
-    match store.transition(&run.id, change).await {
-        Ok(run) => Ok(done(run)),
-        Err(StoreError::Conflict { .. }) => Ok(done(get_run(store, &run.id).await?)),
-        Err(error) => Err(error.into()),
-    }
+async fn fail(runner: &Runner, run: &Run, error: &CliError) -> Result<Report, CliError> {
+    let run = runner
+        .end_pending(&run.id, RunStatus::Failed, error.code(), error.message())
+        .await?;
+    Ok(done(run))
 }

@@ -1,6 +1,7 @@
-//! The fleet file (DESIGN §5): parsed strictly (unknown keys are errors, with file, line and
-//! column), `[defaults]` overridden per machine, and each machine resolved into the
-//! [`MachineSpec`] the runner needs, with `~/.ssh/config` filling what the file leaves out.
+//! The fleet file (`docs/contract.md#fleet-file`): parsed strictly (unknown keys are errors,
+//! with file, line and column), `[defaults]` overridden per machine, and each machine resolved
+//! into the [`MachineSpec`] the runner needs, with `~/.ssh/config` filling what the file leaves
+//! out.
 
 use std::collections::BTreeMap;
 use std::io::BufReader;

@@ -1,5 +1,6 @@
-//! Where testfleet keeps its files: the fleet file (DESIGN §5) and the state directory (§4),
-//! resolved from flags, then environment variables, then the XDG base directories.
+//! Where testfleet keeps its files: the fleet file (`docs/contract.md#fleet-file`) and the
+//! state directory (`docs/contract.md#local-state`), resolved from flags, then environment
+//! variables, then the XDG base directories.
 
 use std::path::{Path, PathBuf};
 

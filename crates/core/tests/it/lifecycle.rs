@@ -1,5 +1,5 @@
-//! The lifecycle state machine: every edge of DESIGN §2's diagram, and no way out of a
-//! terminal state.
+//! The lifecycle state machine: every edge of the diagram in `docs/contract.md#lifecycle`, and
+//! no way out of a terminal state.
 
 use proptest::prelude::*;
 use testfleet_core::run::{LifecycleEvent, RunStatus, transition};

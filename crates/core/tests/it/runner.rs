@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
+use testfleet_contract::fake_ssh::{FakeScript, FakeSsh, SshCall};
+use testfleet_contract::fake_store::FakeStore;
 use testfleet_core::error::DispatchError;
 use testfleet_core::ports::{
     Clock, HostKeyPolicy, OutputStream, RefusedEntry, RemoteExit, RunIdGenerator, RunStore,
@@ -20,8 +22,6 @@ use testfleet_core::runner::{
 use testfleet_core::{
     DispatchedRun, ErrorCode, MachineName, RunId, RunOwner, RunStatus, TargetOs, Timestamp,
 };
-use testfleet_testkit::fake_ssh::{FakeScript, FakeSsh, SshCall};
-use testfleet_testkit::fake_store::FakeStore;
 
 /// A clock that advances one second per reading, from a fixed start.
 #[derive(Debug, Default)]
@@ -216,7 +216,7 @@ fn ssh_error(code: ErrorCode) -> SshError {
 #[tokio::test]
 async fn a_successful_run_goes_pending_running_completed() {
     let h = harness(FakeScript {
-        exec: testfleet_testkit::fake_ssh::FakeExec {
+        exec: testfleet_contract::fake_ssh::FakeExec {
             output: vec![
                 (OutputStream::Stdout, b"hello\n".to_vec()),
                 (OutputStream::Stderr, b"warn\n".to_vec()),
@@ -224,7 +224,7 @@ async fn a_successful_run_goes_pending_running_completed() {
             ],
             ..Default::default()
         },
-        download: testfleet_testkit::fake_ssh::FakeDownload {
+        download: testfleet_contract::fake_ssh::FakeDownload {
             files: vec![
                 ("report.xml".into(), b"<ok/>".to_vec()),
                 ("nested/b.bin".into(), vec![0, 1, 2]),
@@ -386,7 +386,7 @@ async fn a_large_posix_run_folder_is_removed_by_one_gated_rm() {
         let h = harness(FakeScript {
             exec_by_command: vec![(
                 rm.clone(),
-                testfleet_testkit::fake_ssh::FakeExec {
+                testfleet_contract::fake_ssh::FakeExec {
                     exit: rm_exit.clone(),
                     ..Default::default()
                 },
@@ -479,7 +479,7 @@ async fn preflight_errors_persist_nothing() {
 #[tokio::test]
 async fn the_same_hash_while_active_returns_the_same_run_without_ssh_calls() {
     let h = harness(FakeScript::default());
-    let manifest = testfleet_core::runner::hash_test_dir(h.test_dir.path()).expect("hashes");
+    let manifest = testfleet_core::hash::hash_dir(h.test_dir.path()).expect("hashes");
     let req = request(machine("linux-1", "linux"));
     let first = h.runner.prepare(&manifest, &req).await.expect("claims");
     assert!(first.needs_execution());
@@ -620,7 +620,7 @@ async fn a_file_changed_after_hashing_is_test_dir_changed() {
     // Changed between the claim and the upload: the upload's own check catches it.
     let h = harness(FakeScript::default());
     let req = request(machine("linux-1", "linux"));
-    let manifest = testfleet_core::runner::hash_test_dir(h.test_dir.path()).expect("hashes");
+    let manifest = testfleet_core::hash::hash_dir(h.test_dir.path()).expect("hashes");
     let prepared = h.runner.prepare(&manifest, &req).await.expect("claims");
     std::fs::write(h.test_dir.path().join("data/input.txt"), "43\n").expect("write");
     let run = h
@@ -644,7 +644,7 @@ async fn a_file_changed_after_hashing_is_test_dir_changed() {
 
     // A detached worker hashes again before dialing: the mismatch fails the pending run.
     let h = harness(FakeScript::default());
-    let manifest = testfleet_core::runner::hash_test_dir(h.test_dir.path()).expect("hashes");
+    let manifest = testfleet_core::hash::hash_dir(h.test_dir.path()).expect("hashes");
     let prepared = h.runner.prepare(&manifest, &req).await.expect("claims");
     std::fs::write(h.test_dir.path().join("new-file"), "x").expect("write");
     let run = h
@@ -667,10 +667,10 @@ async fn a_file_changed_after_hashing_is_test_dir_changed() {
     // A worker that hashed the directory itself (with its digest cache) hands over a manifest
     // of another hash: the same failure, before dialing.
     let h = harness(FakeScript::default());
-    let manifest = testfleet_core::runner::hash_test_dir(h.test_dir.path()).expect("hashes");
+    let manifest = testfleet_core::hash::hash_dir(h.test_dir.path()).expect("hashes");
     let prepared = h.runner.prepare(&manifest, &req).await.expect("claims");
     std::fs::write(h.test_dir.path().join("new-file"), "x").expect("write");
-    let fresh = testfleet_core::runner::hash_test_dir(h.test_dir.path()).expect("hashes");
+    let fresh = testfleet_core::hash::hash_dir(h.test_dir.path()).expect("hashes");
     let run = h
         .runner
         .execute(
@@ -993,7 +993,7 @@ impl OwnerProbe for DeadOwners {
 #[tokio::test]
 async fn the_reaper_interrupts_runs_whose_owner_is_gone() {
     let h = harness(FakeScript::default());
-    let manifest = testfleet_core::runner::hash_test_dir(h.test_dir.path()).expect("hashes");
+    let manifest = testfleet_core::hash::hash_dir(h.test_dir.path()).expect("hashes");
     let claim = |name: &'static str, pid: u32| {
         let mut req = request(machine(name, "linux"));
         req.owner = Some(RunOwner {
@@ -1092,7 +1092,7 @@ impl OwnerProbe for HandOverWhileProbing {
 #[tokio::test]
 async fn the_reaper_does_not_reap_a_run_handed_over_while_it_looked() {
     let h = harness(FakeScript::default());
-    let manifest = testfleet_core::runner::hash_test_dir(h.test_dir.path()).expect("hashes");
+    let manifest = testfleet_core::hash::hash_dir(h.test_dir.path()).expect("hashes");
     let mut req = request(machine("m-1", "linux"));
     req.owner = Some(RunOwner {
         pid: 4_000_000,

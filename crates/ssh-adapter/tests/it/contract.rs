@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use testfleet_testkit::contract::ssh::{ContractHost, TargetFactory, ssh};
+use testfleet_contract::ssh::{ContractHost, TargetFactory, ssh};
 use testfleet_testkit::server::{Faults, ServerConfig, TestServer};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

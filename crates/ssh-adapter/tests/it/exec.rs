@@ -1,7 +1,7 @@
 //! Exec: both orders of exit-status and EOF, a missing status, large output, Windows emulation.
 
+use testfleet_contract::ssh::{Captured, OUTPUT_AND_EXIT_COMMAND};
 use testfleet_core::ports::RemoteExit;
-use testfleet_testkit::contract::ssh::{Captured, OUTPUT_AND_EXIT_COMMAND};
 use testfleet_testkit::server::{
     ExitOrder, Faults, ScriptedExec, ServerConfig, TestServer, WindowsEmulation,
 };

@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
+use testfleet_contract::ssh::Captured;
 use testfleet_core::ErrorCode;
 use testfleet_core::hash::hash_dir;
 use testfleet_core::ports::{NoProgress, SshError};
-use testfleet_testkit::contract::ssh::Captured;
 use testfleet_testkit::server::{Faults, ServerConfig, TestServer};
 
 fn with_faults(faults: Faults) -> ServerConfig {

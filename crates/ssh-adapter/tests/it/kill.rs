@@ -2,10 +2,10 @@
 
 use std::time::{Duration, Instant};
 
+use testfleet_contract::ssh::Captured;
 use testfleet_core::hash::hash_dir;
 use testfleet_core::ports::{KillRequest, NoProgress, RemoteExit};
 use testfleet_core::remote::RemoteShell;
-use testfleet_testkit::contract::ssh::Captured;
 use testfleet_testkit::process::{read_pids, survivors_after};
 use testfleet_testkit::server::{ServerConfig, TestServer};
 

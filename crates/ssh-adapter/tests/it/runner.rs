@@ -6,13 +6,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use testfleet_core::ports::{RunStore, SshTarget, SystemClock, UlidGenerator};
+use testfleet_contract::fake_store::FakeStore;
+use testfleet_core::ports::{RunStore, SshError, SshTarget, SystemClock, UlidGenerator};
 use testfleet_core::remote::WindowsShell;
 use testfleet_core::runner::{
-    DispatchRequest, MachineSpec, NoObserver, Runner, RunnerConfig, StopSignals,
+    DispatchRequest, MachineSpec, NoObserver, Remedies, Runner, RunnerConfig, StopSignals,
 };
 use testfleet_core::{ErrorCode, MachineName, Run, RunStatus, TargetOs};
-use testfleet_testkit::fake_store::FakeStore;
 use testfleet_testkit::process::{read_pids, survivors_after, tree_script};
 use testfleet_testkit::server::{
     ExitOrder, Faults, Request, ScriptedExec, ServerConfig, TestServer, WindowsEmulation,
@@ -27,6 +27,16 @@ struct Setup {
     test_dir: tempfile::TempDir,
 }
 
+/// An application's remedy, so that the tests see where the runner puts it.
+#[derive(Debug)]
+struct TrustRemedy;
+
+impl Remedies for TrustRemedy {
+    fn for_dial(&self, machine: &MachineName, error: &SshError) -> Option<String> {
+        matches!(error, SshError::HostKeyUnknown { .. }).then(|| format!("trust {machine}"))
+    }
+}
+
 async fn setup(config: ServerConfig, script: &str) -> Setup {
     let server = TestServer::start(config).await;
     let store = Arc::new(FakeStore::new());
@@ -34,6 +44,7 @@ async fn setup(config: ServerConfig, script: &str) -> Setup {
     let mut runner_config = RunnerConfig::new(state.path().to_path_buf());
     runner_config.kill_grace = Duration::from_millis(500);
     runner_config.kill_wait = Duration::from_secs(5);
+    runner_config.remedies = Arc::new(TrustRemedy);
     let runner = Runner::new(
         store.clone(),
         crate::connector(),
@@ -241,8 +252,8 @@ async fn login_and_host_key_failures_fail_the_pending_run_before_any_upload() {
     );
     let message = &run.error.as_ref().expect("set").message;
     assert!(
-        message.contains("`testfleet machines trust srv`"),
-        "the remedy names the machine: {message}"
+        message.ends_with("; trust srv"),
+        "the application's remedy follows what happened: {message}"
     );
     assert!(s.server.requests().iter().all(|r| !matches!(
         r,
@@ -343,7 +354,7 @@ async fn a_connection_dropped_during_the_download_fails_the_run() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_changed_test_directory_is_test_dir_changed() {
     let s = setup(ServerConfig::default(), "true\n").await;
-    let manifest = testfleet_core::runner::hash_test_dir(s.test_dir.path()).expect("hashes");
+    let manifest = testfleet_core::hash::hash_dir(s.test_dir.path()).expect("hashes");
     let request = DispatchRequest {
         machine: machine(s.server.target(), "linux"),
         timeout: None,

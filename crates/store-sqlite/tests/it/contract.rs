@@ -1,7 +1,7 @@
 //! SqliteStore passes the RunStore contract.
 
+use testfleet_contract::run_store::{Subject, run_store};
 use testfleet_store_sqlite::{DATABASE_FILE, SqliteStore};
-use testfleet_testkit::contract::run_store::{Subject, run_store};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sqlite_store_passes_the_run_store_contract() {

@@ -2,7 +2,7 @@
 //!
 //! Every operation holds one mutex for its whole duration, so a claim or a transition is as
 //! atomic here as an `IMMEDIATE` transaction is in SQLite. The fake passes the same contract
-//! suite ([`crate::contract::run_store`]) as every real store.
+//! suite ([`crate::run_store`]) as every real store.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard, PoisonError};

@@ -3,12 +3,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use testfleet_core::ports::{OutputStream, RemoteExit};
-use testfleet_testkit::contract::ssh::{
+use testfleet_contract::fake_ssh::{FakeExec, FakeScript, FakeSsh, fake_target};
+use testfleet_contract::ssh::{
     ContractHost, OUTPUT_AND_EXIT_COMMAND, SELF_TERM_COMMAND, STDIN_COMMAND, TRUE_COMMAND,
     gated_stdin_command,
 };
-use testfleet_testkit::fake_ssh::{FakeExec, FakeScript, FakeSsh, fake_target};
+use testfleet_core::ports::{OutputStream, RemoteExit};
 
 /// Prints `end` and succeeds, as `cat; echo end` does with an empty stdin.
 fn end_command() -> FakeExec {
@@ -60,7 +60,7 @@ async fn fake_ssh_passes_the_ssh_contract() {
         ..FakeScript::default()
     };
     let fake = FakeSsh::with_script(script);
-    testfleet_testkit::contract::ssh::ssh(
+    testfleet_contract::ssh::ssh(
         Arc::new(fake.clone()),
         Arc::new(|host| match host {
             ContractHost::Normal | ContractHost::NoExitStatus => Some(fake_target("fake")),

@@ -1,8 +1,8 @@
 //! FakeStore passes the RunStore contract, and its failure switch works.
 
+use testfleet_contract::fake_store::FakeStore;
+use testfleet_contract::run_store::{Subject, run_store};
 use testfleet_core::ports::{RunFilter, RunStore, StoreError};
-use testfleet_testkit::contract::run_store::{Subject, run_store};
-use testfleet_testkit::fake_store::FakeStore;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fake_store_passes_the_run_store_contract() {

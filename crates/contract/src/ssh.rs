@@ -1,5 +1,6 @@
 //! The SSH port contract suite: one set of `SshSession` behaviours that every implementation
-//! (the russh adapter against [`crate::server::TestServer`], a fake) must show.
+//! (the russh adapter against the testkit server or OpenSSH, a fake, an adapter of your own) must
+//! show.
 //!
 //! The suite speaks POSIX shell on the remote side; the commands it runs are the constants
 //! below, so that a fake can script exactly these.

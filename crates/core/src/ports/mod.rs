@@ -1,0 +1,22 @@
+//! The ports through which the core reaches the world: the run store, SSH, the clock and the
+//! run-id generator. Adapters implement them; the runner holds them as `Arc<dyn …>`.
+//!
+//! Every implementation must pass the matching contract suite in `testfleet-contract`.
+
+mod clock;
+mod ssh;
+mod store;
+
+use std::error::Error as StdError;
+use std::sync::Arc;
+
+pub use clock::{Clock, RunIdGenerator, SystemClock, UlidGenerator};
+pub use ssh::{
+    DownloadReport, ExecGate, ExecOutput, GateKeeper, HostKeyPolicy, KillRequest, NoProgress,
+    OutputStream, OutputTail, ProgressSink, RefusedEntry, RemoteExit, SshConnector, SshError,
+    SshSession, SshTarget, TransferProgress, TransferStats,
+};
+pub use store::{Claim, RunFilter, RunStore, StoreError};
+
+/// A shareable error source.
+pub type SharedError = Arc<dyn StdError + Send + Sync + 'static>;

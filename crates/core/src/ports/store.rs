@@ -1,0 +1,164 @@
+//! The run store port: the durable record of runs, their events and the machine lock.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::code::ErrorCode;
+use crate::ids::{MachineName, RunId};
+use crate::run::{NewRun, Run, RunEventRecord, RunOwner, RunStatus, Transition};
+
+use super::SharedError;
+
+/// The result of [`RunStore::claim`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// No run was active on the machine; this new pending run now holds it.
+    Created(Run),
+    /// This pending or running run already holds the machine; nothing was written.
+    Active(Run),
+}
+
+/// Which runs [`RunStore::list`] returns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunFilter {
+    pub machine: Option<MachineName>,
+    pub status: Option<RunStatus>,
+    /// At most this many runs; all when `None`.
+    pub limit: Option<usize>,
+}
+
+/// Why a store operation failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("run {0} not found")]
+    NotFound(RunId),
+    /// A compare-and-set lost: the run was not in the expected status.
+    #[error("run {id} is {actual}, not {expected}")]
+    Conflict {
+        id: RunId,
+        expected: RunStatus,
+        actual: RunStatus,
+    },
+    /// The lifecycle has no such edge.
+    #[error("run {id} cannot go from {from} to {to}")]
+    InvalidTransition {
+        id: RunId,
+        from: RunStatus,
+        to: RunStatus,
+    },
+    /// A transition guarded on the owner lost: another process took the run over (nothing
+    /// written).
+    #[error("run {id} changed owner meanwhile")]
+    OwnerChanged { id: RunId },
+    /// The backend failed (I/O, SQL, a newer schema, a corrupt file …).
+    #[error("{message}")]
+    Backend {
+        message: String,
+        #[source]
+        source: Option<SharedError>,
+    },
+}
+
+impl StoreError {
+    pub fn backend(
+        message: impl Into<String>,
+        source: impl StdError + Send + Sync + 'static,
+    ) -> Self {
+        Self::Backend {
+            message: message.into(),
+            source: Some(Arc::new(source)),
+        }
+    }
+
+    /// The error the port promises for a transition that [`Run::apply`] refused.
+    pub fn refused(id: &RunId, error: crate::run::ApplyError) -> Self {
+        use crate::run::ApplyError;
+        match error {
+            ApplyError::StatusMismatch { expected, actual } => Self::Conflict {
+                id: id.clone(),
+                expected,
+                actual,
+            },
+            ApplyError::NotAnEdge { from, to } => Self::InvalidTransition {
+                id: id.clone(),
+                from,
+                to,
+            },
+            ApplyError::OwnerChanged => Self::OwnerChanged { id: id.clone() },
+        }
+    }
+
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::NotFound(_) => ErrorCode::RunNotFound,
+            Self::Conflict { .. }
+            | Self::InvalidTransition { .. }
+            | Self::OwnerChanged { .. }
+            | Self::Backend { .. } => ErrorCode::StoreError,
+        }
+    }
+}
+
+/// Durable record of runs and their events. The machine lock lives here: at most one pending
+/// or running run per machine, enforced atomically by the store itself.
+#[async_trait]
+pub trait RunStore: Send + Sync + fmt::Debug {
+    /// Atomically records `new` as a pending run unless another run is pending or running on
+    /// the same machine, in which case that run is returned and nothing is written. The
+    /// creation is appended to the run's events (an event with no `from`).
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] on any backend failure; never a duplicate of an active run.
+    async fn claim(&self, new: NewRun) -> Result<Claim, StoreError>;
+
+    /// The run with this id.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] for an unknown id; [`StoreError::Backend`].
+    async fn get(&self, id: &RunId) -> Result<Run, StoreError>;
+
+    /// Compare-and-set: applies `change` (with [`Run::apply`]) only if the run's status is
+    /// `change.from` (and its owner matches `change.owner_guard`), and appends the event,
+    /// atomically. Returns the updated run.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`]; [`StoreError::Conflict`] when the status is not `change.from`
+    /// (nothing written); [`StoreError::InvalidTransition`] when the lifecycle has no edge
+    /// `from → to`; [`StoreError::OwnerChanged`] when the owner guard fails (nothing
+    /// written); [`StoreError::Backend`].
+    async fn transition(&self, id: &RunId, change: Transition) -> Result<Run, StoreError>;
+
+    /// Records the absolute remote run folder of a run.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`]; [`StoreError::Backend`].
+    async fn set_remote_dir(&self, id: &RunId, remote_dir: &str) -> Result<(), StoreError>;
+
+    /// Makes `owner` the owner of a non-terminal run (a detached worker taking it over).
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`]; [`StoreError::Conflict`] when the run is already terminal
+    /// (`expected` is then `pending`); [`StoreError::Backend`].
+    async fn set_owner(&self, id: &RunId, owner: RunOwner) -> Result<Run, StoreError>;
+
+    /// Runs matching `filter`, newest first.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    async fn list(&self, filter: &RunFilter) -> Result<Vec<Run>, StoreError>;
+
+    /// The event history of a run, oldest first, starting with its creation.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`]; [`StoreError::Backend`].
+    async fn events(&self, id: &RunId) -> Result<Vec<RunEventRecord>, StoreError>;
+
+    /// Every pending or running run, oldest first (for the reaper).
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    async fn active_runs(&self) -> Result<Vec<Run>, StoreError>;
+}

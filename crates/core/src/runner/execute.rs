@@ -1,0 +1,205 @@
+//! Executing a pending run: the directory check, the dial, the start, and the final record.
+//! What happens while the run is running is in [`super::execution`].
+
+use std::borrow::Cow;
+
+use crate::code::{ErrorCode, error_chain};
+use crate::error::DispatchError;
+use crate::hash::{DirManifest, hash_dir};
+use crate::ids::RunId;
+use crate::ports::{SshError, SshSession, StoreError};
+use crate::run::{Run, RunStatus, Transition};
+
+use super::execution::Execution;
+use super::{MachineSpec, RunObserver, Runner, StopSignals};
+
+impl Runner {
+    /// Carries out a pending run: dial, start, upload, exec (with the timeout and stop
+    /// signals), download the artifacts, clean up, and record the final status. A run that is
+    /// no longer pending is returned as it is.
+    ///
+    /// `manifest` is the one the run was claimed with; when `None` (a detached worker) the test
+    /// directory is hashed again and must still match.
+    ///
+    /// # Errors
+    /// [`DispatchError::Store`] when the store fails; every other failure is recorded in the
+    /// returned run.
+    pub async fn execute(
+        &self,
+        run: Run,
+        machine: &MachineSpec,
+        manifest: Option<&DirManifest>,
+        signals: &StopSignals,
+        observer: &dyn RunObserver,
+    ) -> Result<Run, DispatchError> {
+        if run.status != RunStatus::Pending {
+            return Ok(run);
+        }
+        let manifest = match checked_manifest(&run, manifest) {
+            Ok(manifest) => manifest,
+            Err(message) => {
+                let ended = self
+                    .end_pending(
+                        &run.id,
+                        RunStatus::Failed,
+                        ErrorCode::TestDirChanged,
+                        message,
+                    )
+                    .await?;
+                observer.status(&ended);
+                return Ok(ended);
+            }
+        };
+        let session = match self.dial(&run, machine, signals).await {
+            Ok(session) => session,
+            Err((status, code, message)) => {
+                let ended = self.end_pending(&run.id, status, code, message).await?;
+                observer.status(&ended);
+                return Ok(ended);
+            }
+        };
+        let start = Transition::new(RunStatus::Pending, RunStatus::Running, self.clock.now());
+        let run = match self.store.transition(&run.id, start).await {
+            Ok(run) => run,
+            Err(error) => {
+                close_quietly(session.as_ref()).await;
+                return match error {
+                    // Cancelled or reaped meanwhile: leave the machine alone.
+                    StoreError::Conflict { .. } => Ok(self.store.get(&run.id).await?),
+                    error => Err(error.into()),
+                };
+            }
+        };
+        observer.status(&run);
+
+        let execution = Execution {
+            runner: self,
+            run: &run,
+            session: session.as_ref(),
+            shell: machine.shell(),
+            remote_root: &machine.remote_root,
+            signals,
+            observer,
+        };
+        let outcome = execution.drive(&manifest).await;
+        close_quietly(session.as_ref()).await;
+        let run = self
+            .finish_with(&run.id, outcome.into_transition(self.clock.now()))
+            .await?;
+        observer.status(&run);
+        Ok(run)
+    }
+
+    /// Dials the machine, unless the run is cancelled first. On failure: how the pending run
+    /// ends (status, code, message).
+    async fn dial(
+        &self,
+        run: &Run,
+        machine: &MachineSpec,
+        signals: &StopSignals,
+    ) -> Result<Box<dyn SshSession>, (RunStatus, ErrorCode, String)> {
+        let dial_started = std::time::Instant::now();
+        let connected = tokio::select! {
+            biased;
+            () = signals.cancel.cancelled() => {
+                return Err((
+                    RunStatus::Interrupted,
+                    ErrorCode::Interrupted,
+                    "the run was cancelled before it started".to_owned(),
+                ));
+            }
+            connected = self.ssh.connect(&machine.ssh) => connected,
+        };
+        match connected {
+            Ok(session) => {
+                tracing::debug!(run = %run.id, elapsed = ?dial_started.elapsed(), "connected");
+                Ok(session)
+            }
+            Err(error) => Err((
+                RunStatus::Failed,
+                error.code(),
+                self.dial_message(machine, &error),
+            )),
+        }
+    }
+
+    /// The message recorded for a failed dial: what happened, and the application's remedy.
+    fn dial_message(&self, machine: &MachineSpec, error: &SshError) -> String {
+        let mut message = error_chain(error);
+        if let Some(remedy) = self.config.remedies.for_dial(&machine.name, error) {
+            message.push_str("; ");
+            message.push_str(&remedy);
+        }
+        message
+    }
+
+    /// Ends a pending run that never ran: `status` (failed or interrupted) with `code` and
+    /// `message`, as a compare-and-set on `pending` at the clock's now. When another process
+    /// already ended the run, the stored run wins and is returned. This is the one way every
+    /// part of testfleet ends a pending run (a failed dial, a changed directory, a worker that
+    /// cannot start).
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`]; [`StoreError::InvalidTransition`] when `status` is not a
+    /// terminal status a pending run can take; [`StoreError::Backend`].
+    pub async fn end_pending(
+        &self,
+        id: &RunId,
+        status: RunStatus,
+        code: ErrorCode,
+        message: impl Into<String>,
+    ) -> Result<Run, StoreError> {
+        let change =
+            Transition::new(RunStatus::Pending, status, self.clock.now()).with_error(code, message);
+        self.finish_with(id, change).await
+    }
+
+    /// Applies a final transition; when another process already ended the run (a lost
+    /// compare-and-set), the stored run wins and is returned.
+    pub(super) async fn finish_with(
+        &self,
+        id: &RunId,
+        change: Transition,
+    ) -> Result<Run, StoreError> {
+        match self.store.transition(id, change).await {
+            Ok(run) => Ok(run),
+            Err(StoreError::Conflict { .. }) => self.store.get(id).await,
+            Err(error) => Err(error),
+        }
+    }
+}
+
+/// The manifest to upload: the one given, or the directory hashed again. Either way it must
+/// hash as when the run was claimed; otherwise the message says why not.
+fn checked_manifest<'m>(
+    run: &Run,
+    manifest: Option<&'m DirManifest>,
+) -> Result<Cow<'m, DirManifest>, String> {
+    let manifest = match manifest {
+        Some(manifest) => Cow::Borrowed(manifest),
+        None => match hash_dir(&run.test_dir) {
+            Ok(fresh) => Cow::Owned(fresh),
+            Err(error) => {
+                return Err(format!(
+                    "failed to read the test directory again: {}",
+                    error_chain(&error)
+                ));
+            }
+        },
+    };
+    if manifest.hash != run.test_dir_hash {
+        return Err(format!(
+            "test directory {} now hashes to {}, not {} as when the run was claimed; dispatch again",
+            run.test_dir.display(),
+            manifest.hash,
+            run.test_dir_hash
+        ));
+    }
+    Ok(manifest)
+}
+
+pub(super) async fn close_quietly(session: &dyn SshSession) {
+    if let Err(error) = session.close().await {
+        tracing::debug!("closing the SSH session failed: {}", error_chain(&error));
+    }
+}

@@ -1,0 +1,321 @@
+//! The pipelined upload: many files and many writes in flight, small files read ahead by one
+//! thread, and every byte checked against the manifest as it is read.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use futures::StreamExt as _;
+use russh_sftp::client::SftpSession;
+use russh_sftp::protocol::{FileAttributes, OpenFlags};
+use testfleet_core::hash::{ContentCheck, DirManifest, ManifestFile, SmallFile, read_small_file};
+use testfleet_core::ports::{ProgressSink, SshError, TransferProgress, TransferStats};
+use testfleet_core::remote::join_remote;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use super::{CHUNK_BYTES, Op, create_dir, op_failed, settle};
+use crate::session::RusshSession;
+
+/// Shared counters of an upload, reported after every chunk.
+struct Progress<'a> {
+    sink: &'a dyn ProgressSink,
+    files_total: u64,
+    bytes_total: u64,
+    files_done: AtomicU64,
+    bytes_done: AtomicU64,
+}
+
+impl Progress<'_> {
+    fn report(&self) {
+        self.sink.progress(TransferProgress {
+            files_done: self.files_done.load(Ordering::Relaxed),
+            files_total: self.files_total,
+            bytes_done: self.bytes_done.load(Ordering::Relaxed),
+            bytes_total: self.bytes_total,
+        });
+    }
+}
+
+async fn upload_inner(
+    session: &RusshSession,
+    manifest: &DirManifest,
+    remote_dir: &str,
+    sink: &dyn ProgressSink,
+) -> Result<TransferStats, SshError> {
+    // Every remote path must be valid UTF-8; refuse before anything is sent.
+    let remote_path = |rel: &testfleet_core::RelPath| match rel.to_str() {
+        Some(text) => Ok(join_remote(remote_dir, text)),
+        None => Err(SshError::UploadFailed {
+            path: rel.to_string_lossy(),
+            reason: "the path is not valid UTF-8, which SFTP cannot name".into(),
+            source: None,
+        }),
+    };
+    let dirs = manifest
+        .dirs
+        .iter()
+        .map(remote_path)
+        .collect::<Result<Vec<_>, _>>()?;
+    let files = manifest
+        .files
+        .iter()
+        .map(|file| Ok((file, remote_path(&file.rel_path)?)))
+        .collect::<Result<Vec<_>, SshError>>()?;
+
+    let sftp = session.sftp().await?;
+    create_dir(session, &sftp, remote_dir).await?;
+    // Parents come before children in the manifest, so one pass creates them all.
+    for dir in &dirs {
+        create_dir(session, &sftp, dir).await?;
+    }
+
+    let progress = Progress {
+        sink,
+        files_total: files.len() as u64,
+        bytes_total: manifest.total_bytes(),
+        files_done: AtomicU64::new(0),
+        bytes_done: AtomicU64::new(0),
+    };
+    progress.report();
+    let n_in_flight = session.tuning.files_in_flight.max(1);
+    let mut prefetched = prefetch(manifest, 2 * n_in_flight);
+    // A hand-rolled window rather than `buffer_unordered`: a closure held across the await
+    // trips the `Send` check of the async-trait future.
+    let mut in_flight = futures::stream::FuturesUnordered::new();
+    let mut all_read = false;
+    loop {
+        tokio::select! {
+            biased;
+            Some(result) = in_flight.next(), if !in_flight.is_empty() => {
+                result?;
+                progress.files_done.fetch_add(1, Ordering::Relaxed);
+                progress.report();
+            }
+            next = prefetched.recv(), if !all_read && in_flight.len() < n_in_flight => {
+                match next {
+                    Some((idx, read)) => {
+                        let (file, remote) = &files[idx];
+                        in_flight.push(upload_file(
+                            session,
+                            &sftp,
+                            &manifest.root,
+                            file,
+                            remote,
+                            read,
+                            &progress,
+                        ));
+                    }
+                    None => all_read = true,
+                }
+            }
+            else => break,
+        }
+    }
+    Ok(TransferStats {
+        files: progress.files_done.load(Ordering::Relaxed),
+        bytes: progress.bytes_done.load(Ordering::Relaxed),
+    })
+}
+
+/// Files up to this size are read whole, ahead of their upload, by one reader thread: one
+/// blocking-pool hop per upload instead of one per open and per read of every file.
+const WHOLE_FILE_MAX: u64 = CHUNK_BYTES as u64;
+
+/// What the reader thread found for one file of the manifest.
+enum Prefetched {
+    /// The whole file, its size and contents checked against the manifest.
+    Whole(Vec<u8>),
+    /// A large file: its upload reads (and checks) it as it goes.
+    Stream,
+    /// The file is gone, or its size or contents differ from the manifest.
+    Changed,
+    Failed(std::io::Error),
+}
+
+/// Starts a thread that reads the manifest's small files in order, `capacity` files ahead
+/// at most (so memory stays bounded by `capacity × WHOLE_FILE_MAX`), and hands them over with
+/// their index. It stops early when the receiver is dropped.
+fn prefetch(
+    manifest: &DirManifest,
+    capacity: usize,
+) -> tokio::sync::mpsc::Receiver<(usize, Prefetched)> {
+    let (sender, receiver) = tokio::sync::mpsc::channel(capacity.max(1));
+    let root = manifest.root.clone();
+    let jobs: Vec<Option<ManifestFile>> = manifest
+        .files
+        .iter()
+        .map(|file| (file.size <= WHOLE_FILE_MAX).then(|| file.clone()))
+        .collect();
+    tokio::task::spawn_blocking(move || {
+        for (idx, job) in jobs.into_iter().enumerate() {
+            let read = match job {
+                Some(file) => match read_small_file(&root, &file) {
+                    Ok(SmallFile::Whole(bytes)) => Prefetched::Whole(bytes),
+                    Ok(SmallFile::Changed) => Prefetched::Changed,
+                    Err(error) => Prefetched::Failed(error),
+                },
+                None => Prefetched::Stream,
+            };
+            if sender.blocking_send((idx, read)).is_err() {
+                break;
+            }
+        }
+    });
+    receiver
+}
+
+async fn upload_file(
+    session: &RusshSession,
+    sftp: &SftpSession,
+    root: &Path,
+    file: &ManifestFile,
+    remote: &str,
+    prefetched: Prefetched,
+    progress: &Progress<'_>,
+) -> Result<(), SshError> {
+    match prefetched {
+        Prefetched::Whole(bytes) => {
+            upload_whole(session, sftp, file, remote, &bytes, progress).await?;
+        }
+        Prefetched::Stream => stream_file(session, sftp, root, file, remote, progress).await?,
+        Prefetched::Changed => return Err(changed(file)),
+        Prefetched::Failed(error) => return Err(op_failed(session, Op::Upload, remote, error)),
+    }
+    set_unusual_mode(session, sftp, file, remote).await
+}
+
+fn changed(file: &ManifestFile) -> SshError {
+    SshError::TestDirChanged {
+        path: file.rel_path.to_string_lossy(),
+    }
+}
+
+/// Uploads a large file as it is read, every chunk checked before it is sent.
+async fn stream_file(
+    session: &RusshSession,
+    sftp: &SftpSession,
+    root: &Path,
+    file: &ManifestFile,
+    remote: &str,
+    progress: &Progress<'_>,
+) -> Result<(), SshError> {
+    let mut local = tokio::fs::File::open(file.rel_path.to_local(root))
+        .await
+        .map_err(|error| {
+            if error.kind() == std::io::ErrorKind::NotFound {
+                changed(file)
+            } else {
+                op_failed(session, Op::Upload, remote, error)
+            }
+        })?;
+    let opened = local
+        .metadata()
+        .await
+        .map_err(|error| op_failed(session, Op::Upload, remote, error))?;
+    let mut check = ContentCheck::begin(file, &opened);
+    let mut remote_file = open_for_upload(session, sftp, file, remote).await?;
+    let mut buffer = vec![0u8; CHUNK_BYTES];
+    let mut outcome = Ok(());
+    loop {
+        let n_read = match local.read(&mut buffer).await {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(error) => {
+                outcome = Err(op_failed(session, Op::Upload, remote, error));
+                break;
+            }
+        };
+        // A file that grew is detected before its extra bytes are sent.
+        if check.update(&buffer[..n_read]).is_err() {
+            outcome = Err(changed(file));
+            break;
+        }
+        if let Err(error) = remote_file.write_all(&buffer[..n_read]).await {
+            outcome = Err(op_failed(session, Op::Upload, remote, error));
+            break;
+        }
+        progress
+            .bytes_done
+            .fetch_add(n_read as u64, Ordering::Relaxed);
+        progress.report();
+    }
+    // Always close: dropping a russh-sftp file loses its write errors.
+    let closed = remote_file.shutdown().await;
+    outcome?;
+    closed.map_err(|error| op_failed(session, Op::Upload, remote, error))?;
+    let after = local.metadata().await.ok();
+    check.finish(after.as_ref()).map_err(|_| changed(file))
+}
+
+/// Uploads a file read (and checked) beforehand.
+async fn upload_whole(
+    session: &RusshSession,
+    sftp: &SftpSession,
+    file: &ManifestFile,
+    remote: &str,
+    bytes: &[u8],
+    progress: &Progress<'_>,
+) -> Result<(), SshError> {
+    let mut remote_file = open_for_upload(session, sftp, file, remote).await?;
+    let written = remote_file.write_all(bytes).await;
+    // Always close: dropping a russh-sftp file loses its write errors.
+    let closed = remote_file.shutdown().await;
+    written.map_err(|error| op_failed(session, Op::Upload, remote, error))?;
+    closed.map_err(|error| op_failed(session, Op::Upload, remote, error))?;
+    progress
+        .bytes_done
+        .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+    progress.report();
+    Ok(())
+}
+
+async fn open_for_upload(
+    session: &RusshSession,
+    sftp: &SftpSession,
+    file: &ManifestFile,
+    remote: &str,
+) -> Result<russh_sftp::client::fs::File, SshError> {
+    let attrs = FileAttributes {
+        permissions: Some(file.mode & 0o7777),
+        ..FileAttributes::empty()
+    };
+    sftp.open_with_flags_and_attributes(
+        remote,
+        OpenFlags::CREATE | OpenFlags::TRUNCATE | OpenFlags::WRITE,
+        attrs,
+    )
+    .await
+    .map_err(|error| op_failed(session, Op::Upload, remote, error))
+}
+
+/// The server's umask may have narrowed the mode given at open; set it explicitly when the
+/// file is executable or otherwise unusual. A plain 0644 file is left as created.
+async fn set_unusual_mode(
+    session: &RusshSession,
+    sftp: &SftpSession,
+    file: &ManifestFile,
+    remote: &str,
+) -> Result<(), SshError> {
+    if file.mode & 0o7777 != 0o644 {
+        let attrs = FileAttributes {
+            permissions: Some(file.mode & 0o7777),
+            ..FileAttributes::empty()
+        };
+        sftp.set_metadata(remote, attrs)
+            .await
+            .map_err(|error| op_failed(session, Op::Upload, remote, error))?;
+    }
+    Ok(())
+}
+
+pub(crate) async fn upload(
+    session: &RusshSession,
+    manifest: &DirManifest,
+    remote_dir: &str,
+    sink: &dyn ProgressSink,
+) -> Result<TransferStats, SshError> {
+    settle(
+        session,
+        upload_inner(session, manifest, remote_dir, sink).await,
+    )
+    .await
+}

@@ -15,7 +15,9 @@ use russh_sftp::protocol::{
 };
 use tokio_util::sync::CancellationToken;
 
-use super::{Inner, Request};
+use super::config::Request;
+use super::exec::no_spawn_now;
+use super::state::Inner;
 
 /// Names the hostile-artifacts fault adds to the listing of every `artifacts` folder.
 pub const HOSTILE_FILE_NAMES: [&str; 3] = ["../escape", "/abs/path", "a/b"];
@@ -33,7 +35,7 @@ enum OpenHandle {
 /// copy of every descriptor open at that moment until it execs. A descriptor open for writing
 /// on another run's `run.sh` would make that run's exec fail with "Text file busy" (ETXTBSY),
 /// which no real host does. So a writable descriptor lives only inside one request, and only
-/// while no spawn is under way ([`super::no_spawn_now`]).
+/// while no spawn is under way ([`no_spawn_now`]).
 struct OpenFile {
     path: PathBuf,
     read: bool,
@@ -44,7 +46,7 @@ struct OpenFile {
 impl OpenFile {
     /// Runs `op` on the file opened again as the SFTP open asked.
     fn with<T>(&self, op: impl FnOnce(&mut File) -> std::io::Result<T>) -> Reply<T> {
-        let _no_spawn = self.write.then(super::no_spawn_now);
+        let _no_spawn = self.write.then(no_spawn_now);
         let mut file = OpenOptions::new()
             .read(self.read)
             .write(self.write)
@@ -56,7 +58,7 @@ impl OpenFile {
 }
 
 /// One SFTP session.
-pub(crate) struct SftpHandler {
+pub(super) struct SftpHandler {
     inner: Arc<Inner>,
     /// Cancelled to drop this connection (the byte-count faults).
     connection: CancellationToken,
@@ -91,7 +93,7 @@ fn ok(id: u32) -> Status {
 }
 
 impl SftpHandler {
-    pub(crate) fn new(
+    pub(super) fn new(
         inner: Arc<Inner>,
         connection: CancellationToken,
         uploaded: Arc<AtomicU64>,
@@ -232,7 +234,7 @@ impl russh_sftp::server::Handler for SftpHandler {
             append: pflags.contains(OpenFlags::APPEND),
         };
         // The first open creates and truncates as asked; later requests open it again as is.
-        let _no_spawn = file.write.then(super::no_spawn_now);
+        let _no_spawn = file.write.then(no_spawn_now);
         let mut options = OpenOptions::new();
         options
             .read(file.read)

@@ -16,27 +16,38 @@ pub struct TargetOs(String);
 /// The two ways testfleet talks to a remote shell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum OsFamily {
+    /// Every OS but `windows`: the entrypoint is `run.sh`, run by a POSIX `sh` (its shebang picks
+    /// the interpreter).
     Posix,
+    /// `windows`: the entrypoint is `run.ps1`, run by PowerShell.
     Windows,
 }
 
 impl TargetOs {
+    /// The OS called `name`, trimmed and lower-cased, so that `" Windows "` is `windows`. Any name
+    /// is accepted, an empty one included (the fleet file refuses that before); every name but
+    /// `windows` is a POSIX machine.
     pub fn new(name: &str) -> Self {
         Self(name.trim().to_lowercase())
     }
 
+    /// The OS `linux`, a POSIX machine.
     pub fn linux() -> Self {
         Self::new("linux")
     }
 
+    /// The OS `windows`.
     pub fn windows() -> Self {
         Self::new("windows")
     }
 
+    /// The lower-cased name, as the run record's `os` field holds it.
     pub fn as_str(&self) -> &str {
         &self.0
     }
 
+    /// How testfleet speaks to a machine of this OS: [`OsFamily::Windows`] for `windows` only,
+    /// [`OsFamily::Posix`] for every other name.
     pub fn family(&self) -> OsFamily {
         if self.0 == "windows" {
             OsFamily::Windows
@@ -79,12 +90,16 @@ impl fmt::Display for TargetOs {
      top of the directory"
 )]
 pub struct EntrypointError {
+    /// The OS of the machine whose entrypoint is missing.
     pub os: TargetOs,
+    /// The resolved test directory that was searched (the manifest's root).
     pub dir: PathBuf,
+    /// The file wanted at the top of `dir`: `run.sh`, or `run.ps1` for Windows.
     pub wanted: &'static str,
 }
 
 impl EntrypointError {
+    /// Always [`ErrorCode::MissingEntrypoint`].
     pub fn code(&self) -> ErrorCode {
         ErrorCode::MissingEntrypoint
     }

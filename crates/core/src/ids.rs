@@ -43,6 +43,7 @@ impl RunId {
         Self(ulid::Ulid::from_parts(unix_ms, random).to_string())
     }
 
+    /// The canonical form: 26 upper-case Crockford base32 characters.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -76,6 +77,8 @@ impl fmt::Display for RunId {
 pub struct MachineName(String);
 
 impl MachineName {
+    /// Takes `value` as a machine name, unchanged (letter case is kept and matters).
+    ///
     /// # Errors
     /// When `value` is empty, longer than 64 bytes, or holds a character outside
     /// `[A-Za-z0-9._-]`.
@@ -100,6 +103,7 @@ impl MachineName {
         Ok(Self(value.to_owned()))
     }
 
+    /// The name, as it was parsed.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -130,6 +134,9 @@ impl fmt::Display for MachineName {
 pub struct TestDirHash(String);
 
 impl TestDirHash {
+    /// Takes `value` as a directory hash, as [`DirHasher::finish`](crate::hash::DirHasher::finish)
+    /// writes it; upper-case hex is refused, not folded.
+    ///
     /// # Errors
     /// When `value` is not 64 lowercase hex digits.
     pub fn parse(value: &str) -> Result<Self, IdError> {
@@ -152,6 +159,7 @@ impl TestDirHash {
         Self(hex::encode(digest))
     }
 
+    /// The 64 lowercase hex digits.
     pub fn as_str(&self) -> &str {
         &self.0
     }

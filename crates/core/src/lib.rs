@@ -3,6 +3,8 @@
 //!
 //! This crate does no network I/O and no SQL; adapters implement [`ports`].
 
+#![deny(missing_docs)]
+
 pub mod code;
 pub mod entrypoint;
 pub mod error;

@@ -122,6 +122,9 @@ pub enum WindowsShell {
 }
 
 impl WindowsShell {
+    /// The program a command line starts: `powershell.exe` or `pwsh`. (Its
+    /// [`Display`](fmt::Display) form is the fleet file's `shell` value instead: `powershell` or
+    /// `pwsh`.)
     pub fn executable(self) -> &'static str {
         match self {
             Self::Powershell => "powershell.exe",
@@ -142,11 +145,16 @@ impl fmt::Display for WindowsShell {
 /// How a machine's shell is spoken to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RemoteShell {
+    /// A POSIX shell, whatever the login shell is (sh, dash, bash, zsh, fish): every command is
+    /// `exec sh -c '<script>'`, and commands can be gated.
     Posix,
+    /// PowerShell on Windows, started as this executable: every command is an `-EncodedCommand`
+    /// script, and commands cannot be gated.
     Windows(WindowsShell),
 }
 
 impl RemoteShell {
+    /// The shell of a machine of `family`; `windows_shell` matters only for [`OsFamily::Windows`].
     pub fn for_family(family: OsFamily, windows_shell: WindowsShell) -> Self {
         match family {
             OsFamily::Posix => Self::Posix,
@@ -287,6 +295,10 @@ pub fn decode_powershell_command(command: &str) -> Option<String> {
     String::from_utf16(&units).ok()
 }
 
+/// The PowerShell script that enters `run_dir`, writes its `$PID` to `pid_file` (both SFTP paths,
+/// converted with [`sftp_to_windows_path`]) and runs `./<entrypoint>`, exiting with its
+/// `$LASTEXITCODE`. Lines end with CRLF. A failure to enter the folder or write the pid file stops
+/// the script before the entrypoint runs.
 pub fn windows_exec_script(run_dir: &str, pid_file: &str, entrypoint: &str) -> String {
     format!(
         "$ErrorActionPreference = 'Stop'\r\n\
@@ -301,6 +313,8 @@ pub fn windows_exec_script(run_dir: &str, pid_file: &str, entrypoint: &str) -> S
     )
 }
 
+/// [`windows_exec_script`] as a [`powershell_command`] for `shell`. It has no gate: start it only
+/// once the upload is done.
 pub fn windows_exec_command(
     shell: WindowsShell,
     run_dir: &str,
@@ -310,6 +324,9 @@ pub fn windows_exec_command(
     powershell_command(shell, &windows_exec_script(run_dir, pid_file, entrypoint))
 }
 
+/// The PowerShell script that reads the pid in `pid_file` (an SFTP path) and kills that process and
+/// its children with `taskkill /T /F`. Exit status: 3 when the pid file is missing or empty (it
+/// does not wait for one), otherwise 0, whatever `taskkill` reported.
 pub fn windows_kill_script(pid_file: &str) -> String {
     format!(
         "$p = Get-Content -LiteralPath {pid} -ErrorAction SilentlyContinue\r\n\
@@ -320,6 +337,7 @@ pub fn windows_kill_script(pid_file: &str) -> String {
     )
 }
 
+/// [`windows_kill_script`] as a [`powershell_command`] for `shell`.
 pub fn windows_kill_command(shell: WindowsShell, pid_file: &str) -> String {
     powershell_command(shell, &windows_kill_script(pid_file))
 }
@@ -328,7 +346,9 @@ pub fn windows_kill_command(shell: WindowsShell, pid_file: &str) -> String {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("refused remote name {name:?}: {reason}")]
 pub struct BadRemoteName {
+    /// The name as the remote side sent it.
     pub name: String,
+    /// Which rule the name broke.
     pub reason: &'static str,
 }
 

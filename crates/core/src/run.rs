@@ -17,15 +17,25 @@ use crate::time::Timestamp;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RunStatus {
+    /// Claimed: the run holds its machine but is not connected yet. Active.
     Pending,
+    /// Connected, host key and login verified: the remote folders, the upload, the execution, the
+    /// artifact download and the cleanup happen in this status. Active.
     Running,
+    /// The entrypoint exited 0, and the artifact download and the local log writes succeeded.
+    /// Terminal.
     Completed,
+    /// Something failed: the dial, host key or login, the upload, the exec, the script (non-zero
+    /// exit or signal), the transport, or a local operation; [`Run::error`] says what. Terminal.
     Failed,
+    /// The exec timeout elapsed, and the remote process tree was killed. Terminal.
     Timeout,
+    /// Cancelled (`cancel`, SIGINT, SIGTERM), or its owner died (`WORKER_LOST`). Terminal.
     Interrupted,
 }
 
 impl RunStatus {
+    /// Every status, active ones first.
     pub const ALL: [RunStatus; 6] = [
         Self::Pending,
         Self::Running,
@@ -35,6 +45,7 @@ impl RunStatus {
         Self::Interrupted,
     ];
 
+    /// The stable lower-case string (`"pending"`), as the run record serializes it.
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::Pending => "pending",
@@ -46,6 +57,7 @@ impl RunStatus {
         }
     }
 
+    /// Parses a status from its stable string; `None` for anything else, upper-case included.
     pub fn parse(text: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|status| status.as_str() == text)
     }
@@ -55,6 +67,8 @@ impl RunStatus {
         matches!(self, Self::Pending | Self::Running)
     }
 
+    /// Completed, failed, timeout and interrupted runs: no event changes them again, and they no
+    /// longer hold their machine.
     pub const fn is_terminal(self) -> bool {
         !self.is_active()
     }
@@ -90,6 +104,7 @@ pub enum LifecycleEvent {
 }
 
 impl LifecycleEvent {
+    /// Every event.
     pub const ALL: [LifecycleEvent; 5] = [
         Self::Start,
         Self::ExitedZero,
@@ -103,7 +118,9 @@ impl LifecycleEvent {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("a {status} run cannot take the event {event:?}")]
 pub struct TransitionError {
+    /// The status the run was in.
     pub status: RunStatus,
+    /// The event that status cannot take.
     pub event: LifecycleEvent,
 }
 
@@ -134,9 +151,17 @@ pub fn transition(status: RunStatus, event: LifecycleEvent) -> Result<RunStatus,
 /// The local files of one run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunPaths {
+    /// The run's local folder, `<state dir>/runs/<run id>`. [`Runner::prepare`] creates it and
+    /// the two logs right after the claim; a store only records the paths.
+    ///
+    /// [`Runner::prepare`]: crate::runner::Runner::prepare
     pub dir: PathBuf,
+    /// `<dir>/stdout.log`: the remote stdout, appended as it arrives.
     pub stdout: PathBuf,
+    /// `<dir>/stderr.log`: the remote stderr, appended as it arrives.
     pub stderr: PathBuf,
+    /// `<dir>/artifacts`: where the remote `artifacts/` folder is downloaded. It exists only if the
+    /// script left one.
     pub artifacts: PathBuf,
 }
 
@@ -156,6 +181,7 @@ impl RunPaths {
         Self::new(state_dir.join("runs").join(id.as_str()))
     }
 
+    /// `<dir>/worker.log`: the output of a detached worker itself. Only detached runs have one.
     pub fn worker_log(&self) -> PathBuf {
         self.dir.join("worker.log")
     }
@@ -164,7 +190,9 @@ impl RunPaths {
 /// What was downloaded from the run's `artifacts/` folder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct ArtifactSummary {
+    /// Regular files downloaded.
     pub files: u64,
+    /// Their total size in bytes.
     pub bytes: u64,
 }
 
@@ -172,37 +200,70 @@ pub struct ArtifactSummary {
 /// own unit) so that a reused pid is not mistaken for the owner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct RunOwner {
+    /// The owner's process id.
     pub pid: u32,
+    /// When that process started (on Linux, field 22 of `/proc/PID/stat`); `None` where the
+    /// platform gives none, and then the pid alone identifies the owner.
     pub start_time: Option<u64>,
 }
 
 /// One run, as stored and as shown (the JSON field names are the contract).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Run {
+    /// The run's id; ids sort by creation time.
     pub id: RunId,
+    /// The fleet machine the run is for.
     pub machine: MachineName,
+    /// The machine's OS at claim time, which chose the entrypoint.
     pub os: TargetOs,
     /// The absolute test directory.
     pub test_dir: PathBuf,
+    /// The hash of the test directory at claim time. With `machine` it is the idempotency key, and
+    /// the upload is checked against it.
     pub test_dir_hash: TestDirHash,
+    /// The script that runs: `run.sh`, or `run.ps1` on Windows.
     pub entrypoint: String,
+    /// Where the run is in its lifecycle.
     pub status: RunStatus,
+    /// Why the run did not complete. `None` while it is active and once it completed; the final
+    /// transition sets it for a failed, timed-out or interrupted run.
     pub error: Option<RunError>,
+    /// The entrypoint's exit status, when the remote side reported one. A timed-out or cancelled
+    /// script that exited after the kill has it too, and a run that failed after its script (a
+    /// failed download) keeps its 0.
     pub exit_code: Option<i32>,
+    /// The signal that killed the entrypoint, without `SIG` (`"TERM"`, `"KILL"`); `None` when it
+    /// exited, or never ran.
     pub signal: Option<String>,
+    /// When the run was claimed.
     pub created_at: Timestamp,
+    /// When it became `running`; `None` if it never did.
     pub started_at: Option<Timestamp>,
+    /// When it became terminal, after the artifacts and the cleanup; `None` while it is active.
     pub finished_at: Option<Timestamp>,
+    /// `finished_at − started_at` in milliseconds, or `finished_at − created_at` for a run that
+    /// never started; `None` while it is active.
     pub duration_ms: Option<u64>,
+    /// The exec timeout in milliseconds, counted from the moment the script may start, so that it
+    /// bounds the script and not the upload; `None`: no timeout.
     pub timeout_ms: Option<u64>,
+    /// The absolute remote run folder, `<root>/runs/<id>` in SFTP path form; `None` until the
+    /// remote folders exist. It stays set after the cleanup removed the folder.
     pub remote_dir: Option<String>,
+    /// The pid of the process that owns the run while it is active; `None` once it is terminal, or
+    /// when no owner was recorded (the reaper then ends the run).
     pub worker_pid: Option<u32>,
+    /// The owner's start time ([`RunOwner::start_time`]). Stored, not serialized.
     #[serde(skip)]
     pub worker_start_time: Option<u64>,
     /// Keep the remote run folder after the run (`--keep-remote`).
     #[serde(skip)]
     pub keep_remote: bool,
+    /// The run's local files. Always set, even after the files were deleted.
     pub paths: RunPaths,
+    /// What was downloaded from the remote `artifacts/` folder: zeros when the script left none,
+    /// `None` when no download took place (the run ended before its script ran, or the connection
+    /// was lost).
     pub artifacts: Option<ArtifactSummary>,
 }
 
@@ -234,6 +295,7 @@ impl Run {
         }
     }
 
+    /// The owner recorded in `worker_pid` and `worker_start_time`, or `None`.
     pub fn owner(&self) -> Option<RunOwner> {
         self.worker_pid.map(|pid| RunOwner {
             pid,
@@ -300,13 +362,28 @@ impl Run {
 /// Why [`Run::apply`] refused a transition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ApplyError {
+    /// The run is not in the transition's `from` status: another change came first (a lost
+    /// compare-and-set). A store reports it as
+    /// [`StoreError::Conflict`](crate::ports::StoreError::Conflict).
     #[error("the run is {actual}, not {expected}")]
     StatusMismatch {
+        /// The transition's `from`.
         expected: RunStatus,
+        /// The run's status.
         actual: RunStatus,
     },
+    /// The lifecycle has no edge `from → to` (see [`transition`]). A store reports it as
+    /// [`StoreError::InvalidTransition`](crate::ports::StoreError::InvalidTransition).
     #[error("a run cannot go from {from} to {to}")]
-    NotAnEdge { from: RunStatus, to: RunStatus },
+    NotAnEdge {
+        /// The transition's `from`.
+        from: RunStatus,
+        /// The transition's `to`.
+        to: RunStatus,
+    },
+    /// The transition is guarded on an owner ([`Transition::with_owner_guard`]) and the run has
+    /// another one now. A store reports it as
+    /// [`StoreError::OwnerChanged`](crate::ports::StoreError::OwnerChanged).
     #[error("the run's owner changed")]
     OwnerChanged,
 }
@@ -325,28 +402,55 @@ pub enum OwnerGuard {
 /// A run the store is asked to create.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewRun {
+    /// The new run's id, from a [`RunIdGenerator`](crate::ports::RunIdGenerator).
     pub id: RunId,
+    /// The machine to claim.
     pub machine: MachineName,
+    /// The machine's OS.
     pub os: TargetOs,
+    /// The resolved, absolute test directory.
     pub test_dir: PathBuf,
+    /// Its hash; with `machine`, the idempotency key of the claim.
     pub test_dir_hash: TestDirHash,
+    /// The script to run, as
+    /// [`DirManifest::entrypoint_for`](crate::hash::DirManifest::entrypoint_for) found it.
     pub entrypoint: String,
+    /// The claim time.
     pub created_at: Timestamp,
+    /// The exec timeout in milliseconds; `None`: no timeout.
     pub timeout_ms: Option<u64>,
+    /// Keep the remote run folder after the run (`--keep-remote`).
     pub keep_remote: bool,
+    /// The run's local files, usually [`RunPaths::in_state_dir`]. The store records them and does
+    /// not create them.
     pub paths: RunPaths,
+    /// The process that owns the run from the claim on. With `None` no owner is recorded, and the
+    /// next reaper pass ends the run as `WORKER_LOST`.
     pub owner: Option<RunOwner>,
 }
 
 /// A compare-and-set status change and what it records.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transition {
+    /// The status the run must be in; otherwise nothing is written
+    /// ([`ApplyError::StatusMismatch`]).
     pub from: RunStatus,
+    /// The status the run takes; the lifecycle must have the edge `from → to`.
     pub to: RunStatus,
+    /// When it happened: the run's `started_at` for a start, `finished_at` for a terminal status,
+    /// and the event's `at` either way.
     pub at: Timestamp,
+    /// On a terminal status, the run's error, replacing any earlier one; `None` for a completed
+    /// run. Its code is the event's `code` in every case.
     pub error: Option<RunError>,
+    /// The entrypoint's exit status; on a terminal status it replaces [`Run::exit_code`], otherwise
+    /// it is ignored.
     pub exit_code: Option<i32>,
+    /// The signal that killed the entrypoint, without `SIG`; on a terminal status it replaces
+    /// [`Run::signal`], otherwise it is ignored.
     pub signal: Option<String>,
+    /// What was downloaded. On a terminal status `Some` replaces [`Run::artifacts`], and `None`
+    /// leaves it as it is.
     pub artifacts: Option<ArtifactSummary>,
     /// Extra words for the event history; the error message when absent.
     pub detail: Option<String>,
@@ -370,11 +474,14 @@ impl Transition {
         }
     }
 
+    /// Sets the error to `code` and `message`.
     pub fn with_error(mut self, code: ErrorCode, message: impl Into<String>) -> Self {
         self.error = Some(RunError::new(code, message));
         self
     }
 
+    /// Sets the event's detail, to be recorded instead of the error's message (the message followed
+    /// by `; `-separated notes).
     pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
         self.detail = Some(detail.into());
         self
@@ -390,10 +497,16 @@ impl Transition {
 /// One entry of a run's event history. The first entry (creation) has no `from`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunEventRecord {
+    /// When it happened.
     pub at: Timestamp,
+    /// The status before; `None` for the creation.
     pub from: Option<RunStatus>,
+    /// The status after.
     pub to: RunStatus,
+    /// The code of the transition's error, or `None`.
     pub code: Option<ErrorCode>,
+    /// The error's message followed by `; `-separated notes (refused artifact names, a kill or a
+    /// cleanup that failed, later failures), or `None` when there is neither.
     pub detail: Option<String>,
 }
 
@@ -414,7 +527,10 @@ impl RunEventRecord {
 /// returned instead of a new one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DispatchedRun {
+    /// The run; its fields are serialized at the top level, beside `reused`.
     #[serde(flatten)]
     pub run: Run,
+    /// `true` when an active run with the same hash was returned instead of a new one. That run
+    /// keeps its own settings (timeout, `keep_remote`, owner).
     pub reused: bool,
 }

@@ -13,10 +13,15 @@ pub struct Timestamp {
 }
 
 impl Timestamp {
+    /// The instant `unix_ms` milliseconds after the Unix epoch. A negative value is kept, but it
+    /// displays and serializes as the epoch itself, so it does not survive a round trip.
     pub const fn from_unix_ms(unix_ms: i64) -> Self {
         Self { unix_ms }
     }
 
+    /// The system clock's current time, truncated to the millisecond; the epoch if the clock is set
+    /// before it. The runner takes its times from a [`Clock`](crate::ports::Clock) instead, so that
+    /// tests are deterministic.
     pub fn now() -> Self {
         let since_epoch = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -26,6 +31,7 @@ impl Timestamp {
         }
     }
 
+    /// Milliseconds since the Unix epoch, as the store keeps them.
     pub const fn unix_ms(self) -> i64 {
         self.unix_ms
     }

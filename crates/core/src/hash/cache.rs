@@ -72,10 +72,12 @@ impl DigestCache {
         (cached == stamp).then_some(*digest)
     }
 
+    /// The number of files that have a cached digest.
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
+    /// Whether no file has a cached digest.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }

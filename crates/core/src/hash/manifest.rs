@@ -30,6 +30,8 @@ impl RelPath {
         Self(bytes)
     }
 
+    /// The raw bytes, components joined by `/`: what the directory hash feeds in. On Unix these are
+    /// the names' own bytes; elsewhere, their lossy UTF-8.
     pub fn as_bytes(&self) -> &[u8] {
         &self.0
     }
@@ -95,10 +97,13 @@ fn os_str_from_bytes(bytes: &[u8]) -> &std::ffi::OsStr {
 /// One regular file of the test directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ManifestFile {
+    /// The file's path relative to the test directory.
     pub rel_path: RelPath,
+    /// The size in bytes of the contents that were hashed.
     pub size: u64,
     /// Unix permission bits (`0o755`), `0o644` where the platform has none.
     pub mode: u32,
+    /// The SHA-256 of the contents that were hashed.
     pub digest: FileDigest,
     /// The file's identity and change times when it was hashed, if they can vouch for its
     /// contents later (see [`FileStamp`]).
@@ -114,10 +119,17 @@ pub struct ManifestFile {
 /// hashed (git's "racily clean" rule); newer files are hashed again when read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FileStamp {
+    /// The id of the device that holds the file (`st_dev`).
     pub device: u64,
+    /// The file's inode number (`st_ino`).
     pub inode: u64,
+    /// The file's size in bytes (`st_size`).
     pub len: u64,
+    /// The last modification time, in nanoseconds since the Unix epoch. Users can set it, so it
+    /// does not vouch for the contents alone.
     pub mtime_ns: i128,
+    /// The last status change time, in nanoseconds since the Unix epoch. Every write moves it and
+    /// no user can set it.
     pub ctime_ns: i128,
 }
 
@@ -166,6 +178,7 @@ impl FileStamp {
 pub struct DirManifest {
     /// The resolved, absolute test directory.
     pub root: PathBuf,
+    /// The test directory hash of these files: with the machine, the idempotency key of a claim.
     pub hash: TestDirHash,
     /// Directories that hold at least one file, parents before children.
     pub dirs: Vec<RelPath>,

@@ -29,21 +29,32 @@ pub use manifest::{DirManifest, FileDigest, FileStamp, ManifestFile, RelPath};
 /// Why a directory could not be hashed.
 #[derive(Debug, thiserror::Error)]
 pub enum HashError {
+    /// The test directory is missing or is not a directory, after following symlinks. Code
+    /// `TEST_DIR_NOT_FOUND`; [`DispatchError`](crate::DispatchError) turns it into
+    /// [`DispatchError::TestDirNotFound`](crate::DispatchError::TestDirNotFound).
     #[error("test directory {path} does not exist or is not a directory")]
     NotADirectory {
+        /// The test directory as given.
         path: PathBuf,
+        /// Why it could not be resolved, when the file system said; `None` when it exists but is
+        /// not a directory.
         #[source]
         source: Option<io::Error>,
     },
+    /// A file or directory inside the test directory could not be read while walking or hashing it.
+    /// Code `TEST_DIR_NOT_FOUND` too; the message names the path.
     #[error("failed to read {path}")]
     Io {
+        /// The path that could not be read, under the resolved root.
         path: PathBuf,
+        /// The file system's error.
         #[source]
         source: io::Error,
     },
 }
 
 impl HashError {
+    /// [`ErrorCode::TestDirNotFound`], for both variants.
     pub fn code(&self) -> ErrorCode {
         match self {
             Self::NotADirectory { .. } => ErrorCode::TestDirNotFound,
@@ -59,10 +70,14 @@ pub struct DirHasher {
 }
 
 impl DirHasher {
+    /// A hasher fed nothing yet; finished at once, it gives the hash of an empty tree (the SHA-256
+    /// of no bytes).
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// Feeds one file's record, `<rel_path> 0x00 <lowercase hex digest> 0x0A`. The hash depends on
+    /// the order: feed the files in manifest (walk) order to get the test directory hash.
     pub fn add_file(&mut self, rel_path: &RelPath, digest: &FileDigest) {
         self.running.update(rel_path.as_bytes());
         self.running.update([0u8]);
@@ -70,6 +85,7 @@ impl DirHasher {
         self.running.update(b"\n");
     }
 
+    /// The directory hash of the files fed in.
     pub fn finish(self) -> TestDirHash {
         TestDirHash::from_digest(&self.running.finalize())
     }

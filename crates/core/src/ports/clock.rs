@@ -9,6 +9,8 @@ use crate::time::Timestamp;
 
 /// The source of "now".
 pub trait Clock: Send + Sync + fmt::Debug {
+    /// The current time. The runner records every time of a run with it (`created_at`,
+    /// `started_at`, `finished_at`), and the reaper the time it ends a lost run.
     fn now(&self) -> Timestamp;
 }
 

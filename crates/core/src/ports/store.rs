@@ -24,7 +24,9 @@ pub enum Claim {
 /// Which runs [`RunStore::list`] returns.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RunFilter {
+    /// Only runs of this machine; every machine when `None`.
     pub machine: Option<MachineName>,
+    /// Only runs in this status; every status when `None`.
     pub status: Option<RunStatus>,
     /// At most this many runs; all when `None`.
     pub limit: Option<usize>,
@@ -33,36 +35,49 @@ pub struct RunFilter {
 /// Why a store operation failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
+    /// No run has this id in the store. Code `RUN_NOT_FOUND`; every other variant is `STORE_ERROR`.
     #[error("run {0} not found")]
     NotFound(RunId),
     /// A compare-and-set lost: the run was not in the expected status.
     #[error("run {id} is {actual}, not {expected}")]
     Conflict {
+        /// The run.
         id: RunId,
+        /// The status the change required: its [`Transition::from`].
         expected: RunStatus,
+        /// The status the run is in.
         actual: RunStatus,
     },
     /// The lifecycle has no such edge.
     #[error("run {id} cannot go from {from} to {to}")]
     InvalidTransition {
+        /// The run.
         id: RunId,
+        /// The status the change started from.
         from: RunStatus,
+        /// The status it asked for.
         to: RunStatus,
     },
     /// A transition guarded on the owner lost: another process took the run over (nothing
     /// written).
     #[error("run {id} changed owner meanwhile")]
-    OwnerChanged { id: RunId },
+    OwnerChanged {
+        /// The run.
+        id: RunId,
+    },
     /// The backend failed (I/O, SQL, a newer schema, a corrupt file …).
     #[error("{message}")]
     Backend {
+        /// What failed, in words; it names the file when there is one.
         message: String,
+        /// The backend's own error, when there is one.
         #[source]
         source: Option<SharedError>,
     },
 }
 
 impl StoreError {
+    /// A [`StoreError::Backend`] that says `message` and keeps `source` as its cause.
     pub fn backend(
         message: impl Into<String>,
         source: impl StdError + Send + Sync + 'static,
@@ -91,6 +106,8 @@ impl StoreError {
         }
     }
 
+    /// [`ErrorCode::RunNotFound`] for [`StoreError::NotFound`], [`ErrorCode::StoreError`] for every
+    /// other variant.
     pub fn code(&self) -> ErrorCode {
         match self {
             Self::NotFound(_) => ErrorCode::RunNotFound,

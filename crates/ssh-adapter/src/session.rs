@@ -9,8 +9,8 @@ use russh::{ChannelMsg, Disconnect, Sig, client};
 use russh_sftp::client::SftpSession;
 use testfleet_core::hash::DirManifest;
 use testfleet_core::ports::{
-    DownloadReport, ExecGate, ExecOutput, KillRequest, OutputStream, OutputTail, ProgressSink,
-    RemoteExit, SshError, SshSession, TransferStats,
+    DownloadReport, ExecGate, ExecOutput, OutputStream, ProgressSink, RemoteExit, SshError,
+    SshSession, TransferStats,
 };
 
 use crate::TransferTuning;
@@ -260,26 +260,6 @@ impl SshSession for RusshSession {
         output: &mut dyn ExecOutput,
     ) -> Result<RemoteExit, SshError> {
         self.run(command, Some(gate), output).await
-    }
-
-    async fn kill(&self, request: &KillRequest) -> Result<(), SshError> {
-        let command = request.shell.kill_command(&request.pid_file, request.grace);
-        let mut output = OutputTail::default();
-        match self.run(&command, None, &mut output).await? {
-            RemoteExit::Code(0) => Ok(()),
-            other => Err(SshError::ExecFailed {
-                reason: format!(
-                    "the kill command ended with {other:?}{}: {}",
-                    if other == RemoteExit::Code(3) {
-                        " (no pid file appeared)"
-                    } else {
-                        ""
-                    },
-                    output.text()
-                ),
-                source: None,
-            }),
-        }
     }
 
     async fn download_dir(

@@ -26,35 +26,58 @@ pub enum HostKeyPolicy {
 /// Everything needed to reach one machine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SshTarget {
+    /// The host name or address to dial, after any `~/.ssh/config` `HostName`. It is also the name
+    /// the host key is looked up under in known_hosts: `host` for port 22, `[host]:port` otherwise.
     pub host: String,
+    /// The SSH server's TCP port.
     pub port: u16,
+    /// The user to log in as.
     pub user: String,
     /// Identity files to try after the agent, in order.
     pub identity_files: Vec<PathBuf>,
+    /// The known_hosts file the offered host key is checked against and, under
+    /// [`HostKeyPolicy::AcceptNew`], appended to. A missing file knows no host.
     pub known_hosts: PathBuf,
+    /// What to do with a host key that known_hosts does not hold. A key that disagrees with
+    /// known_hosts is refused whatever the policy.
     pub host_key_policy: HostKeyPolicy,
+    /// One deadline for the TCP connect, the handshake and the login together.
     pub connect_timeout: Duration,
+    /// How often an SSH keepalive checks that the server still answers.
     pub keepalive_interval: Duration,
     /// Keepalives missed in a row before the connection counts as lost.
     pub keepalive_max: u32,
 }
 
 impl SshTarget {
+    /// The connect timeout testfleet uses: 15 s.
     pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+    /// The keepalive interval testfleet uses: 15 s.
     pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
+    /// Unanswered keepalives in a row before testfleet counts the connection as lost: 3.
     pub const DEFAULT_KEEPALIVE_MAX: u32 = 3;
 }
 
 /// Why an SSH operation failed. Each variant maps to one stable code.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SshError {
+    /// The policy is [`HostKeyPolicy::Strict`] and known_hosts holds no entry for the host: the
+    /// connection is refused before anything but the handshake is sent. Code `HOST_KEY_UNKNOWN`.
     #[error("host key of {host}:{port} is not in {known_hosts} (offered {fingerprint})")]
     HostKeyUnknown {
+        /// The host dialed.
         host: String,
+        /// The port dialed.
         port: u16,
+        /// The offered key's fingerprint, `SHA256:` and base64, for the user to compare out of
+        /// band.
         fingerprint: String,
+        /// The known_hosts file that was searched.
         known_hosts: PathBuf,
     },
+    /// known_hosts holds other keys for the host and not the offered one, or marks the offered key
+    /// `@revoked`. Code `HOST_KEY_MISMATCH`, whatever the policy: no flag overrides it, and the
+    /// user must verify the key and edit known_hosts.
     #[error(
         "host key of {host}:{port} ({fingerprint}) does not match the key recorded in \
          {known_hosts}{line}; the host may have been reinstalled, or someone may be \
@@ -62,63 +85,119 @@ pub enum SshError {
         line = .line.map(|n| format!(" at line {n}")).unwrap_or_default()
     )]
     HostKeyMismatch {
+        /// The host dialed.
         host: String,
+        /// The port dialed.
         port: u16,
+        /// The offered key's fingerprint, `SHA256:` and base64.
         fingerprint: String,
+        /// The known_hosts file that disagrees.
         known_hosts: PathBuf,
+        /// The 1-based line of that file that disagrees (the first line with another key, or the
+        /// `@revoked` line), when known.
         line: Option<usize>,
     },
+    /// The host key was accepted, but the login was not: no offered key was accepted, an encrypted
+    /// key has no agent to hold it, the login did not finish within the connect timeout, or the
+    /// connection broke during login. Code `AUTH_FAILED`.
     #[error("authentication as {user}@{host} failed: {reason}")]
     AuthFailed {
+        /// The user the login was for.
         user: String,
+        /// The host dialed.
         host: String,
+        /// What was tried and why it failed, for the user (for example the encrypted key and the
+        /// `ssh-add` it needs).
         reason: String,
     },
+    /// No SSH connection came up: DNS failure, connection refused, host unreachable, a failed
+    /// handshake, or a TCP connect or handshake that did not finish within the connect timeout.
+    /// Code `DIAL_FAILED`.
     #[error("failed to connect to {host}:{port}: {reason}")]
     DialFailed {
+        /// The host dialed.
         host: String,
+        /// The port dialed.
         port: u16,
+        /// What went wrong, in words.
         reason: String,
+        /// The underlying error, when there is one.
         #[source]
         source: Option<SharedError>,
     },
+    /// An SFTP request failed while creating the remote folders, resolving the remote root or
+    /// uploading; or a path cannot be used: an existing non-directory where a folder must be, a
+    /// name that is not valid UTF-8 (refused before anything is sent). Code `UPLOAD_FAILED`.
     #[error("upload failed at {path}: {reason}")]
     UploadFailed {
+        /// The path at fault: the remote path (SFTP form), or the relative path of a local file
+        /// whose name is not valid UTF-8.
         path: String,
+        /// What went wrong, in words.
         reason: String,
+        /// The underlying error, when there is one.
         #[source]
         source: Option<SharedError>,
     },
+    /// An SFTP request or a local file operation failed while downloading a folder. Code
+    /// `DOWNLOAD_FAILED`. A refused name is not this error but a [`RefusedEntry`] of the
+    /// [`DownloadReport`].
     #[error("download failed at {path}: {reason}")]
     DownloadFailed {
+        /// The path at fault: the remote path for an SFTP failure, the local path for a local one.
         path: String,
+        /// What went wrong, in words.
         reason: String,
+        /// The underlying error, when there is one.
         #[source]
         source: Option<SharedError>,
     },
+    /// A file read for upload no longer holds what the manifest recorded: it changed, grew, shrank
+    /// or disappeared since it was hashed. Code `TEST_DIR_CHANGED`. No byte beyond the manifest's
+    /// size is sent for it.
     #[error("{path} changed after it was hashed; dispatch again to run the new contents")]
-    TestDirChanged { path: String },
+    TestDirChanged {
+        /// The file's path relative to the test directory, as the manifest names it.
+        path: String,
+    },
+    /// The remote command could not be started: the session channel or the exec request was
+    /// refused. Code `EXEC_FAILED`. The runner also reports a gated command that ended before its
+    /// gate opened this way.
     #[error("failed to start the remote command: {reason}")]
     ExecFailed {
+        /// What went wrong, in words.
         reason: String,
+        /// The underlying error, when there is one.
         #[source]
         source: Option<SharedError>,
     },
+    /// The transport failed on a live connection: keepalives went unanswered, or the connection
+    /// broke. Code `CONNECTION_LOST`. Nothing more can be done on the session: the runner then
+    /// neither downloads artifacts nor cleans up.
     #[error("connection lost: {reason}")]
     ConnectionLost {
+        /// What went wrong, in words.
         reason: String,
+        /// The underlying error, when there is one.
         #[source]
         source: Option<SharedError>,
     },
+    /// Anything else, code `INTERNAL`: a known_hosts file that cannot be read or written, a host
+    /// certificate offered (never trusted), an SFTP subsystem or channel that fails to start, a
+    /// remote path that cannot be removed.
     #[error("ssh: {reason}")]
     Other {
+        /// What failed, naming the file or path when there is one.
         reason: String,
+        /// The underlying error, when there is one.
         #[source]
         source: Option<SharedError>,
     },
 }
 
 impl SshError {
+    /// The stable code of this error: the variant's namesake, and [`ErrorCode::Internal`] for
+    /// [`SshError::Other`].
     pub fn code(&self) -> ErrorCode {
         match self {
             Self::HostKeyUnknown { .. } => ErrorCode::HostKeyUnknown,
@@ -138,14 +217,20 @@ impl SshError {
 /// Progress of an upload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct TransferProgress {
+    /// Files uploaded completely so far.
     pub files_done: u64,
+    /// Files the upload sends in all: the manifest's.
     pub files_total: u64,
+    /// Bytes of file contents uploaded so far.
     pub bytes_done: u64,
+    /// Bytes the upload sends in all ([`DirManifest::total_bytes`]).
     pub bytes_total: u64,
 }
 
 /// Receives upload progress; called often, so it must be cheap.
 pub trait ProgressSink: Send + Sync {
+    /// Takes the upload's counts so far. It may be called from several threads, and a call may
+    /// repeat the counts of the one before.
     fn progress(&self, progress: TransferProgress);
 }
 
@@ -160,14 +245,18 @@ impl ProgressSink for NoProgress {
 /// Totals of a finished transfer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct TransferStats {
+    /// Files transferred.
     pub files: u64,
+    /// Bytes of file contents transferred.
     pub bytes: u64,
 }
 
 /// Which output stream bytes came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum OutputStream {
+    /// The remote command's standard output.
     Stdout,
+    /// The remote command's standard error.
     Stderr,
 }
 
@@ -175,6 +264,8 @@ pub enum OutputStream {
 /// store bytes remembers its error for its owner, so that the channel is always drained.
 #[async_trait]
 pub trait ExecOutput: Send {
+    /// Takes the next bytes of `stream`, in the order they arrived. A chunk may end in the middle
+    /// of a line or of a UTF-8 character.
     async fn write(&mut self, stream: OutputStream, data: &[u8]);
 }
 
@@ -184,6 +275,7 @@ pub trait ExecOutput: Send {
 pub struct OutputTail(Vec<u8>);
 
 impl OutputTail {
+    /// How many bytes are kept: the last 4 KiB of both streams together.
     pub const KEEP: usize = 4096;
 
     /// What was kept, as text, trimmed.
@@ -252,6 +344,8 @@ impl GateKeeper {
 /// A request to kill the process tree of a run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KillRequest {
+    /// The machine's shell, which picks the kill command
+    /// ([`RemoteShell::kill_command`](crate::remote::RemoteShell::kill_command)).
     pub shell: RemoteShell,
     /// The pid file the exec command wrote (SFTP path form).
     pub pid_file: String,
@@ -264,13 +358,18 @@ pub struct KillRequest {
 pub struct RefusedEntry {
     /// The remote path of the entry (relative to the downloaded folder).
     pub path: String,
+    /// Why it was refused: the rule the name broke
+    /// ([`BadRemoteName`](crate::remote::BadRemoteName)), or that the entry is a symlink or not a
+    /// regular file or directory.
     pub reason: String,
 }
 
 /// The result of downloading a folder.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct DownloadReport {
+    /// Regular files downloaded.
     pub files: u64,
+    /// Their total size in bytes.
     pub bytes: u64,
     /// Entries not downloaded: hostile names, symlinks, special files.
     pub refused: Vec<RefusedEntry>,
@@ -350,12 +449,33 @@ pub trait SshSession: Send + Sync {
         output: &mut dyn ExecOutput,
     ) -> Result<RemoteExit, SshError>;
 
-    /// Kills the process tree recorded in `request.pid_file`, over a channel of its own.
+    /// Kills the process tree recorded in `request.pid_file`, over a channel of its own. The
+    /// default runs the shell's kill command ([`RemoteShell::kill_command`]) with
+    /// [`SshSession::exec`] and requires it to succeed; a transport overrides it only when it
+    /// kills another way.
     ///
     /// # Errors
-    /// [`SshError::ExecFailed`] when the kill command could not run;
-    /// [`SshError::ConnectionLost`].
-    async fn kill(&self, request: &KillRequest) -> Result<(), SshError>;
+    /// [`SshError::ExecFailed`] when the kill command could not run or did not succeed (its
+    /// exit status 3: no pid file appeared); [`SshError::ConnectionLost`].
+    async fn kill(&self, request: &KillRequest) -> Result<(), SshError> {
+        let command = request.shell.kill_command(&request.pid_file, request.grace);
+        let mut output = OutputTail::default();
+        match self.exec(&command, &mut output).await? {
+            RemoteExit::Code(0) => Ok(()),
+            other => Err(SshError::ExecFailed {
+                reason: format!(
+                    "the kill command ended with {other:?}{}: {}",
+                    if other == RemoteExit::Code(3) {
+                        " (no pid file appeared)"
+                    } else {
+                        ""
+                    },
+                    output.text()
+                ),
+                source: None,
+            }),
+        }
+    }
 
     /// Downloads the remote folder `remote_dir` into `local_dir` (created if needed). A missing
     /// remote folder downloads nothing and is not an error. Every remote name is checked with

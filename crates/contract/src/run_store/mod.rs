@@ -1,0 +1,224 @@
+//! The RunStore contract suite.
+//!
+//! [`run_store`] runs every case against a fresh store from the caller's factory. A store
+//! passes when every case passes: the fake and every real adapter run the same suite, so they
+//! cannot drift apart. The expected state of a run after a transition is always computed with
+//! [`Run::apply`] on a local copy, so every store must record exactly what the core says.
+//!
+//! The concurrency cases spawn tokio tasks; call the suite from a multi-threaded runtime
+//! (`#[tokio::test(flavor = "multi_thread")]`) so that the races are real.
+
+mod claims;
+mod records;
+mod transitions;
+
+use std::any::Any;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use testfleet_core::ports::{Claim, RunFilter, RunStore};
+use testfleet_core::run::{NewRun, Run, RunEventRecord, RunOwner, RunPaths, RunStatus, Transition};
+use testfleet_core::{MachineName, RunId, TargetOs, TestDirHash, Timestamp};
+
+/// A store under test, and whatever must stay alive as long as it does (a temp dir …).
+pub struct Subject {
+    pub store: Arc<dyn RunStore>,
+    _guard: Box<dyn Any + Send>,
+}
+
+impl Subject {
+    /// A store that needs nothing kept alive beside it.
+    pub fn new(store: impl RunStore + 'static) -> Self {
+        Self::with_guard(store, ())
+    }
+
+    /// A store whose backing resources `guard` owns; the guard is dropped after the store's
+    /// last case.
+    pub fn with_guard(store: impl RunStore + 'static, guard: impl Any + Send) -> Self {
+        Self {
+            store: Arc::new(store),
+            _guard: Box::new(guard),
+        }
+    }
+}
+
+impl fmt::Debug for Subject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subject")
+            .field("store", &self.store)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Runs the whole contract, each case against a fresh store from `make_store`.
+///
+/// # Panics
+/// When the store breaks the contract; the message names the case and what differed.
+pub async fn run_store(make_store: impl Fn() -> Subject) {
+    macro_rules! cases {
+        ($($case:ident),* $(,)?) => {$(
+            {
+                let subject = make_store();
+                eprintln!("run_store contract: {}", stringify!($case));
+                $case(&subject.store).await;
+            }
+        )*};
+    }
+    use claims::*;
+    use records::*;
+    use transitions::*;
+    cases!(
+        claim_creates_a_pending_run,
+        claim_returns_the_active_run,
+        terminal_runs_do_not_block_a_claim,
+        claim_records_every_field,
+        compare_and_set_wins_once,
+        concurrent_transitions_have_one_winner,
+        invalid_edges_are_refused,
+        terminal_runs_never_change,
+        events_record_every_transition_in_order,
+        outcome_fields_follow_run_apply,
+        list_filters_orders_and_limits,
+        active_runs_are_oldest_first_with_owners,
+        set_owner_and_remote_dir,
+        owner_guarded_transitions_need_the_same_owner,
+        unknown_ids_are_not_found,
+        concurrent_claims_have_one_winner,
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Data shared by the cases
+
+/// 2026-11-28T17:08:43Z, a fixed origin so that every store sees the same times.
+pub(super) const T0_MS: i64 = 1_795_885_723_000;
+
+pub(super) fn at(offset_ms: i64) -> Timestamp {
+    Timestamp::from_unix_ms(T0_MS + offset_ms)
+}
+
+pub(super) fn machine(name: &str) -> MachineName {
+    MachineName::parse(name).expect("contract machine names are valid")
+}
+
+pub(super) fn hash(byte: u8) -> TestDirHash {
+    TestDirHash::parse(&format!("{byte:02x}").repeat(32)).expect("64 hex digits form a hash")
+}
+
+/// A new run on `machine_name` created `offset_ms` after the origin; `serial` keeps ids
+/// created in the same millisecond distinct and ordered.
+pub(super) fn new_run(machine_name: &str, hash_byte: u8, offset_ms: i64, serial: u128) -> NewRun {
+    let unix_ms = u64::try_from(T0_MS + offset_ms).expect("contract times are after 1970");
+    let id = RunId::from_parts(unix_ms, serial);
+    let test_dir = PathBuf::from(format!("/home/ci/tests/{machine_name}"));
+    NewRun {
+        paths: RunPaths::in_state_dir(&PathBuf::from("/state"), &id),
+        id,
+        machine: machine(machine_name),
+        os: TargetOs::linux(),
+        test_dir,
+        test_dir_hash: hash(hash_byte),
+        entrypoint: "run.sh".to_owned(),
+        created_at: at(offset_ms),
+        timeout_ms: None,
+        keep_remote: false,
+        owner: Some(RunOwner {
+            pid: 4242,
+            start_time: Some(77),
+        }),
+    }
+}
+
+pub(super) async fn claim_new(store: &Arc<dyn RunStore>, new: NewRun) -> Run {
+    match store.claim(new.clone()).await {
+        Ok(Claim::Created(run)) => {
+            assert_eq!(
+                run,
+                Run::pending(new),
+                "claim must return the run it created"
+            );
+            run
+        }
+        other => panic!(
+            "claim of {} on an idle machine: expected Created, got {other:?}",
+            new.id
+        ),
+    }
+}
+
+/// Applies `change` to `expected` locally and through the store, and checks that the store
+/// returned, stored and logged exactly what [`Run::apply`] says.
+pub(super) async fn apply_and_check(
+    store: &Arc<dyn RunStore>,
+    expected: &mut Run,
+    expected_events: &mut Vec<RunEventRecord>,
+    change: Transition,
+) {
+    let event = expected
+        .apply(&change)
+        .expect("the contract only applies valid changes");
+    expected_events.push(event);
+    let returned = store.transition(&expected.id, change.clone()).await;
+    assert_eq!(
+        returned.as_ref().ok(),
+        Some(&*expected),
+        "transition {change:?}: {returned:?}"
+    );
+    assert_eq!(
+        store.get(&expected.id).await.ok().as_ref(),
+        Some(&*expected),
+        "stored run"
+    );
+    assert_eq!(
+        store.events(&expected.id).await.ok().as_ref(),
+        Some(&*expected_events),
+        "event history after {change:?}"
+    );
+}
+
+pub(super) async fn must_get(store: &Arc<dyn RunStore>, id: &RunId) -> Run {
+    match store.get(id).await {
+        Ok(run) => run,
+        Err(error) => panic!("get {id}: {error:?}"),
+    }
+}
+
+pub(super) async fn must_events(store: &Arc<dyn RunStore>, id: &RunId) -> Vec<RunEventRecord> {
+    match store.events(id).await {
+        Ok(events) => events,
+        Err(error) => panic!("events {id}: {error:?}"),
+    }
+}
+
+pub(super) async fn must_list(store: &Arc<dyn RunStore>, filter: RunFilter) -> Vec<RunId> {
+    match store.list(&filter).await {
+        Ok(runs) => runs.into_iter().map(|run| run.id).collect(),
+        Err(error) => panic!("list {filter:?}: {error:?}"),
+    }
+}
+
+/// Moves a pending run to the terminal `status` along a valid path.
+pub(super) async fn finish(
+    store: &Arc<dyn RunStore>,
+    id: &RunId,
+    status: RunStatus,
+    offset_ms: i64,
+) -> Run {
+    let path: &[RunStatus] = match status {
+        RunStatus::Completed | RunStatus::Timeout => &[RunStatus::Running, status],
+        RunStatus::Failed | RunStatus::Interrupted => &[status],
+        RunStatus::Pending => &[],
+        RunStatus::Running => &[RunStatus::Running],
+    };
+    let mut run = must_get(store, id).await;
+    for (step_idx, &to) in path.iter().enumerate() {
+        let step_at = at(offset_ms + i64::try_from(step_idx).expect("two steps at most"));
+        let change = Transition::new(run.status, to, step_at);
+        run = match store.transition(id, change).await {
+            Ok(run) => run,
+            Err(error) => panic!("moving {id} to {to}: {error:?}"),
+        };
+    }
+    run
+}

@@ -1,0 +1,273 @@
+//! Reading and amending records: listing, active runs, owners, remote folders, unknown ids.
+
+use std::sync::Arc;
+
+use testfleet_core::ports::{RunFilter, RunStore, StoreError};
+use testfleet_core::run::{RunOwner, RunStatus, Transition};
+use testfleet_core::{ErrorCode, RunId};
+
+use super::*;
+
+pub(super) async fn list_filters_orders_and_limits(store: &Arc<dyn RunStore>) {
+    // Created in this order; a-* on machine a, b-* on machine b.
+    let mut ids = Vec::new();
+    let plan = [
+        ("a", RunStatus::Completed),
+        ("b", RunStatus::Failed),
+        ("a", RunStatus::Failed),
+        ("b", RunStatus::Completed),
+        ("a", RunStatus::Completed),
+        ("b", RunStatus::Running),
+        ("a", RunStatus::Pending),
+    ];
+    for (idx, (name, status)) in plan.into_iter().enumerate() {
+        let offset = i64::try_from(idx).expect("few runs") * 1_000;
+        let serial = u128::try_from(idx).expect("few runs");
+        let run = claim_new(store, new_run(name, 1, offset, serial)).await;
+        finish(store, &run.id, status, offset + 10).await;
+        ids.push((name, status, run.id));
+    }
+    let newest_first = |keep: &dyn Fn(&str, RunStatus) -> bool| -> Vec<RunId> {
+        ids.iter()
+            .rev()
+            .filter(|(name, status, _)| keep(name, *status))
+            .map(|(_, _, id)| id.clone())
+            .collect()
+    };
+
+    let all = must_list(store, RunFilter::default()).await;
+    assert_eq!(all, newest_first(&|_, _| true), "newest first");
+
+    let on_a = RunFilter {
+        machine: Some(machine("a")),
+        ..RunFilter::default()
+    };
+    assert_eq!(
+        must_list(store, on_a).await,
+        newest_first(&|name, _| name == "a")
+    );
+
+    let completed = RunFilter {
+        status: Some(RunStatus::Completed),
+        ..RunFilter::default()
+    };
+    assert_eq!(
+        must_list(store, completed).await,
+        newest_first(&|_, status| status == RunStatus::Completed)
+    );
+
+    let both = RunFilter {
+        machine: Some(machine("b")),
+        status: Some(RunStatus::Completed),
+        limit: None,
+    };
+    assert_eq!(
+        must_list(store, both).await,
+        newest_first(&|name, status| name == "b" && status == RunStatus::Completed)
+    );
+
+    for limit in [0, 1, 2, 7, 100] {
+        let limited = RunFilter {
+            limit: Some(limit),
+            ..RunFilter::default()
+        };
+        let expected: Vec<RunId> = newest_first(&|_, _| true).into_iter().take(limit).collect();
+        assert_eq!(must_list(store, limited).await, expected, "limit {limit}");
+    }
+    let limited_on_a = RunFilter {
+        machine: Some(machine("a")),
+        status: None,
+        limit: Some(2),
+    };
+    let expected: Vec<RunId> = newest_first(&|name, _| name == "a")
+        .into_iter()
+        .take(2)
+        .collect();
+    assert_eq!(must_list(store, limited_on_a).await, expected);
+
+    let nowhere = RunFilter {
+        machine: Some(machine("nowhere")),
+        ..RunFilter::default()
+    };
+    assert_eq!(must_list(store, nowhere).await, Vec::<RunId>::new());
+    let timeouts = RunFilter {
+        status: Some(RunStatus::Timeout),
+        ..RunFilter::default()
+    };
+    assert_eq!(must_list(store, timeouts).await, Vec::<RunId>::new());
+
+    // The listed runs are whole records, not only ids.
+    let listed = store
+        .list(&RunFilter::default())
+        .await
+        .expect("listing works above");
+    for run in listed {
+        assert_eq!(must_get(store, &run.id).await, run);
+    }
+}
+
+pub(super) async fn active_runs_are_oldest_first_with_owners(store: &Arc<dyn RunStore>) {
+    assert_eq!(
+        store.active_runs().await.ok(),
+        Some(Vec::new()),
+        "an empty store"
+    );
+    let mut expected = Vec::new();
+    for idx in 0..5_u8 {
+        let offset = i64::from(idx) * 10;
+        let mut new = new_run(&format!("m-{idx}"), idx, offset, u128::from(idx));
+        new.owner = Some(RunOwner {
+            pid: 100 + u32::from(idx),
+            start_time: Some(u64::from(idx) << 40),
+        });
+        let run = claim_new(store, new).await;
+        let run = match idx {
+            1 => finish(store, &run.id, RunStatus::Completed, offset + 1).await,
+            2 => finish(store, &run.id, RunStatus::Running, offset + 1).await,
+            4 => finish(store, &run.id, RunStatus::Interrupted, offset + 1).await,
+            _ => run,
+        };
+        if run.status.is_active() {
+            expected.push(run);
+        }
+    }
+    let active = store.active_runs().await;
+    assert_eq!(
+        active.as_ref().ok(),
+        Some(&expected),
+        "active runs, oldest first, owners kept"
+    );
+    let owners: Vec<Option<u32>> = expected.iter().map(|run| run.worker_pid).collect();
+    assert_eq!(owners, vec![Some(100), Some(102), Some(103)]);
+}
+
+pub(super) async fn set_owner_and_remote_dir(store: &Arc<dyn RunStore>) {
+    let run = claim_new(store, new_run("linux-1", 1, 0, 1)).await;
+    let events_before = must_events(store, &run.id).await;
+
+    let worker = RunOwner {
+        pid: 31_337,
+        start_time: Some(123_456_789),
+    };
+    let owned = store.set_owner(&run.id, worker).await;
+    let mut expected = run.clone();
+    expected.worker_pid = Some(worker.pid);
+    expected.worker_start_time = worker.start_time;
+    assert_eq!(
+        owned.as_ref().ok(),
+        Some(&expected),
+        "set_owner returns the updated run"
+    );
+    assert_eq!(must_get(store, &run.id).await, expected);
+
+    let remote = "/home/ci/.testfleet/runs/it's \"odd\"";
+    assert!(store.set_remote_dir(&run.id, remote).await.is_ok());
+    expected.remote_dir = Some(remote.to_owned());
+    assert_eq!(must_get(store, &run.id).await, expected);
+
+    // Still allowed while running; the owner survives the start.
+    let running = finish(store, &run.id, RunStatus::Running, 10).await;
+    assert_eq!(running.owner(), Some(worker));
+    let no_start_time = RunOwner {
+        pid: 7,
+        start_time: None,
+    };
+    let owned = store
+        .set_owner(&run.id, no_start_time)
+        .await
+        .expect("a running run takes an owner");
+    assert_eq!(owned.owner(), Some(no_start_time));
+    assert_eq!(owned.remote_dir.as_deref(), Some(remote));
+    assert!(store.set_remote_dir(&run.id, "/tmp/other").await.is_ok());
+    assert_eq!(
+        must_get(store, &run.id).await.remote_dir.as_deref(),
+        Some("/tmp/other")
+    );
+
+    assert_eq!(
+        must_events(store, &run.id).await.len(),
+        events_before.len() + 1,
+        "only the start is an event"
+    );
+}
+
+/// The reaper's transition is guarded on the owner it saw dead: once another process has
+/// taken the run over, the guarded change is refused and writes nothing.
+pub(super) async fn owner_guarded_transitions_need_the_same_owner(store: &Arc<dyn RunStore>) {
+    let run = claim_new(store, new_run("linux-1", 1, 0, 1)).await;
+    let claimer = run.owner();
+    let worker = RunOwner {
+        pid: 4242,
+        start_time: Some(99),
+    };
+    let handed_over = store
+        .set_owner(&run.id, worker)
+        .await
+        .expect("the run takes a new owner");
+    let events_before = must_events(store, &run.id).await;
+
+    let stale = Transition::new(RunStatus::Pending, RunStatus::Interrupted, at(5))
+        .with_error(ErrorCode::WorkerLost, "owner gone")
+        .with_owner_guard(claimer);
+    match store.transition(&run.id, stale).await {
+        Err(StoreError::OwnerChanged { id }) => assert_eq!(id, run.id),
+        other => panic!("a stale owner guard must be refused with OwnerChanged: {other:?}"),
+    }
+    assert_eq!(
+        must_get(store, &run.id).await,
+        handed_over,
+        "nothing written"
+    );
+    assert_eq!(must_events(store, &run.id).await, events_before);
+
+    let current = Transition::new(RunStatus::Pending, RunStatus::Interrupted, at(6))
+        .with_error(ErrorCode::WorkerLost, "owner gone")
+        .with_owner_guard(Some(worker));
+    let mut expected = handed_over.clone();
+    expected.apply(&current).expect("the guard matches");
+    let reaped = store
+        .transition(&run.id, current)
+        .await
+        .expect("the guard matches the current owner");
+    assert_eq!(reaped, expected);
+}
+
+pub(super) async fn unknown_ids_are_not_found(store: &Arc<dyn RunStore>) {
+    claim_new(store, new_run("linux-1", 1, 0, 1)).await;
+    let unknown = RunId::from_parts(1, 1);
+    let is_not_found = |result: Result<(), StoreError>, what: &str| match result {
+        Err(StoreError::NotFound(id)) => assert_eq!(id, unknown, "{what}"),
+        other => panic!("{what} of an unknown id: expected NotFound, got {other:?}"),
+    };
+    is_not_found(store.get(&unknown).await.map(drop), "get");
+    is_not_found(
+        store
+            .transition(
+                &unknown,
+                Transition::new(RunStatus::Pending, RunStatus::Running, at(1)),
+            )
+            .await
+            .map(drop),
+        "transition",
+    );
+    is_not_found(store.events(&unknown).await.map(drop), "events");
+    is_not_found(store.set_remote_dir(&unknown, "/x").await, "set_remote_dir");
+    is_not_found(
+        store
+            .set_owner(
+                &unknown,
+                RunOwner {
+                    pid: 1,
+                    start_time: None,
+                },
+            )
+            .await
+            .map(drop),
+        "set_owner",
+    );
+    assert_eq!(
+        must_list(store, RunFilter::default()).await.len(),
+        1,
+        "nothing was created"
+    );
+}

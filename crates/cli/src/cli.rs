@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use testfleet_core::RunStatus;
 
 /// Send a test directory to machines of a fleet over SSH, run it there, bring the results home.
@@ -68,8 +68,8 @@ pub enum Command {
         #[arg(short, long, value_name = "NAME")]
         machine: Option<String>,
         /// Only runs with this status
-        #[arg(long, value_enum)]
-        status: Option<StatusArg>,
+        #[arg(long, value_parser = status_parser())]
+        status: Option<RunStatus>,
         /// At most this many runs
         #[arg(long, default_value_t = 20)]
         limit: usize,
@@ -154,28 +154,12 @@ pub struct AddMachineArgs {
     pub labels: Vec<String>,
 }
 
-/// A run status as a flag value.
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum StatusArg {
-    Pending,
-    Running,
-    Completed,
-    Failed,
-    Timeout,
-    Interrupted,
-}
-
-impl From<StatusArg> for RunStatus {
-    fn from(status: StatusArg) -> Self {
-        match status {
-            StatusArg::Pending => Self::Pending,
-            StatusArg::Running => Self::Running,
-            StatusArg::Completed => Self::Completed,
-            StatusArg::Failed => Self::Failed,
-            StatusArg::Timeout => Self::Timeout,
-            StatusArg::Interrupted => Self::Interrupted,
-        }
-    }
+/// A run status as a flag value: the names of the run record, listed in `--help` and offered
+/// to completion.
+fn status_parser() -> impl clap::builder::TypedValueParser<Value = RunStatus> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(RunStatus::ALL.map(RunStatus::as_str))
+        .map(|text| RunStatus::parse(&text).expect("every possible value names a status"))
 }
 
 fn duration(text: &str) -> Result<Duration, String> {

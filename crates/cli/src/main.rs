@@ -130,7 +130,7 @@ async fn execute(ctx: &Context, command: Command) -> Result<Report, CliError> {
             machine,
             status,
             limit,
-        } => commands::runs::list(ctx, machine.as_deref(), status.map(Into::into), limit).await,
+        } => commands::runs::list(ctx, machine.as_deref(), status, limit).await,
         Command::Cancel { run_id } => commands::runs::cancel(ctx, &run_id).await,
         Command::Machines(command) => match command {
             MachinesCommand::List => commands::machines::list(ctx),

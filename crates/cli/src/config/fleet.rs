@@ -19,38 +19,42 @@ use testfleet_core::runner::MachineSpec;
 use super::paths::Env;
 use crate::error::CliError;
 
-/// Keys allowed in `[defaults]`; every one may also be set on a machine.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Defaults {
-    user: Option<String>,
-    port: Option<u16>,
-    os: Option<String>,
-    shell: Option<WindowsShell>,
-    identity_file: Option<String>,
-    known_hosts: Option<String>,
-    remote_root: Option<String>,
-    #[serde(default, deserialize_with = "duration")]
-    timeout: Option<Duration>,
+/// Declares a table of the fleet file: its own keys, then the keys that `[defaults]` sets for
+/// every machine and each machine may set for itself. serde's `flatten` does not combine with
+/// `deny_unknown_fields`, so the shared keys are written once, here, and expanded into both
+/// tables.
+macro_rules! fleet_table {
+    ($(#[$meta:meta])* struct $name:ident { $($own:tt)* }) => {
+        $(#[$meta])*
+        #[derive(Debug, Default, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct $name {
+            $($own)*
+            user: Option<String>,
+            port: Option<u16>,
+            os: Option<String>,
+            shell: Option<WindowsShell>,
+            identity_file: Option<String>,
+            known_hosts: Option<String>,
+            remote_root: Option<String>,
+            #[serde(default, deserialize_with = "duration")]
+            timeout: Option<Duration>,
+        }
+    };
 }
 
-/// One `[machines.NAME]` table: the keys of [`Defaults`] plus `host` and `labels`. (serde's
-/// `flatten` does not combine with `deny_unknown_fields`, hence the repetition.)
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct MachineEntry {
-    host: Option<String>,
-    #[serde(default)]
-    labels: Vec<String>,
-    user: Option<String>,
-    port: Option<u16>,
-    os: Option<String>,
-    shell: Option<WindowsShell>,
-    identity_file: Option<String>,
-    known_hosts: Option<String>,
-    remote_root: Option<String>,
-    #[serde(default, deserialize_with = "duration")]
-    timeout: Option<Duration>,
+fleet_table! {
+    /// `[defaults]`: the shared keys only.
+    struct Defaults {}
+}
+
+fleet_table! {
+    /// One `[machines.NAME]` table: `host` and `labels`, then the shared keys.
+    struct MachineEntry {
+        host: Option<String>,
+        #[serde(default)]
+        labels: Vec<String>,
+    }
 }
 
 #[derive(Debug, Deserialize)]

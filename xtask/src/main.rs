@@ -3,7 +3,9 @@
 //! - `ci`: exactly what `.ci/run` runs — the README's test command, fmt, clippy, docs, e2e.
 //! - `e2e`: the release binary against the testkit server and a real OpenSSH sshd.
 //! - `demo`: the built-in SSH server, a temporary fleet, and two example runs.
-//! - `bench [hash|store|all]`: benchmarks that measure the reference tools in the same run.
+//! - `serve [N]`: N built-in SSH servers and a fleet file for them, for trying the CLI by hand.
+//! - `bench [hash|store|transfer|all]`: benchmarks that measure the reference tools in the same
+//!   run.
 
 mod bench;
 mod demo;

@@ -204,11 +204,7 @@ fn all_dead(record: &Path, limit: Duration) -> Result<()> {
 /// Kills processes a scenario started and left behind on purpose (by pid, never by name).
 fn kill_recorded(record: &Path) {
     for pid in read_pids(record).into_iter().filter(|pid| is_alive(*pid)) {
-        std::process::Command::new("kill")
-            .arg("-9")
-            .arg(pid.to_string())
-            .status()
-            .ok();
+        testfleet_testkit::process::kill_pid(pid);
     }
 }
 
@@ -386,10 +382,7 @@ fn killed_worker(ctx: &Ctx<'_>) -> Result<()> {
         let worker = running["worker_pid"]
             .as_u64()
             .context("a running detached run has a worker pid")?;
-        std::process::Command::new("kill")
-            .arg("-9")
-            .arg(worker.to_string())
-            .status()?;
+        testfleet_testkit::process::kill_pid(u32::try_from(worker).context("a pid fits in u32")?);
         let lost = ctx.wait_until(&id, Duration::from_secs(10), |r| r["status"] != "running")?;
         ensure!(text(&lost, "/status") == "interrupted", "{lost}");
         ensure!(text(&lost, "/error/code") == "WORKER_LOST", "{lost}");

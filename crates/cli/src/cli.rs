@@ -96,6 +96,10 @@ pub enum Command {
         #[arg(long)]
         accept_new_host_key: bool,
     },
+    /// Finish a run whose owner died: kill what is left of it, fetch its artifacts, remove its
+    /// remote folder (started by the reaper)
+    #[command(name = "_cleanup", hide = true)]
+    Cleanup { run_id: String },
 }
 
 #[derive(Debug, Args)]

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use testfleet_core::hash::{DigestCache, DirManifest, hash_resolved, resolve_test_dir};
 use testfleet_core::ports::{RunStore, SshConnector, StoreError, SystemClock, UlidGenerator};
-use testfleet_core::runner::{Runner, RunnerConfig, Watch};
+use testfleet_core::runner::{ReapedRuns, Runner, RunnerConfig, Watch};
 use testfleet_core::{DispatchError, Run, RunId};
 use testfleet_ssh::RusshConnector;
 use testfleet_store_sqlite::{DATABASE_FILE, SqliteStore};
@@ -24,6 +24,8 @@ pub struct Context {
     pub global: GlobalArgs,
     pub env: Env,
     pub style: Style,
+    /// The store was opened read-only (a read-only state directory): nothing is reaped.
+    pub read_only: std::sync::atomic::AtomicBool,
 }
 
 impl Context {
@@ -130,8 +132,40 @@ impl Context {
     /// As [`Context::open_store`]; [`CliError::Store`] when reaping fails.
     pub async fn open_and_reap(&self) -> Result<Arc<SqliteStore>, CliError> {
         let store = self.open_store().await?;
-        reap(store.as_ref()).await?;
+        self.reap(store.as_ref()).await?;
         Ok(store)
+    }
+
+    /// Opens the store for a command that only reads runs (`status`, `list`, `logs`), and
+    /// reaps. A state directory that cannot be written is still read: the store is opened
+    /// read-only, nothing is reaped, and a warning says so.
+    ///
+    /// # Errors
+    /// As [`Context::open_store`], but for a read-only state directory.
+    pub async fn open_for_reading(&self) -> Result<Arc<SqliteStore>, CliError> {
+        match self.open_store().await {
+            Ok(store) => {
+                self.reap(store.as_ref()).await?;
+                Ok(store)
+            }
+            Err(CliError::Store(ref error)) if testfleet_store_sqlite::is_read_only(error) => {
+                let path = self.state_dir()?.join(DATABASE_FILE);
+                let store = tokio::task::spawn_blocking(move || SqliteStore::open_read_only(&path))
+                    .await
+                    .map_err(|error| {
+                        CliError::Internal(format!("the store opener panicked: {error}"))
+                    })??;
+                self.read_only
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                eprintln!(
+                    "warning: state directory {} is read-only; runs are shown as recorded (a \
+                     run whose owner died is not marked WORKER_LOST here)",
+                    self.state_dir()?.display()
+                );
+                Ok(Arc::new(store))
+            }
+            Err(error) => Err(error),
+        }
     }
 
     /// A runner on `store` with the russh connector and the system clock.
@@ -166,23 +200,43 @@ impl Context {
 /// How often waiting commands look at the store again.
 pub const POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// Reads runs from `store` as every command must: reaping runs whose owner died (they become
-/// `interrupted`/`WORKER_LOST`) before each look.
-pub fn watch(store: &dyn RunStore) -> Watch<'_> {
-    Watch {
-        store,
-        clock: &SystemClock,
-        probe: &ProcessProbe,
-        poll: POLL_INTERVAL,
+impl Context {
+    /// Reads runs from `store` as every command must: reaping runs whose owner died (they become
+    /// `interrupted`/`WORKER_LOST`) before each look, and starting a `_cleanup` for each run so
+    /// ended that had reached its machine.
+    pub fn watch<'a>(&'a self, store: &'a dyn RunStore) -> Watch<'a> {
+        Watch {
+            store,
+            clock: &SystemClock,
+            probe: &ProcessProbe,
+            poll: POLL_INTERVAL,
+            reaped: Some(self),
+            reap: !self.read_only.load(std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+
+    /// Marks runs whose owner died `interrupted`/`WORKER_LOST` (see [`Context::watch`]).
+    ///
+    /// # Errors
+    /// [`CliError::Store`].
+    pub async fn reap(&self, store: &dyn RunStore) -> Result<Vec<Run>, CliError> {
+        Ok(self.watch(store).reap().await?)
     }
 }
 
-/// Marks runs whose owner died `interrupted`/`WORKER_LOST`.
-///
-/// # Errors
-/// [`CliError::Store`].
-pub async fn reap(store: &dyn RunStore) -> Result<Vec<Run>, CliError> {
-    Ok(watch(store).reap().await?)
+impl ReapedRuns for Context {
+    fn reaped(&self, runs: &[Run]) {
+        for run in runs.iter().filter(|run| run.remote_dir.is_some()) {
+            match crate::detach::spawn(self, run, &["_cleanup", run.id.as_str()]) {
+                Ok(pid) => tracing::info!(run = %run.id, pid, "started the cleanup of a lost run"),
+                Err(error) => tracing::warn!(
+                    run = %run.id,
+                    "failed to start the cleanup of a lost run: {}",
+                    error.message()
+                ),
+            }
+        }
+    }
 }
 
 /// Parses a run id given on the command line.

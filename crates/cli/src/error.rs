@@ -82,6 +82,9 @@ impl CliError {
             Self::Dispatch(DispatchError::TestDirNotFound { .. }) => {
                 message.push_str("; pass the path of a directory that holds the entrypoint (run.sh, or run.ps1 for Windows)");
             }
+            Self::Dispatch(DispatchError::Hash(testfleet_core::HashError::Io { .. })) => {
+                message.push_str("; make it readable (chmod) or move it out of the test directory");
+            }
             Self::Dispatch(DispatchError::MachineBusy { active_run, .. }) => {
                 message.push_str("; ");
                 message.push_str(&crate::remedy::machine_busy(active_run));
@@ -107,6 +110,9 @@ impl CliError {
                 json!({ "machine": machine, "active_run": active_run, "active_hash": active_hash })
             }
             Self::Dispatch(DispatchError::TestDirNotFound { path, .. }) => json!({ "path": path }),
+            Self::Dispatch(DispatchError::Hash(testfleet_core::HashError::Io { path, .. })) => {
+                json!({ "path": path })
+            }
             Self::Dispatch(DispatchError::MissingEntrypoint(error)) => {
                 json!({ "os": error.os.as_str(), "dir": error.dir, "wanted": error.wanted })
             }
@@ -158,6 +164,7 @@ impl Exit {
     pub const fn for_error(code: ErrorCode) -> Self {
         match code {
             ErrorCode::TestDirNotFound
+            | ErrorCode::TestDirUnreadable
             | ErrorCode::MissingEntrypoint
             | ErrorCode::UnknownMachine
             | ErrorCode::MachineBusy
@@ -193,6 +200,7 @@ mod tests {
         for code in ErrorCode::ALL {
             let expected = match code.as_str() {
                 "TEST_DIR_NOT_FOUND"
+                | "TEST_DIR_UNREADABLE"
                 | "MISSING_ENTRYPOINT"
                 | "UNKNOWN_MACHINE"
                 | "MACHINE_BUSY"

@@ -8,6 +8,7 @@ mod cli;
 mod commands;
 mod config;
 mod context;
+mod detach;
 mod error;
 mod output;
 mod owner;
@@ -36,6 +37,7 @@ fn main() -> anyhow::Result<ExitCode> {
         global: cli.global.clone(),
         env: Env::from_process(),
         style,
+        read_only: std::sync::atomic::AtomicBool::new(false),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(worker_threads(&cli.command))
@@ -56,7 +58,7 @@ fn worker_threads(command: &Command) -> usize {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let machines = match command {
         Command::Run(args) if args.labels.is_empty() => args.machines.len(),
-        Command::Worker { .. } => 1,
+        Command::Worker { .. } | Command::Cleanup { .. } => 1,
         _ => cores,
     };
     machines.clamp(1, cores)
@@ -97,7 +99,10 @@ fn first_line(text: &str) -> String {
 
 fn init_tracing(cli: &Cli) {
     use tracing_subscriber::EnvFilter;
-    let worker = matches!(cli.command, Command::Worker { .. });
+    let worker = matches!(
+        cli.command,
+        Command::Worker { .. } | Command::Cleanup { .. }
+    );
     let level = match cli.global.verbose {
         0 if worker => "info",
         0 => "warn",
@@ -156,6 +161,7 @@ async fn execute(ctx: &Context, command: Command) -> Result<Report, CliError> {
             run_id,
             accept_new_host_key,
         } => commands::worker::worker(ctx, &run_id, accept_new_host_key).await,
+        Command::Cleanup { run_id } => commands::worker::cleanup(ctx, &run_id).await,
     }
 }
 

@@ -174,14 +174,13 @@ pub fn run_summary(style: Style, run: &Run, reused: bool) -> String {
     if let Some(error) = &run.error {
         let _ = write!(line, " {}: {}", error.code, error.message);
     }
-    match run.artifacts {
-        Some(artifacts) if artifacts.files > 0 => {
+    match &run.artifacts {
+        Some(artifacts) if artifacts.files > 0 || !artifacts.skipped.is_empty() => {
             let _ = write!(
                 line,
-                " artifacts: {} ({} files, {} bytes)",
+                " artifacts: {} ({})",
                 run.paths.artifacts.display(),
-                artifacts.files,
-                artifacts.bytes
+                artifact_counts(artifacts)
             );
         }
         _ if run.status.is_terminal() => {
@@ -229,6 +228,12 @@ pub fn run_detail(style: Style, run: &Run) -> String {
             .map(|ms| humantime::format_duration(Duration::from_millis(ms)).to_string())),
     );
     field("remote dir", opt(run.remote_dir.clone()));
+    field(
+        "remote tree",
+        opt(run
+            .remote_cleanup
+            .map(|cleanup| cleanup.as_str().to_owned())),
+    );
     if let Some(pid) = run.worker_pid {
         field("owner pid", pid.to_string());
     }
@@ -236,17 +241,26 @@ pub fn run_detail(style: Style, run: &Run) -> String {
     field("stderr", run.paths.stderr.display().to_string());
     field(
         "artifacts",
-        match run.artifacts {
-            Some(a) => format!(
-                "{} ({} files, {} bytes)",
-                run.paths.artifacts.display(),
-                a.files,
-                a.bytes
-            ),
+        match &run.artifacts {
+            Some(a) => format!("{} ({})", run.paths.artifacts.display(), artifact_counts(a)),
             None => "-".to_owned(),
         },
     );
+    if let Some(artifacts) = &run.artifacts {
+        for skipped in &artifacts.skipped {
+            field("  skipped", format!("{}: {}", skipped.path, skipped.reason));
+        }
+    }
     text
+}
+
+/// `3 files, 4189 bytes` (and `, 1 skipped` when some were).
+fn artifact_counts(artifacts: &testfleet_core::ArtifactSummary) -> String {
+    let mut counts = format!("{} files, {} bytes", artifacts.files, artifacts.bytes);
+    if !artifacts.skipped.is_empty() {
+        let _ = write!(counts, ", {} skipped", artifacts.skipped.len());
+    }
+    counts
 }
 
 /// A run's event history, one line per event.

@@ -15,10 +15,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use testfleet_core::hash::{DirManifest, digest_reader};
 use testfleet_core::ports::{
-    DownloadReport, ExecGate, ExecOutput, HostKeyPolicy, KillRequest, OutputStream, ProgressSink,
-    RefusedEntry, RemoteExit, SshConnector, SshError, SshSession, SshTarget, TransferProgress,
+    DownloadReport, ExecGate, ExecOutput, HostKeyPolicy, KillOutcome, KillRequest, OutputStream,
+    ProgressSink, RemoteExit, SshConnector, SshError, SshSession, SshTarget, TransferProgress,
     TransferStats,
 };
+use testfleet_core::run::SkippedArtifact;
 use tokio::sync::Notify;
 
 /// One call made to the fake, in the order it was made.
@@ -39,6 +40,7 @@ pub enum SshCall {
     /// A gated command whose gate was dropped: it ended without running.
     GateClosed(String),
     Kill(KillRequest),
+    ListDir(String),
     Download {
         remote_dir: String,
         local_dir: PathBuf,
@@ -58,6 +60,7 @@ impl SshCall {
             Self::Exec(_) => "exec",
             Self::GateClosed(_) => "gate_closed",
             Self::Kill(_) => "kill",
+            Self::ListDir(_) => "list_dir",
             Self::Download { .. } => "download",
             Self::Remove(_) => "remove",
             Self::Close => "close",
@@ -101,7 +104,8 @@ pub struct FakeDownload {
     /// Files written under the local folder: relative path (`/`-separated) and contents. When
     /// empty, the download copies what the remote filesystem holds under the folder.
     pub files: Vec<(String, Vec<u8>)>,
-    pub refused: Vec<RefusedEntry>,
+    /// Entries reported as skipped.
+    pub skipped: Vec<SkippedArtifact>,
     pub error: Option<SshError>,
 }
 
@@ -119,6 +123,9 @@ pub struct FakeScript {
     /// Exec answers for exact commands, tried before `exec`.
     pub exec_by_command: Vec<(String, FakeExec)>,
     pub kill_error: Option<SshError>,
+    /// What a kill that does not fail reports; when `None`, what it found: `Killed` while an
+    /// exec runs, `AlreadyGone` otherwise.
+    pub kill_outcome: Option<KillOutcome>,
     pub download: FakeDownload,
     pub remove_error: Option<SshError>,
 }
@@ -135,6 +142,7 @@ impl Default for FakeScript {
             exec: FakeExec::default(),
             exec_by_command: Vec::new(),
             kill_error: None,
+            kill_outcome: None,
             download: FakeDownload::default(),
             remove_error: None,
         }
@@ -153,6 +161,8 @@ struct Shared {
     script: Mutex<FakeScript>,
     calls: Mutex<Vec<SshCall>>,
     killed: Notify,
+    /// Execs running now (that a kill would end).
+    running: std::sync::atomic::AtomicUsize,
     remote: Mutex<BTreeMap<String, RemoteNode>>,
 }
 
@@ -263,6 +273,22 @@ fn is_within(path: &str, dir: &str) -> bool {
         || path
             .strip_prefix(dir)
             .is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// Counts an exec as running for as long as it lives.
+struct Running<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Running<'a> {
+    fn new(count: &'a std::sync::atomic::AtomicUsize) -> Self {
+        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Self(count)
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -422,6 +448,7 @@ impl SshSession for FakeSession {
         fail_or_ok(exec.error)?;
         let killed = self.fake.shared.killed.notified();
         tokio::pin!(killed);
+        let _running = Running::new(&self.fake.shared.running);
         if exec.ignore_kill {
             tokio::time::sleep(exec.duration).await;
             return Ok(exec.exit);
@@ -458,11 +485,34 @@ impl SshSession for FakeSession {
         self.exec(command, output).await
     }
 
-    async fn kill(&self, request: &KillRequest) -> Result<(), SshError> {
+    async fn kill(&self, request: &KillRequest) -> Result<KillOutcome, SshError> {
         self.fake.record(SshCall::Kill(request.clone()));
-        fail_or_ok(self.fake.script().kill_error)?;
+        let script = self.fake.script();
+        fail_or_ok(script.kill_error)?;
+        let running = self
+            .fake
+            .shared
+            .running
+            .load(std::sync::atomic::Ordering::SeqCst);
         self.fake.shared.killed.notify_waiters();
-        Ok(())
+        Ok(script.kill_outcome.unwrap_or(if running > 0 {
+            KillOutcome::Killed
+        } else {
+            KillOutcome::AlreadyGone
+        }))
+    }
+
+    async fn list_dir(&self, path: &str) -> Result<Vec<String>, SshError> {
+        self.fake.record(SshCall::ListDir(path.to_owned()));
+        let dir = self.fake.absolute(path);
+        let names = lock(&self.fake.shared.remote)
+            .keys()
+            .filter_map(|key| {
+                let rest = key.strip_prefix(&dir)?.strip_prefix('/')?;
+                (!rest.contains('/')).then(|| rest.to_owned())
+            })
+            .collect();
+        Ok(names)
     }
 
     async fn download_dir(
@@ -483,7 +533,7 @@ impl SshSession for FakeSession {
         };
         std::fs::create_dir_all(local_dir).map_err(|e| write_error(local_dir, e))?;
         let mut report = DownloadReport {
-            refused: download.refused,
+            skipped: download.skipped,
             ..DownloadReport::default()
         };
         let files = if download.files.is_empty() {

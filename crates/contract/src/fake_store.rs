@@ -10,7 +10,9 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use async_trait::async_trait;
 use testfleet_core::RunId;
 use testfleet_core::ports::{Claim, RunFilter, RunStore, StoreError};
-use testfleet_core::run::{NewRun, Run, RunEventRecord, RunOwner, RunStatus, Transition};
+use testfleet_core::run::{
+    Amendment, NewRun, Run, RunEventRecord, RunOwner, RunStatus, Transition,
+};
 
 /// An in-memory [`RunStore`].
 #[derive(Debug, Default)]
@@ -118,6 +120,19 @@ impl RunStore for FakeStore {
         inner.check_broken()?;
         inner.run_mut(id)?.remote_dir = Some(remote_dir.to_owned());
         Ok(())
+    }
+
+    async fn amend(&self, id: &RunId, amendment: Amendment) -> Result<Run, StoreError> {
+        let mut inner = self.lock();
+        inner.check_broken()?;
+        let run = inner.run_mut(id)?;
+        let mut updated = run.clone();
+        let event = updated
+            .amend(&amendment)
+            .map_err(|error| StoreError::refused(id, error))?;
+        *run = updated.clone();
+        inner.events.entry(id.clone()).or_default().push(event);
+        Ok(updated)
     }
 
     async fn set_owner(&self, id: &RunId, owner: RunOwner) -> Result<Run, StoreError> {

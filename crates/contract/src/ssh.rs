@@ -12,10 +12,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use testfleet_core::hash::hash_dir;
 use testfleet_core::ports::{
-    ExecGate, ExecOutput, KillRequest, NoProgress, OutputStream, RemoteExit, SshConnector,
-    SshSession, SshTarget,
+    ExecGate, ExecOutput, KillOutcome, KillRequest, NoProgress, OutputStream, RemoteExit,
+    SshConnector, SshSession, SshTarget,
 };
-use testfleet_core::remote::{RemoteShell, join_remote, posix_gated_command};
+use testfleet_core::remote::{RemoteShell, RunScript, join_remote, posix_gated_command};
 
 /// Writes `out` to stdout, `err` to stderr and exits 3.
 pub const OUTPUT_AND_EXIT_COMMAND: &str = "printf 'out\\n'; printf 'err\\n' >&2; exit 3";
@@ -26,10 +26,16 @@ pub const TRUE_COMMAND: &str = "true";
 /// Copies its stdin to stdout, then prints `end`: it ends only if stdin ends.
 pub const STDIN_COMMAND: &str = "cat; echo end";
 
-/// [`STDIN_COMMAND`] behind a POSIX gate: prints `end` once the gate opens, and nothing when it
-/// is dropped (exit status 125).
-pub fn gated_stdin_command() -> String {
-    posix_gated_command(STDIN_COMMAND)
+/// Prints `end`.
+pub const END_COMMAND: &str = "echo end";
+
+/// The run id the kill case marks its processes with.
+pub const KILL_RUN_ID: &str = "01JD00000000000000000000KX";
+
+/// [`END_COMMAND`] behind a POSIX gate: prints `end` once the gate opens (its stdin then stays
+/// open, which it does not read), and nothing when the gate is dropped (exit status 125).
+pub fn gated_end_command() -> String {
+    posix_gated_command(END_COMMAND)
 }
 
 /// Which kind of host the suite asks the factory for.
@@ -154,10 +160,10 @@ async fn exec_stdin_is_empty(session: &dyn SshSession) {
     assert_eq!(output.stdout_text(), "end\n");
 }
 
-/// Starts [`gated_stdin_command`], then opens its gate (`open`) or drops it, and returns how
+/// Starts [`gated_end_command`], then opens its gate (`open`) or drops it, and returns how
 /// the command ended and what it printed.
 async fn run_gated(session: &dyn SshSession, open: bool) -> (RemoteExit, Captured) {
-    let command = gated_stdin_command();
+    let command = gated_end_command();
     let (keeper, gate) = ExecGate::new();
     let mut output = Captured::default();
     let decide = async {
@@ -189,7 +195,6 @@ async fn gated_exec_runs_when_its_gate_opens(session: &dyn SshSession) {
         "stderr: {}",
         output.stderr_text()
     );
-    // The open line is the gate's, not the command's: `cat` sees only the end of stdin.
     assert_eq!(output.stdout_text(), "end\n");
 }
 
@@ -276,7 +281,7 @@ async fn upload_and_download_round_trip(session: &dyn SshSession, root: &str) {
         .expect("the download succeeds");
     assert_eq!(report.files, 4, "{report:?}");
     assert_eq!(report.bytes, manifest.total_bytes());
-    assert!(report.refused.is_empty(), "{report:?}");
+    assert!(report.skipped.is_empty(), "{report:?}");
     for (rel, contents, mode) in files {
         let path = dest.join(rel);
         assert_eq!(std::fs::read(&path).expect("downloaded"), contents, "{rel}");
@@ -288,7 +293,7 @@ async fn upload_and_download_round_trip(session: &dyn SshSession, root: &str) {
         .await;
     let missing = missing.expect("a missing folder downloads nothing");
     assert_eq!(
-        (missing.files, missing.bytes, missing.refused.len()),
+        (missing.files, missing.bytes, missing.skipped.len()),
         (0, 0, 0)
     );
 }
@@ -312,15 +317,27 @@ async fn kill_ends_a_running_exec(session: &dyn SshSession, root: &str) {
         .await
         .expect("the upload succeeds");
 
-    let command = RemoteShell::Posix.exec_command(&run_dir, &pid_file, "run.sh");
+    let script = RunScript {
+        run_dir: &run_dir,
+        pid_file: &pid_file,
+        entrypoint: "run.sh",
+        run_id: KILL_RUN_ID,
+        grace: Duration::from_secs(2),
+    };
+    let command = RemoteShell::Posix.exec_command(&script);
     let mut output = Captured::default();
     let request = KillRequest {
         shell: RemoteShell::Posix,
         pid_file,
+        run_id: KILL_RUN_ID.to_owned(),
         grace: Duration::from_secs(2),
     };
     let (exit, killed) = tokio::join!(session.exec(&command, &mut output), session.kill(&request));
-    killed.expect("the kill command runs");
+    assert_eq!(
+        killed.expect("the kill command runs"),
+        KillOutcome::Killed,
+        "something was alive"
+    );
     let exit = exit.expect("the exec ends once killed");
     assert!(
         matches!(&exit, RemoteExit::Signal(name) if name == "TERM" || name == "KILL")
@@ -328,6 +345,22 @@ async fn kill_ends_a_running_exec(session: &dyn SshSession, root: &str) {
         "killed, not finished: {exit:?} {output:?}"
     );
     assert!(!output.stdout_text().contains("not-killed"), "{output:?}");
+    let again = session.kill(&request).await.expect("the kill command runs");
+    assert_eq!(again, KillOutcome::AlreadyGone, "nothing is left to kill");
+
+    let names = session
+        .list_dir(&join_remote(root, "runs"))
+        .await
+        .expect("the runs folder lists");
+    assert!(
+        names.iter().any(|name| name == "kill"),
+        "a folder lists its entries by name: {names:?}"
+    );
+    let none = session
+        .list_dir(&join_remote(root, "no-such-dir"))
+        .await
+        .expect("a missing folder lists nothing");
+    assert!(none.is_empty(), "{none:?}");
 }
 
 async fn remove_is_recursive_and_tolerates_missing(session: &dyn SshSession, root: &str) {

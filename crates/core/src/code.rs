@@ -24,10 +24,14 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ErrorCode {
-    /// The test directory does not exist or is not a directory, or a file or directory inside it
-    /// could not be read while hashing (both [`HashError`](crate::hash::HashError) variants). No
-    /// run is recorded.
+    /// The test directory does not exist or is not a directory
+    /// ([`HashError::NotADirectory`](crate::hash::HashError::NotADirectory)). No run is recorded.
     TestDirNotFound,
+    /// A file or folder inside the test directory could not be read while it was hashed (no
+    /// permission, a name too long for the system, an I/O error)
+    /// ([`HashError::Io`](crate::hash::HashError::Io)); the message names the path. No run is
+    /// recorded.
+    TestDirUnreadable,
     /// The entrypoint for a selected machine's OS (`run.sh`, or `run.ps1` on Windows) is not a
     /// regular file at the top of the test directory; a symlink of that name counts as missing
     /// ([`EntrypointError`](crate::EntrypointError)). The `run` command checks it for every
@@ -40,7 +44,9 @@ pub enum ErrorCode {
     UnknownMachine,
     /// The claim found a run of another test directory hash pending or running on the machine
     /// ([`DispatchError::MachineBusy`](crate::DispatchError::MachineBusy) names that run). Nothing
-    /// is recorded. In a fan-out only this machine is refused; the others go on.
+    /// is recorded. In a fan-out only this machine is refused; the others go on. It is also
+    /// recorded in a run (`running → failed`, nothing executed) when the machine turns out to be
+    /// busy with a run that another controller, with a store of its own, started there.
     MachineBusy,
     /// An argument is malformed: a flag or value the command line refuses, a malformed run id or
     /// machine name ([`IdError`](crate::IdError)), no machine selected, an existing name given to
@@ -137,8 +143,9 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in the order of the table in `docs/contract.md#error-codes`.
-    pub const ALL: [ErrorCode; 22] = [
+    pub const ALL: [ErrorCode; 23] = [
         Self::TestDirNotFound,
+        Self::TestDirUnreadable,
         Self::MissingEntrypoint,
         Self::UnknownMachine,
         Self::MachineBusy,
@@ -166,6 +173,7 @@ impl ErrorCode {
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::TestDirNotFound => "TEST_DIR_NOT_FOUND",
+            Self::TestDirUnreadable => "TEST_DIR_UNREADABLE",
             Self::MissingEntrypoint => "MISSING_ENTRYPOINT",
             Self::UnknownMachine => "UNKNOWN_MACHINE",
             Self::MachineBusy => "MACHINE_BUSY",

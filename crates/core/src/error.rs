@@ -28,7 +28,7 @@ pub enum DispatchError {
     #[error(transparent)]
     MissingEntrypoint(#[from] EntrypointError),
     /// A file of the test directory could not be read.
-    #[error("failed to read test directory")]
+    #[error("failed to read the test directory")]
     Hash(#[source] HashError),
     /// Another test directory is pending or running on the machine.
     #[error("machine {machine} is busy with run {active_run} (test directory hash {active_hash})")]

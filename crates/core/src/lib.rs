@@ -22,7 +22,7 @@ pub use error::DispatchError;
 pub use hash::{DirManifest, HashError, ManifestFile, RelPath, hash_dir};
 pub use ids::{IdError, MachineName, RunId, TestDirHash};
 pub use run::{
-    ArtifactSummary, DispatchedRun, LifecycleEvent, NewRun, Run, RunEventRecord, RunOwner,
-    RunPaths, RunStatus, Transition, transition,
+    Amendment, ArtifactSummary, DispatchedRun, LifecycleEvent, NewRun, RemoteCleanup, Run,
+    RunEventRecord, RunOwner, RunPaths, RunStatus, SkippedArtifact, Transition, transition,
 };
 pub use time::Timestamp;

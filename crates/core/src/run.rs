@@ -188,12 +188,73 @@ impl RunPaths {
 }
 
 /// What was downloaded from the run's `artifacts/` folder.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct ArtifactSummary {
     /// Regular files downloaded.
     pub files: u64,
     /// Their total size in bytes.
     pub bytes: u64,
+    /// Entries that were not downloaded, and why (an unreadable file or folder, a name that
+    /// could not be a local path, a symlink, a special file); the rest was kept. At most
+    /// [`ArtifactSummary::MAX_SKIPPED`] are listed.
+    #[serde(default)]
+    pub skipped: Vec<SkippedArtifact>,
+}
+
+impl ArtifactSummary {
+    /// How many skipped entries a summary lists at most.
+    pub const MAX_SKIPPED: usize = 100;
+}
+
+/// An entry of the remote `artifacts/` folder that was not downloaded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SkippedArtifact {
+    /// Its path, relative to `artifacts/`.
+    pub path: String,
+    /// Why it was skipped.
+    pub reason: String,
+}
+
+/// What testfleet knows of a run's processes on its machine once the run ended
+/// (`docs/contract.md#remote-side`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RemoteCleanup {
+    /// testfleet killed what was left of the run and saw it gone.
+    Killed,
+    /// Nothing of the run was alive when testfleet looked: it had ended on its own (the
+    /// wrapper takes the rest of the tree down with the entrypoint).
+    AlreadyGone,
+    /// Processes of the run were still alive after `KILL` (stuck in the kernel, or out of
+    /// reach).
+    Survived,
+    /// testfleet could not reach the machine to make sure: processes of the run may still be
+    /// running there.
+    Unreachable,
+}
+
+impl RemoteCleanup {
+    /// The stable name (`killed`, `already_gone`, `survived`, `unreachable`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Killed => "killed",
+            Self::AlreadyGone => "already_gone",
+            Self::Survived => "survived",
+            Self::Unreachable => "unreachable",
+        }
+    }
+
+    /// Parses a stable name.
+    pub fn parse(text: &str) -> Option<Self> {
+        [
+            Self::Killed,
+            Self::AlreadyGone,
+            Self::Survived,
+            Self::Unreachable,
+        ]
+        .into_iter()
+        .find(|cleanup| cleanup.as_str() == text)
+    }
 }
 
 /// The process that owns a non-terminal run: its pid, and its start time (in the platform's
@@ -250,6 +311,10 @@ pub struct Run {
     /// The absolute remote run folder, `<root>/runs/<id>` in SFTP path form; `None` until the
     /// remote folders exist. It stays set after the cleanup removed the folder.
     pub remote_dir: Option<String>,
+    /// What testfleet knows of the run's processes on the machine: `None` while the run is
+    /// active, when it never reached the machine, or while testfleet still reconnects to make
+    /// sure (an [`Amendment`] then fills it in).
+    pub remote_cleanup: Option<RemoteCleanup>,
     /// The pid of the process that owns the run while it is active; `None` once it is terminal, or
     /// when no owner was recorded (the reaper then ends the run).
     pub worker_pid: Option<u32>,
@@ -287,6 +352,7 @@ impl Run {
             duration_ms: None,
             timeout_ms: new.timeout_ms,
             remote_dir: None,
+            remote_cleanup: None,
             worker_pid: new.owner.map(|owner| owner.pid),
             worker_start_time: new.owner.and_then(|owner| owner.start_time),
             keep_remote: new.keep_remote,
@@ -341,7 +407,10 @@ impl Run {
             self.exit_code = change.exit_code;
             self.signal = change.signal.clone();
             if change.artifacts.is_some() {
-                self.artifacts = change.artifacts;
+                self.artifacts.clone_from(&change.artifacts);
+            }
+            if change.remote_cleanup.is_some() {
+                self.remote_cleanup = change.remote_cleanup;
             }
             self.worker_pid = None;
             self.worker_start_time = None;
@@ -357,6 +426,52 @@ impl Run {
                 .or_else(|| change.error.as_ref().map(|e| e.message.clone())),
         })
     }
+}
+
+impl Run {
+    /// Records what was learnt about a terminal run after it ended: testfleet reconnected to its
+    /// machine and cleaned up (see [`Amendment`]). The status and the outcome stay as they are.
+    ///
+    /// # Errors
+    /// [`ApplyError::StatusMismatch`] (with `expected` pending) when the run is not terminal:
+    /// an active run is changed by transitions only.
+    pub fn amend(&mut self, amendment: &Amendment) -> Result<RunEventRecord, ApplyError> {
+        if self.status.is_active() {
+            return Err(ApplyError::StatusMismatch {
+                expected: RunStatus::Pending,
+                actual: self.status,
+            });
+        }
+        if amendment.remote_cleanup.is_some() {
+            self.remote_cleanup = amendment.remote_cleanup;
+        }
+        if amendment.artifacts.is_some() {
+            self.artifacts.clone_from(&amendment.artifacts);
+        }
+        Ok(RunEventRecord {
+            at: amendment.at,
+            from: Some(self.status),
+            to: self.status,
+            code: None,
+            detail: Some(amendment.detail.clone()),
+        })
+    }
+}
+
+/// What testfleet learnt about a terminal run after it ended, recorded with
+/// [`RunStore::amend`](crate::ports::RunStore::amend): the run's processes on the machine and
+/// the artifacts, once it could reconnect. An event with the same status before and after, and
+/// `detail`, records it in the history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Amendment {
+    /// When it was learnt.
+    pub at: Timestamp,
+    /// `Some` replaces [`Run::remote_cleanup`].
+    pub remote_cleanup: Option<RemoteCleanup>,
+    /// `Some` replaces [`Run::artifacts`].
+    pub artifacts: Option<ArtifactSummary>,
+    /// What was done, for the event history.
+    pub detail: String,
 }
 
 /// Why [`Run::apply`] refused a transition.
@@ -452,6 +567,9 @@ pub struct Transition {
     /// What was downloaded. On a terminal status `Some` replaces [`Run::artifacts`], and `None`
     /// leaves it as it is.
     pub artifacts: Option<ArtifactSummary>,
+    /// What is known of the run's processes on the machine. On a terminal status `Some`
+    /// replaces [`Run::remote_cleanup`], and `None` leaves it as it is.
+    pub remote_cleanup: Option<RemoteCleanup>,
     /// Extra words for the event history; the error message when absent.
     pub detail: Option<String>,
     /// The owner the run must still have for the change to apply.
@@ -469,6 +587,7 @@ impl Transition {
             exit_code: None,
             signal: None,
             artifacts: None,
+            remote_cleanup: None,
             detail: None,
             owner_guard: OwnerGuard::Any,
         }

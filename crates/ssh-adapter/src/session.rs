@@ -161,12 +161,15 @@ impl RusshSession {
                 opened = async { gate.as_mut().expect("guarded").await }, if gate.is_some() => {
                     gate = None;
                     if opened {
+                        // stdin stays open from here on: its end tells the remote wrapper that
+                        // the connection is gone.
                         channel
                             .data(ExecGate::OPEN_LINE)
                             .await
                             .map_err(exec_failed)?;
+                    } else {
+                        channel.eof().await.map_err(exec_failed)?;
                     }
-                    channel.eof().await.map_err(exec_failed)?;
                     continue;
                 }
                 message = channel.wait() => message,
@@ -272,6 +275,10 @@ impl SshSession for RusshSession {
 
     async fn remove(&self, path: &str) -> Result<(), SshError> {
         crate::sftp::remove(self, path).await
+    }
+
+    async fn list_dir(&self, path: &str) -> Result<Vec<String>, SshError> {
+        crate::sftp::list_dir(self, path).await
     }
 
     async fn close(&self) -> Result<(), SshError> {

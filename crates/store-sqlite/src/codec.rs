@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::types::Type;
 use rusqlite::{Row, Transaction, params};
-use testfleet_core::run::{ArtifactSummary, Run, RunEventRecord, RunPaths, RunStatus};
+use testfleet_core::run::{
+    ArtifactSummary, RemoteCleanup, Run, RunEventRecord, RunPaths, RunStatus, SkippedArtifact,
+};
 use testfleet_core::{ErrorCode, MachineName, RunError, RunId, TargetOs, TestDirHash, Timestamp};
 
 use crate::error::Error;
@@ -16,7 +18,7 @@ use crate::error::Error;
 pub(crate) const RUN_COLUMNS: &str = "id, machine, os, test_dir, test_dir_hash, entrypoint, \
      status, error_code, error_message, exit_code, signal, created_at, started_at, finished_at, \
      duration_ms, timeout_ms, remote_dir, owner_pid, owner_start_time, keep_remote, local_dir, \
-     artifact_files, artifact_bytes";
+     artifact_files, artifact_bytes, remote_cleanup, artifacts_skipped";
 
 /// The columns of `run_events`, in the order [`event_from_row`] reads them.
 pub(crate) const EVENT_COLUMNS: &str = "at, from_status, to_status, code, detail";
@@ -151,9 +153,41 @@ pub(crate) fn run_from_row(row: &Row<'_>) -> rusqlite::Result<Run> {
         keep_remote: row.get(19)?,
         paths: RunPaths::new(path_from_sql(row.get(20)?)),
         artifacts: match (artifact_files, artifact_bytes) {
-            (Some(files), Some(bytes)) => Some(ArtifactSummary { files, bytes }),
+            (Some(files), Some(bytes)) => Some(ArtifactSummary {
+                files,
+                bytes,
+                skipped: skipped_at(row, 24)?,
+            }),
             _ => None,
         },
+        remote_cleanup: row
+            .get::<_, Option<String>>(23)?
+            .map(|text| {
+                RemoteCleanup::parse(&text)
+                    .ok_or_else(|| bad_value(23, "remote_cleanup", &text, "remote cleanup"))
+            })
+            .transpose()?,
+    })
+}
+
+/// The skipped artifacts stored as a JSON array; none when the column is NULL.
+fn skipped_at(row: &Row<'_>, column_idx: usize) -> rusqlite::Result<Vec<SkippedArtifact>> {
+    let Some(text) = row.get::<_, Option<String>>(column_idx)? else {
+        return Ok(Vec::new());
+    };
+    serde_json::from_str(&text).map_err(|_| {
+        bad_value(
+            column_idx,
+            "artifacts_skipped",
+            &text,
+            "list of skipped artifacts",
+        )
+    })
+}
+
+fn skipped_to_sql(run: &Run) -> Option<String> {
+    run.artifacts.as_ref().map(|summary| {
+        serde_json::to_string(&summary.skipped).expect("a list of strings always serializes")
     })
 }
 
@@ -180,7 +214,7 @@ pub(crate) fn insert_run(tx: &Transaction<'_>, run: &Run) -> rusqlite::Result<()
     let sql = format!(
         "INSERT INTO runs ({RUN_COLUMNS}) VALUES \
          (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, \
-          ?20, ?21, ?22, ?23)"
+          ?20, ?21, ?22, ?23, ?24, ?25)"
     );
     tx.prepare_cached(&sql)?.execute(params![
         run.id.as_str(),
@@ -204,8 +238,14 @@ pub(crate) fn insert_run(tx: &Transaction<'_>, run: &Run) -> rusqlite::Result<()
         run.worker_start_time.map(u64_to_sql),
         run.keep_remote,
         path_to_sql(&run.paths.dir),
-        run.artifacts.map(|summary| u64_to_sql(summary.files)),
-        run.artifacts.map(|summary| u64_to_sql(summary.bytes)),
+        run.artifacts
+            .as_ref()
+            .map(|summary| u64_to_sql(summary.files)),
+        run.artifacts
+            .as_ref()
+            .map(|summary| u64_to_sql(summary.bytes)),
+        run.remote_cleanup.map(RemoteCleanup::as_str),
+        skipped_to_sql(run),
     ])?;
     Ok(())
 }
@@ -221,8 +261,9 @@ pub(crate) fn update_run(
         .prepare_cached(
             "UPDATE runs SET status = ?1, error_code = ?2, error_message = ?3, exit_code = ?4, \
              signal = ?5, started_at = ?6, finished_at = ?7, duration_ms = ?8, remote_dir = ?9, \
-             owner_pid = ?10, owner_start_time = ?11, artifact_files = ?12, artifact_bytes = ?13 \
-             WHERE id = ?14 AND status = ?15",
+             owner_pid = ?10, owner_start_time = ?11, artifact_files = ?12, artifact_bytes = ?13, \
+             remote_cleanup = ?14, artifacts_skipped = ?15 \
+             WHERE id = ?16 AND status = ?17",
         )?
         .execute(params![
             run.status.as_str(),
@@ -236,8 +277,14 @@ pub(crate) fn update_run(
             run.remote_dir,
             run.worker_pid.map(i64::from),
             run.worker_start_time.map(u64_to_sql),
-            run.artifacts.map(|summary| u64_to_sql(summary.files)),
-            run.artifacts.map(|summary| u64_to_sql(summary.bytes)),
+            run.artifacts
+                .as_ref()
+                .map(|summary| u64_to_sql(summary.files)),
+            run.artifacts
+                .as_ref()
+                .map(|summary| u64_to_sql(summary.bytes)),
+            run.remote_cleanup.map(RemoteCleanup::as_str),
+            skipped_to_sql(run),
             run.id.as_str(),
             expected.as_str(),
         ])?;

@@ -12,7 +12,7 @@ mod retry;
 mod schema;
 mod store;
 
-pub use error::Error;
+pub use error::{Error, is_read_only};
 pub use schema::SCHEMA_VERSION;
 pub use store::SqliteStore;
 

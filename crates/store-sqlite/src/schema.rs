@@ -15,7 +15,10 @@ use crate::error::Error;
 use crate::retry::{is_busy, retry_busy};
 
 /// The migrations, in order; the schema version is the number applied.
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_runs.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/0001_runs.sql"),
+    include_str!("../migrations/0002_remote_cleanup.sql"),
+];
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -88,6 +91,40 @@ pub(crate) fn open_and_migrate(path: &Path) -> Result<(), Error> {
     }
     configure(&conn).map_err(sql("configure the connection"))?;
     migrate(path, conn)
+}
+
+/// Checks, without writing, that the file at `path` (opened through `uri`) is a database of a
+/// schema this build can read.
+pub(crate) fn check_read_only(path: &Path, uri: &str) -> Result<(), Error> {
+    if !path.is_file() {
+        let dir = path
+            .parent()
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+        return Err(Error::StateDirReadOnly { dir });
+    }
+    check_header(path)?;
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+        | OpenFlags::SQLITE_OPEN_URI
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(uri, flags).map_err(|source| Error::Sqlite {
+        action: "open the database read-only",
+        path: path.to_owned(),
+        source,
+    })?;
+    let version = user_version(&conn).map_err(|source| Error::Sqlite {
+        action: "read the schema version",
+        path: path.to_owned(),
+        source,
+    })?;
+    check_version(path, version)?;
+    if version < SCHEMA_VERSION {
+        return Err(Error::OlderSchemaReadOnly {
+            path: path.to_owned(),
+            found: version,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    Ok(())
 }
 
 fn user_version(conn: &Connection) -> rusqlite::Result<i64> {

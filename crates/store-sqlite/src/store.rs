@@ -18,7 +18,9 @@ use rusqlite::{
 };
 use testfleet_core::RunId;
 use testfleet_core::ports::{Claim, RunFilter, RunStore, StoreError};
-use testfleet_core::run::{NewRun, Run, RunEventRecord, RunOwner, RunStatus, Transition};
+use testfleet_core::run::{
+    Amendment, NewRun, Run, RunEventRecord, RunOwner, RunStatus, Transition,
+};
 
 use crate::codec::{
     EVENT_COLUMNS, RUN_COLUMNS, event_from_row, insert_event, insert_run, run_from_row, update_run,
@@ -40,6 +42,8 @@ pub struct SqliteStore {
 
 struct Shared {
     path: PathBuf,
+    /// Opened with [`SqliteStore::open_read_only`]: every write is refused.
+    read_only: bool,
     pool: Pool<SqliteConnectionManager>,
     /// Serialises this process's write transactions. SQLite admits one writer at a time
     /// anyway; queueing here means concurrent writers of one process (a fan-out of 32 runs)
@@ -92,10 +96,47 @@ impl SqliteStore {
         Ok(Self {
             shared: Arc::new(Shared {
                 path: path.to_owned(),
+                read_only: false,
                 pool,
                 write_turn: std::sync::Mutex::new(()),
             }),
         })
+    }
+
+    /// Opens an existing run database for reading only, where nothing can be written (a
+    /// read-only state directory): `list`, `status` and `logs` still work. The file is opened
+    /// `immutable`, so SQLite creates no `-wal` or `-shm` file beside it; every write is refused
+    /// with a message that says the state directory is read-only.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] when the file is missing, not a database, or of a newer schema.
+    pub fn open_read_only(path: &Path) -> Result<Self, StoreError> {
+        let manager = SqliteConnectionManager::file(read_only_uri(path))
+            .with_flags(read_only_flags())
+            .with_init(|conn| conn.busy_timeout(crate::schema::BUSY_TIMEOUT));
+        crate::schema::check_read_only(path, &read_only_uri(path))?;
+        let pool = Pool::builder()
+            .max_size(POOL_SIZE)
+            .min_idle(Some(0))
+            .connection_timeout(POOL_TIMEOUT)
+            .build(manager)
+            .map_err(|source| Error::Pool {
+                path: path.to_owned(),
+                source,
+            })?;
+        Ok(Self {
+            shared: Arc::new(Shared {
+                path: path.to_owned(),
+                read_only: true,
+                pool,
+                write_turn: std::sync::Mutex::new(()),
+            }),
+        })
+    }
+
+    /// Whether the store was opened with [`SqliteStore::open_read_only`].
+    pub fn is_read_only(&self) -> bool {
+        self.shared.read_only
     }
 
     /// The database file.
@@ -115,6 +156,14 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnMut(&mut Connection) -> Result<T, OpError> + Send + 'static,
     {
+        if access == Access::Write && self.shared.read_only {
+            let dir = self
+                .shared
+                .path
+                .parent()
+                .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+            return Err(Error::StateDirReadOnly { dir }.into());
+        }
         let shared = Arc::clone(&self.shared);
         let task = tokio::task::spawn_blocking(move || {
             // The turn comes before the connection, so waiting writers hold no pooled
@@ -149,6 +198,27 @@ impl SqliteStore {
             Err(source) => Err(Error::Task { action, source }.into()),
         }
     }
+}
+
+/// The flags of a read-only connection: no writes, the path read as a URI.
+fn read_only_flags() -> rusqlite::OpenFlags {
+    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+        | rusqlite::OpenFlags::SQLITE_OPEN_URI
+        | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX
+}
+
+/// `file:<path, percent-encoded>?immutable=1`.
+fn read_only_uri(path: &Path) -> String {
+    let mut uri = String::from("file:");
+    for byte in crate::codec::path_to_sql(path) {
+        if byte.is_ascii_alphanumeric() || b"/-._~".contains(&byte) {
+            uri.push(char::from(byte));
+        } else {
+            uri.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    uri.push_str("?immutable=1");
+    uri
 }
 
 /// Why one attempt of an operation failed: SQLite (perhaps busy, then retried), or a verdict
@@ -241,6 +311,22 @@ impl RunStore for SqliteStore {
                 }
                 .into());
             }
+            insert_event(&tx, &id, &event)?;
+            tx.commit()?;
+            Ok(run)
+        })
+        .await
+    }
+
+    async fn amend(&self, id: &RunId, amendment: Amendment) -> Result<Run, StoreError> {
+        let id = id.clone();
+        self.blocking("amend a run", Access::Write, move |conn| {
+            let tx = begin(conn)?;
+            let mut run = load_run(&tx, &id)?;
+            let event = run
+                .amend(&amendment)
+                .map_err(|error| StoreError::refused(&id, error))?;
+            update_run(&tx, &run, run.status)?;
             insert_event(&tx, &id, &event)?;
             tx.commit()?;
             Ok(run)

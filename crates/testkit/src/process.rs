@@ -35,6 +35,31 @@ pub fn live_group_members(pgid: u32) -> Vec<u32> {
         .collect()
 }
 
+/// Sends `KILL` to the process group `pgid` (by its id, never by name; a group that is gone
+/// is fine), for tests that must leave nothing behind when they fail.
+pub fn kill_group(pgid: u32) {
+    if let Ok(pgid) = i32::try_from(pgid)
+        && pgid > 1
+    {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pgid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+/// Sends `KILL` to process `pid` (by its id; a process that is gone is fine).
+pub fn kill_pid(pid: u32) {
+    if let Ok(pid) = i32::try_from(pid)
+        && pid > 1
+    {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
 /// The pids written one per line in `path`; none when the file does not exist yet.
 pub fn read_pids(path: &Path) -> Vec<u32> {
     std::fs::read_to_string(path)

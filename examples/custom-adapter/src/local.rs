@@ -12,10 +12,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use testfleet_core::hash::{DirManifest, SmallFile, read_small_file};
 use testfleet_core::ports::{
-    DownloadReport, ExecGate, ExecOutput, HostKeyPolicy, OutputStream, ProgressSink, RefusedEntry,
-    RemoteExit, SshConnector, SshError, SshSession, SshTarget, TransferStats,
+    DownloadReport, ExecGate, ExecOutput, HostKeyPolicy, OutputStream, ProgressSink, RemoteExit,
+    SshConnector, SshError, SshSession, SshTarget, TransferStats,
 };
 use testfleet_core::remote::{WindowsShell, check_remote_name};
+use testfleet_core::run::SkippedArtifact;
 use testfleet_core::runner::MachineSpec;
 use testfleet_core::{MachineName, TargetOs};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -112,11 +113,13 @@ impl LocalSession {
                 reason: e.to_string(),
                 source: None,
             })?;
+        // The gate's line, then stdin stays open until the command ends (the wrapper takes its
+        // end for a lost connection); a dropped gate closes it at once.
+        let (ended, until_ended) = tokio::sync::oneshot::channel::<()>();
         if let (Some(gate), Some(mut stdin)) = (gate, child.stdin.take()) {
-            // The gate's line, then EOF; a command that ends first is not held up.
             tokio::spawn(async move {
-                if gate.wait().await {
-                    let _ = stdin.write_all(ExecGate::OPEN_LINE).await;
+                if gate.wait().await && stdin.write_all(ExecGate::OPEN_LINE).await.is_ok() {
+                    let _ = until_ended.await;
                 }
             });
         }
@@ -138,6 +141,7 @@ impl LocalSession {
             reason: e.to_string(),
             source: None,
         })?;
+        drop(ended);
         use std::os::unix::process::ExitStatusExt as _;
         Ok(match (status.code(), status.signal()) {
             (Some(code), _) => RemoteExit::Code(code),
@@ -238,6 +242,17 @@ impl SshSession for LocalSession {
         })
     }
 
+    async fn list_dir(&self, path: &str) -> Result<Vec<String>, SshError> {
+        let local = self.local(path);
+        match std::fs::read_dir(&local) {
+            Ok(entries) => Ok(entries
+                .filter_map(|entry| Some(entry.ok()?.file_name().to_string_lossy().into_owned()))
+                .collect()),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(error) => Err(failed(&local, error, false)),
+        }
+    }
+
     async fn close(&self) -> Result<(), SshError> {
         Ok(())
     }
@@ -268,12 +283,12 @@ fn copy_tree(
         } else {
             format!("{rel}/{name}")
         };
-        let refuse = |reason: &str| RefusedEntry {
+        let refuse = |reason: &str| SkippedArtifact {
             path: rel_name.clone(),
             reason: reason.into(),
         };
         if let Err(bad) = check_remote_name(&name) {
-            report.refused.push(refuse(bad.reason));
+            report.skipped.push(refuse(bad.reason));
             continue;
         }
         let kind = entry
@@ -288,7 +303,7 @@ fn copy_tree(
             report.files += 1;
         } else {
             report
-                .refused
+                .skipped
                 .push(refuse("not a regular file or directory"));
         }
     }

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use testfleet_core::RunId;
 use testfleet_core::ports::{Claim, RunFilter, RunStore, StoreError};
-use testfleet_core::run::{NewRun, Run, RunEventRecord, RunOwner, Transition};
+use testfleet_core::run::{Amendment, NewRun, Run, RunEventRecord, RunOwner, Transition};
 
 /// Runs in memory, oldest first, each with its event history.
 #[derive(Debug, Default)]
@@ -60,6 +60,18 @@ impl RunStore for MemoryStore {
             let mut next = run.clone();
             let event = next
                 .apply(&change)
+                .map_err(|e| StoreError::refused(id, e))?;
+            events.push(event);
+            *run = next.clone();
+            Ok(next)
+        })
+    }
+
+    async fn amend(&self, id: &RunId, amendment: Amendment) -> Result<Run, StoreError> {
+        self.with_run(id, |(run, events)| {
+            let mut next = run.clone();
+            let event = next
+                .amend(&amendment)
                 .map_err(|e| StoreError::refused(id, e))?;
             events.push(event);
             *run = next.clone();

@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::io::Write as _;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
 use futures::StreamExt as _;
@@ -19,7 +18,7 @@ use crate::cli::RunArgs;
 use crate::commands::hash::warn_skipped;
 use crate::commands::signals::SignalWatch;
 use crate::config::FleetMachine;
-use crate::context::{Context, get_run, watch};
+use crate::context::{Context, get_run};
 use crate::error::{CliError, Exit};
 use crate::output::{self, Report};
 use crate::owner;
@@ -185,7 +184,7 @@ async fn foreground_all(
                         .map(|run| DispatchedRun { run, reused: false })
                         .map_err(CliError::from)
                 } else if prepared.reused {
-                    wait_for(runner, &prepared.run.id, watch)
+                    wait_for(ctx, runner, &prepared.run.id, watch)
                         .await
                         .map(|run| DispatchedRun { run, reused: true })
                 } else {
@@ -206,12 +205,14 @@ async fn foreground_all(
 
 /// Polls a run another process owns until it is terminal (or until we are interrupted).
 async fn wait_for(
+    ctx: &Context,
     runner: &Runner,
     id: &RunId,
     watch_signals: &SignalWatch,
 ) -> Result<Run, CliError> {
     let ids = [id.clone()];
-    let runs = watch(runner.store().as_ref())
+    let runs = ctx
+        .watch(runner.store().as_ref())
         .until_terminal(&ids, watch_signals.signals.cancel.cancelled())
         .await?;
     runs.into_iter()
@@ -263,42 +264,51 @@ async fn detach_all(
 
 /// Starts `testfleet _worker RUN_ID` with its output in the run's `worker.log`.
 fn spawn_worker(ctx: &Context, run: &Run, accept_new_host_key: bool) -> Result<u32, CliError> {
-    let exe = std::env::current_exe()
-        .map_err(|error| CliError::io("find the testfleet executable", "current_exe", error))?;
-    let log_path = run.paths.worker_log();
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .map_err(|error| CliError::io("open", &log_path, error))?;
-    let log_err = log
-        .try_clone()
-        .map_err(|error| CliError::io("open", &log_path, error))?;
-    let mut command = std::process::Command::new(exe);
-    command
-        .arg("--state-dir")
-        .arg(ctx.state_dir()?)
-        .arg("--fleet")
-        .arg(ctx.fleet_path()?);
-    for _ in 0..ctx.global.verbose {
-        command.arg("-v");
-    }
-    command.arg("_worker").arg(run.id.as_str());
+    let mut args = vec!["_worker", run.id.as_str()];
     if accept_new_host_key {
-        command.arg("--accept-new-host-key");
+        args.push("--accept-new-host-key");
     }
-    let child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(log))
-        .stderr(Stdio::from(log_err))
-        .spawn()
-        .map_err(|error| CliError::io("start the worker", "testfleet _worker", error))?;
-    // The child is not waited for: it outlives this process (it calls setsid itself).
-    Ok(child.id())
+    crate::detach::spawn(ctx, run, &args)
 }
 
 /// The machine name and the bytes of an unterminated line of one run's stream.
 type PartialLine = (String, Vec<u8>);
+
+/// The most of an unterminated line kept while waiting for its end; past it, the line is
+/// written as a fragment, with its prefix, so that memory never grows with a line's length.
+const MAX_PARTIAL_LINE: usize = 64 * 1024;
+
+/// Appends `data` to the unterminated line in `buffer` and returns every complete line, each
+/// with `[machine] ` before it, and a fragment of what is still unterminated once it reaches
+/// [`MAX_PARTIAL_LINE`] (the line goes on after it, under the next prefix).
+fn prefixed_lines(machine: &str, buffer: &mut Vec<u8>, data: &[u8]) -> Vec<u8> {
+    let prefix = format!("[{machine}] ");
+    let mut text = Vec::new();
+    let mut rest = data;
+    while !rest.is_empty() {
+        let room = MAX_PARTIAL_LINE - buffer.len();
+        match rest.iter().take(room).position(|&b| b == b'\n') {
+            Some(newline) => {
+                text.extend_from_slice(prefix.as_bytes());
+                text.append(buffer);
+                text.extend_from_slice(&rest[..=newline]);
+                rest = &rest[newline + 1..];
+            }
+            None if rest.len() >= room => {
+                text.extend_from_slice(prefix.as_bytes());
+                text.append(buffer);
+                text.extend_from_slice(&rest[..room]);
+                text.push(b'\n');
+                rest = &rest[room..];
+            }
+            None => {
+                buffer.extend_from_slice(rest);
+                rest = &[];
+            }
+        }
+    }
+    text
+}
 
 /// Streams remote output to the terminal and shows upload progress on a TTY.
 struct TerminalObserver {
@@ -406,12 +416,7 @@ impl RunObserver for TerminalObserver {
         let (machine, buffer) = partial
             .entry((run.id.clone(), is_stderr))
             .or_insert_with(|| (run.machine.to_string(), Vec::new()));
-        buffer.extend_from_slice(data);
-        let mut text = Vec::new();
-        while let Some(newline) = buffer.iter().position(|&b| b == b'\n') {
-            text.extend_from_slice(format!("[{machine}] ").as_bytes());
-            text.extend(buffer.drain(..=newline));
-        }
+        let text = prefixed_lines(machine, buffer, data);
         if !text.is_empty() {
             Self::write(stream, &text);
         }
@@ -419,5 +424,41 @@ impl RunObserver for TerminalObserver {
 
     fn warning(&self, run: &Run, message: &str) {
         eprintln!("warning: {} ({}): {message}", run.machine, run.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixed_lines_are_whole_or_bounded_fragments() {
+        let mut buffer = Vec::new();
+        assert_eq!(prefixed_lines("m", &mut buffer, b"a\nb"), b"[m] a\n");
+        assert_eq!(buffer, b"b");
+        assert_eq!(
+            prefixed_lines("m", &mut buffer, b"c\nd\n"),
+            b"[m] bc\n[m] d\n"
+        );
+        assert!(buffer.is_empty());
+
+        // A line of 2.5 × the limit, in chunks: two fragments, and the rest kept.
+        let long = vec![b'x'; MAX_PARTIAL_LINE * 5 / 2];
+        let mut written = Vec::new();
+        for chunk in long.chunks(10_000) {
+            written.extend(prefixed_lines("m", &mut buffer, chunk));
+            assert!(buffer.len() < MAX_PARTIAL_LINE, "the buffer stays bounded");
+        }
+        let fragments: Vec<&[u8]> = written
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .collect();
+        assert_eq!(fragments.len(), 2);
+        assert!(
+            fragments
+                .iter()
+                .all(|f| f.starts_with(b"[m] ") && f.len() == 4 + MAX_PARTIAL_LINE)
+        );
+        assert_eq!(buffer.len(), MAX_PARTIAL_LINE / 2);
     }
 }

@@ -9,7 +9,7 @@ use serde_json::json;
 use testfleet_core::ports::{RunFilter, RunStore};
 use testfleet_core::{MachineName, Run, RunStatus, Timestamp};
 
-use crate::context::{Context, POLL_INTERVAL, get_run, parse_run_id, reap, watch};
+use crate::context::{Context, POLL_INTERVAL, get_run, parse_run_id};
 use crate::error::{CliError, Exit};
 use crate::output::{self, Report};
 use crate::owner::ProcessProbe;
@@ -22,7 +22,7 @@ const CANCEL_DEADLINE: Duration = Duration::from_secs(90);
 /// `INVALID_ARGUMENT`, `RUN_NOT_FOUND`, `STORE_ERROR`.
 pub async fn status(ctx: &Context, run_id: &str, show_events: bool) -> Result<Report, CliError> {
     let id = parse_run_id(run_id)?;
-    let store = ctx.open_and_reap().await?;
+    let store = ctx.open_for_reading().await?;
     let run = get_run(store.as_ref(), &id).await?;
     let events = store.events(&id).await?;
     let mut human = output::run_detail(ctx.style, &run);
@@ -46,7 +46,7 @@ pub async fn list(
         .map(MachineName::parse)
         .transpose()
         .map_err(|error| CliError::invalid(error.to_string()))?;
-    let store = ctx.open_and_reap().await?;
+    let store = ctx.open_for_reading().await?;
     let runs = store
         .list(&RunFilter {
             machine,
@@ -91,7 +91,10 @@ pub async fn wait(
             None => std::future::pending().await,
         }
     };
-    let runs = watch(store.as_ref()).until_terminal(&ids, give_up).await?;
+    let runs = ctx
+        .watch(store.as_ref())
+        .until_terminal(&ids, give_up)
+        .await?;
     let human: String = runs
         .iter()
         .map(|run| output::run_summary(ctx.style, run, false))
@@ -112,7 +115,7 @@ pub async fn logs(
     follow: bool,
 ) -> Result<Report, CliError> {
     let id = parse_run_id(run_id)?;
-    let store = ctx.open_and_reap().await?;
+    let store = ctx.open_for_reading().await?;
     let mut run = get_run(store.as_ref(), &id).await?;
     let path = if stderr {
         run.paths.stderr.clone()
@@ -139,7 +142,7 @@ pub async fn logs(
             break;
         }
         tokio::time::sleep(POLL_INTERVAL).await;
-        reap(store.as_ref()).await?;
+        ctx.reap(store.as_ref()).await?;
         run = get_run(store.as_ref(), &id).await?;
     }
     Ok(Report::new(
@@ -197,7 +200,8 @@ pub async fn cancel(ctx: &Context, run_id: &str) -> Result<Report, CliError> {
             }
         }
         let ids = [id.clone()];
-        let runs = watch(store.as_ref())
+        let runs = ctx
+            .watch(store.as_ref())
             .until_terminal(&ids, tokio::time::sleep(CANCEL_DEADLINE))
             .await?;
         if let Some(current) = runs.into_iter().next() {

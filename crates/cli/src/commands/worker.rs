@@ -1,5 +1,6 @@
-//! The hidden `_worker RUN_ID`: executes a pending run claimed by `run --detach`, in a session
-//! of its own, as the run's owner. SIGTERM or SIGINT cancel the run.
+//! The hidden background commands: `_worker RUN_ID` executes a pending run claimed by
+//! `run --detach`, in a session of its own, as the run's owner (SIGTERM or SIGINT cancel the
+//! run); `_cleanup RUN_ID` finishes a run the reaper ended because its owner died.
 
 use serde_json::json;
 use testfleet_core::ports::{HostKeyPolicy, RunStore as _, StoreError};
@@ -71,5 +72,51 @@ async fn fail(runner: &Runner, run: &Run, error: &CliError) -> Result<Report, Cl
     let run = runner
         .end_pending(&run.id, RunStatus::Failed, error.code(), error.message())
         .await?;
+    Ok(done(run))
+}
+
+/// Finishes the run `run_id`, which the reaper ended (`WORKER_LOST`): reconnects to its machine,
+/// kills what is left of it, fetches its artifacts and removes its remote folder, then records
+/// what was done. A run already finished that way, or that never reached its machine, is left
+/// as it is.
+///
+/// # Errors
+/// `INVALID_ARGUMENT`, `RUN_NOT_FOUND`, `STORE_ERROR`.
+pub async fn cleanup(ctx: &Context, run_id: &str) -> Result<Report, CliError> {
+    if let Err(error) = nix::unistd::setsid() {
+        tracing::warn!(%error, "setsid failed; the cleanup stays in its parent's session");
+    }
+    let watch = SignalWatch::install(false)?;
+    let id = parse_run_id(run_id)?;
+    let store = ctx.open_store().await?;
+    let run = get_run(store.as_ref(), &id).await?;
+    if run.status.is_active() || run.remote_cleanup.is_some() || run.remote_dir.is_none() {
+        return Ok(done(run));
+    }
+    let runner = ctx.runner(store.clone())?;
+    let machine = ctx
+        .fleet()
+        .and_then(|fleet| fleet.machine(run.machine.as_str()).map(|m| m.spec.clone()));
+    let run = match machine {
+        Ok(machine) => {
+            tracing::info!(run = %run.id, machine = %run.machine, "cleaning up a lost run");
+            runner
+                .finish_lost_run(&run, &machine, &watch.signals)
+                .await?
+        }
+        Err(error) => {
+            let amendment = testfleet_core::Amendment {
+                at: testfleet_core::Timestamp::now(),
+                remote_cleanup: Some(testfleet_core::RemoteCleanup::Unreachable),
+                artifacts: None,
+                detail: format!(
+                    "after its owner was lost: could not reach the machine: {}",
+                    error.message()
+                ),
+            };
+            store.amend(&run.id, amendment).await?
+        }
+    };
+    tracing::info!(run = %run.id, remote_cleanup = ?run.remote_cleanup, "cleanup finished");
     Ok(done(run))
 }

@@ -31,6 +31,7 @@ macro_rules! fleet_table {
         struct $name {
             $($own)*
             user: Option<String>,
+            #[serde(default, deserialize_with = "ssh_port")]
             port: Option<u16>,
             os: Option<String>,
             shell: Option<WindowsShell>,
@@ -39,6 +40,10 @@ macro_rules! fleet_table {
             remote_root: Option<String>,
             #[serde(default, deserialize_with = "duration")]
             timeout: Option<Duration>,
+            #[serde(default, deserialize_with = "positive_duration")]
+            keepalive: Option<Duration>,
+            #[serde(default, deserialize_with = "positive_count")]
+            keepalive_max: Option<u32>,
         }
     };
 }
@@ -51,6 +56,7 @@ fleet_table! {
 fleet_table! {
     /// One `[machines.NAME]` table: `host` and `labels`, then the shared keys.
     struct MachineEntry {
+        #[serde(default, deserialize_with = "non_empty")]
         host: Option<String>,
         #[serde(default)]
         labels: Vec<String>,
@@ -71,6 +77,47 @@ fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duratio
     parse_duration(&text)
         .map(Some)
         .map_err(serde::de::Error::custom)
+}
+
+fn positive_duration<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Duration>, D::Error> {
+    match duration(deserializer)? {
+        Some(zero) if zero.is_zero() => Err(serde::de::Error::custom(
+            "a keepalive interval of 0 would send none; use a duration such as 5s or 15s",
+        )),
+        other => Ok(other),
+    }
+}
+
+fn positive_count<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u32>, D::Error> {
+    match u32::deserialize(deserializer)? {
+        0 => Err(serde::de::Error::custom(
+            "keepalive_max must be at least 1 (keepalives missed in a row before the connection \
+             counts as lost)",
+        )),
+        count => Ok(Some(count)),
+    }
+}
+
+fn ssh_port<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u16>, D::Error> {
+    match u16::deserialize(deserializer)? {
+        0 => Err(serde::de::Error::custom(
+            "port 0 is not a valid SSH port; use 1 to 65535 (22 unless the machine says otherwise)",
+        )),
+        port => Ok(Some(port)),
+    }
+}
+
+fn non_empty<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    if text.trim().is_empty() {
+        return Err(serde::de::Error::custom(
+            "host is empty; give a host name or address, or leave `host` out to use the machine's \
+             name",
+        ));
+    }
+    Ok(Some(text))
 }
 
 /// Parses a humantime duration (`90s`, `30m`, `1h30m`) with a message that says what is wanted.
@@ -362,8 +409,14 @@ fn resolve(
                 known_hosts,
                 host_key_policy: HostKeyPolicy::Strict,
                 connect_timeout: SshTarget::DEFAULT_CONNECT_TIMEOUT,
-                keepalive_interval: SshTarget::DEFAULT_KEEPALIVE_INTERVAL,
-                keepalive_max: SshTarget::DEFAULT_KEEPALIVE_MAX,
+                keepalive_interval: entry
+                    .keepalive
+                    .or(defaults.keepalive)
+                    .unwrap_or(SshTarget::DEFAULT_KEEPALIVE_INTERVAL),
+                keepalive_max: entry
+                    .keepalive_max
+                    .or(defaults.keepalive_max)
+                    .unwrap_or(SshTarget::DEFAULT_KEEPALIVE_MAX),
             },
         },
         labels: entry.labels,
@@ -518,6 +571,26 @@ user = "admin"
             "invalid duration",
         );
         check_error("[machines.a]\nport = 70000\n", 2, 8, "");
+        check_error(
+            "[machines.a]\nport = 0\n",
+            2,
+            8,
+            "port 0 is not a valid SSH port",
+        );
+        check_error(
+            "[defaults]\nport = 0\n",
+            2,
+            8,
+            "port 0 is not a valid SSH port",
+        );
+        check_error("[machines.a]\nhost = \"\"\n", 2, 8, "host is empty");
+        check_error(
+            "[machines.a]\nkeepalive = \"0s\"\n",
+            2,
+            13,
+            "keepalive interval of 0",
+        );
+        check_error("[machines.a]\nkeepalive_max = 0\n", 2, 17, "at least 1");
         check_error("[machines.a]\nshell = \"bash\"\n", 2, 9, "unknown variant");
         check_error("[machines.\"a b\"]\n", 1, 11, "invalid machine name");
         check_error("[machines.a\n", 1, 12, "");

@@ -85,6 +85,7 @@ pub async fn run_store(make_store: impl Fn() -> Subject) {
         owner_guarded_transitions_need_the_same_owner,
         unknown_ids_are_not_found,
         concurrent_claims_have_one_winner,
+        amendments_record_what_was_learnt_after_the_end,
     );
 }
 

@@ -3,7 +3,9 @@
 use std::sync::Arc;
 
 use testfleet_core::ports::{RunFilter, RunStore, StoreError};
-use testfleet_core::run::{RunOwner, RunStatus, Transition};
+use testfleet_core::run::{
+    Amendment, ArtifactSummary, RemoteCleanup, RunOwner, RunStatus, SkippedArtifact, Transition,
+};
 use testfleet_core::{ErrorCode, RunId};
 
 use super::*;
@@ -270,4 +272,73 @@ pub(super) async fn unknown_ids_are_not_found(store: &Arc<dyn RunStore>) {
         1,
         "nothing was created"
     );
+}
+
+/// What testfleet learns after a run ended (it reconnected and cleaned up) is recorded on the
+/// terminal run, with an event; an active run cannot be amended.
+pub(super) async fn amendments_record_what_was_learnt_after_the_end(store: &Arc<dyn RunStore>) {
+    let active = claim_new(store, new_run("linux-1", 1, 0, 1)).await;
+    let amendment = Amendment {
+        at: at(50),
+        remote_cleanup: Some(RemoteCleanup::Killed),
+        artifacts: None,
+        detail: "reconnected and killed what was left of the run".to_owned(),
+    };
+    match store.amend(&active.id, amendment.clone()).await {
+        Err(StoreError::Conflict { id, actual, .. }) => {
+            assert_eq!((id, actual), (active.id.clone(), RunStatus::Pending));
+        }
+        other => panic!("amending an active run: expected Conflict, got {other:?}"),
+    }
+    assert_eq!(must_get(store, &active.id).await, active, "nothing written");
+
+    let ended = finish(store, &active.id, RunStatus::Timeout, 10).await;
+    let mut expected = ended.clone();
+    let mut expected_events = must_events(store, &ended.id).await;
+    expected_events.push(
+        expected
+            .amend(&amendment)
+            .expect("a terminal run takes amendments"),
+    );
+    let amended = store.amend(&ended.id, amendment).await;
+    assert_eq!(amended.ok().as_ref(), Some(&expected));
+    assert_eq!(must_get(store, &ended.id).await, expected);
+    assert_eq!(must_events(store, &ended.id).await, expected_events);
+    assert_eq!(expected.remote_cleanup, Some(RemoteCleanup::Killed));
+    assert_eq!(expected.status, RunStatus::Timeout, "the status stays");
+
+    // A later amendment with artifacts keeps the cleanup it does not mention.
+    let artifacts = ArtifactSummary {
+        files: 2,
+        bytes: 9,
+        skipped: vec![SkippedArtifact {
+            path: "locked".to_owned(),
+            reason: "permission denied".to_owned(),
+        }],
+    };
+    let second = Amendment {
+        at: at(60),
+        remote_cleanup: None,
+        artifacts: Some(artifacts.clone()),
+        detail: "fetched 2 artifact file(s)".to_owned(),
+    };
+    let amended = store
+        .amend(&ended.id, second)
+        .await
+        .expect("a second amendment");
+    assert_eq!(amended.artifacts, Some(artifacts));
+    assert_eq!(amended.remote_cleanup, Some(RemoteCleanup::Killed));
+    assert_eq!(must_get(store, &ended.id).await, amended);
+
+    let unknown = RunId::from_parts(1, 1);
+    let missing = Amendment {
+        at: at(70),
+        remote_cleanup: None,
+        artifacts: None,
+        detail: String::new(),
+    };
+    assert!(matches!(
+        store.amend(&unknown, missing).await,
+        Err(StoreError::NotFound(id)) if id == unknown
+    ));
 }

@@ -4,7 +4,10 @@ use std::sync::Arc;
 
 use testfleet_core::ErrorCode;
 use testfleet_core::ports::{RunStore, StoreError};
-use testfleet_core::run::{ArtifactSummary, RunEventRecord, RunOwner, RunStatus, Transition};
+use testfleet_core::run::{
+    ArtifactSummary, RemoteCleanup, RunEventRecord, RunOwner, RunStatus, SkippedArtifact,
+    Transition,
+};
 
 use super::*;
 
@@ -242,7 +245,12 @@ pub(super) async fn outcome_fields_follow_run_apply(store: &Arc<dyn RunStore>) {
     done.artifacts = Some(ArtifactSummary {
         files: 3,
         bytes: u64::MAX,
+        skipped: vec![SkippedArtifact {
+            path: "secret/it's \"odd\"\nname".to_owned(),
+            reason: "permission denied".to_owned(),
+        }],
     });
+    done.remote_cleanup = Some(RemoteCleanup::AlreadyGone);
     apply_and_check(store, &mut run, &mut events, done).await;
     assert_eq!(run.started_at, Some(at(100)));
     assert_eq!(run.finished_at, Some(at(2_600)));

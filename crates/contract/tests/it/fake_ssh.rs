@@ -6,7 +6,7 @@ use std::time::Duration;
 use testfleet_contract::fake_ssh::{FakeExec, FakeScript, FakeSsh, fake_target};
 use testfleet_contract::ssh::{
     ContractHost, OUTPUT_AND_EXIT_COMMAND, SELF_TERM_COMMAND, STDIN_COMMAND, TRUE_COMMAND,
-    gated_stdin_command,
+    gated_end_command,
 };
 use testfleet_core::ports::{OutputStream, RemoteExit};
 
@@ -48,7 +48,7 @@ async fn fake_ssh_passes_the_ssh_contract() {
                 },
             ),
             (STDIN_COMMAND.to_owned(), end_command()),
-            (gated_stdin_command(), end_command()),
+            (gated_end_command(), end_command()),
             (
                 TRUE_COMMAND.to_owned(),
                 FakeExec {

@@ -42,7 +42,7 @@ pub enum HashError {
         source: Option<io::Error>,
     },
     /// A file or directory inside the test directory could not be read while walking or hashing it.
-    /// Code `TEST_DIR_NOT_FOUND` too; the message names the path.
+    /// Code `TEST_DIR_UNREADABLE`; the message names the path.
     #[error("failed to read {path}")]
     Io {
         /// The path that could not be read, under the resolved root.
@@ -54,11 +54,12 @@ pub enum HashError {
 }
 
 impl HashError {
-    /// [`ErrorCode::TestDirNotFound`], for both variants.
+    /// [`ErrorCode::TestDirNotFound`] for a missing root, [`ErrorCode::TestDirUnreadable`] for
+    /// something inside it.
     pub fn code(&self) -> ErrorCode {
         match self {
             Self::NotADirectory { .. } => ErrorCode::TestDirNotFound,
-            Self::Io { .. } => ErrorCode::TestDirNotFound,
+            Self::Io { .. } => ErrorCode::TestDirUnreadable,
         }
     }
 }

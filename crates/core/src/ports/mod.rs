@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 pub use clock::{Clock, RunIdGenerator, SystemClock, UlidGenerator};
 pub use ssh::{
-    DownloadReport, ExecGate, ExecOutput, GateKeeper, HostKeyPolicy, KillRequest, NoProgress,
-    OutputStream, OutputTail, ProgressSink, RefusedEntry, RemoteExit, SshConnector, SshError,
+    DownloadReport, ExecGate, ExecOutput, GateKeeper, HostKeyPolicy, KillOutcome, KillRequest,
+    NoProgress, OutputStream, OutputTail, ProgressSink, RemoteExit, SshConnector, SshError,
     SshSession, SshTarget, TransferProgress, TransferStats,
 };
 pub use store::{Claim, RunFilter, RunStore, StoreError};

@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use crate::code::ErrorCode;
 use crate::hash::DirManifest;
 use crate::remote::RemoteShell;
+use crate::run::SkippedArtifact;
 
 use super::SharedError;
 
@@ -341,7 +342,7 @@ impl GateKeeper {
     }
 }
 
-/// A request to kill the process tree of a run.
+/// A request to kill everything of a run on its machine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KillRequest {
     /// The machine's shell, which picks the kill command
@@ -349,19 +350,22 @@ pub struct KillRequest {
     pub shell: RemoteShell,
     /// The pid file the exec command wrote (SFTP path form).
     pub pid_file: String,
+    /// The run's id, which marks its processes (`TESTFLEET_RUN_ID`).
+    pub run_id: String,
     /// Time between `TERM` and `KILL` (POSIX).
     pub grace: Duration,
 }
 
-/// A remote name that was refused during a download, and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RefusedEntry {
-    /// The remote path of the entry (relative to the downloaded folder).
-    pub path: String,
-    /// Why it was refused: the rule the name broke
-    /// ([`BadRemoteName`](crate::remote::BadRemoteName)), or that the entry is a symlink or not a
-    /// regular file or directory.
-    pub reason: String,
+/// What a kill found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KillOutcome {
+    /// Something of the run was alive, and now nothing is.
+    Killed,
+    /// Nothing of the run was alive (it had ended, or never started).
+    AlreadyGone,
+    /// Processes of the run were still alive after `KILL` (stuck in the kernel, or not the
+    /// user's to kill).
+    Survived,
 }
 
 /// The result of downloading a folder.
@@ -371,8 +375,9 @@ pub struct DownloadReport {
     pub files: u64,
     /// Their total size in bytes.
     pub bytes: u64,
-    /// Entries not downloaded: hostile names, symlinks, special files.
-    pub refused: Vec<RefusedEntry>,
+    /// Entries not downloaded, and why: names that cannot be local paths, symlinks, special
+    /// files, files or folders the remote user cannot read. Everything else was kept.
+    pub skipped: Vec<SkippedArtifact>,
 }
 
 /// Dials machines.
@@ -435,10 +440,12 @@ pub trait SshSession: Send + Sync {
     ) -> Result<RemoteExit, SshError>;
 
     /// Like [`SshSession::exec`], but for a command that first reads one line from its stdin
-    /// (see [`crate::remote::RemoteShell::exec_command`]): the command is started at once; when
-    /// `gate` opens, [`ExecGate::OPEN_LINE`] is written to its stdin; when its keeper is
-    /// dropped instead, the command's stdin is closed with nothing written, and it ends without
-    /// doing anything. Either way its stdin is then closed.
+    /// (see [`crate::remote::RemoteShell::gated_exec_command`]): the command is started at once;
+    /// when `gate` opens, [`ExecGate::OPEN_LINE`] is written to its stdin, **and its stdin then
+    /// stays open until the command ends** — the remote wrapper takes the end of its stdin for
+    /// the end of the connection and kills the run's tree. When the keeper is dropped instead,
+    /// the command's stdin is closed with nothing written, and it ends without doing anything.
+    /// Dropping the future closes the channel (and so the command's stdin).
     ///
     /// # Errors
     /// As [`SshSession::exec`].
@@ -449,38 +456,45 @@ pub trait SshSession: Send + Sync {
         output: &mut dyn ExecOutput,
     ) -> Result<RemoteExit, SshError>;
 
-    /// Kills the process tree recorded in `request.pid_file`, over a channel of its own. The
-    /// default runs the shell's kill command ([`RemoteShell::kill_command`]) with
-    /// [`SshSession::exec`] and requires it to succeed; a transport overrides it only when it
-    /// kills another way.
+    /// Kills everything of the run whose wrapper's pid is in `request.pid_file`, over a channel
+    /// of its own, and says whether anything was alive. The default runs the shell's kill
+    /// command ([`RemoteShell::kill_command`]) with [`SshSession::exec`] and reads its exit
+    /// status; a transport overrides it only when it kills another way.
     ///
     /// # Errors
-    /// [`SshError::ExecFailed`] when the kill command could not run or did not succeed (its
-    /// exit status 3: no pid file appeared); [`SshError::ConnectionLost`].
-    async fn kill(&self, request: &KillRequest) -> Result<(), SshError> {
-        let command = request.shell.kill_command(&request.pid_file, request.grace);
+    /// [`SshError::ExecFailed`] when the kill command could not run or failed in another way;
+    /// [`SshError::ConnectionLost`].
+    async fn kill(&self, request: &KillRequest) -> Result<KillOutcome, SshError> {
+        use crate::remote::{KILL_ALREADY_GONE, KILL_NO_PID_FILE, KILL_SURVIVORS};
+        let command = request
+            .shell
+            .kill_command(&request.pid_file, &request.run_id, request.grace);
         let mut output = OutputTail::default();
         match self.exec(&command, &mut output).await? {
-            RemoteExit::Code(0) => Ok(()),
+            RemoteExit::Code(0) => Ok(KillOutcome::Killed),
+            RemoteExit::Code(KILL_ALREADY_GONE | KILL_NO_PID_FILE) => Ok(KillOutcome::AlreadyGone),
+            RemoteExit::Code(KILL_SURVIVORS) => Ok(KillOutcome::Survived),
             other => Err(SshError::ExecFailed {
-                reason: format!(
-                    "the kill command ended with {other:?}{}: {}",
-                    if other == RemoteExit::Code(3) {
-                        " (no pid file appeared)"
-                    } else {
-                        ""
-                    },
-                    output.text()
-                ),
+                reason: format!("the kill command ended with {other:?}: {}", output.text()),
                 source: None,
             }),
         }
     }
 
+    /// The names of the entries of the remote folder `path` (no `.` or `..`), in no particular
+    /// order; an empty list when the folder does not exist.
+    ///
+    /// # Errors
+    /// [`SshError::Other`] naming the path; [`SshError::ConnectionLost`].
+    async fn list_dir(&self, path: &str) -> Result<Vec<String>, SshError>;
+
     /// Downloads the remote folder `remote_dir` into `local_dir` (created if needed). A missing
     /// remote folder downloads nothing and is not an error. Every remote name is checked with
-    /// [`crate::remote::check_remote_name`]; bad names and symlinks are refused, reported, and
-    /// nothing is written outside `local_dir`.
+    /// [`crate::remote::check_remote_name`]; bad names, symlinks, special files and entries the
+    /// remote user cannot read are skipped and reported, the rest is kept, and nothing is
+    /// written outside `local_dir`. Every file is written under a temporary name and renamed
+    /// only once it is complete and as large as the remote one said, so that a file under its
+    /// final name is never torn.
     ///
     /// # Errors
     /// [`SshError::DownloadFailed`] naming the path; [`SshError::ConnectionLost`].

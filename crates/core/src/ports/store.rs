@@ -8,7 +8,7 @@ use async_trait::async_trait;
 
 use crate::code::ErrorCode;
 use crate::ids::{MachineName, RunId};
-use crate::run::{NewRun, Run, RunEventRecord, RunOwner, RunStatus, Transition};
+use crate::run::{Amendment, NewRun, Run, RunEventRecord, RunOwner, RunStatus, Transition};
 
 use super::SharedError;
 
@@ -147,6 +147,14 @@ pub trait RunStore: Send + Sync + fmt::Debug {
     /// `from → to`; [`StoreError::OwnerChanged`] when the owner guard fails (nothing
     /// written); [`StoreError::Backend`].
     async fn transition(&self, id: &RunId, change: Transition) -> Result<Run, StoreError>;
+
+    /// Records an [`Amendment`] to a terminal run (applied with [`Run::amend`]) and appends its
+    /// event, atomically. Returns the updated run.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`]; [`StoreError::Conflict`] when the run is not terminal (nothing
+    /// written); [`StoreError::Backend`].
+    async fn amend(&self, id: &RunId, amendment: Amendment) -> Result<Run, StoreError>;
 
     /// Records the absolute remote run folder of a run.
     ///

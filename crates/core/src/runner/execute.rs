@@ -11,6 +11,7 @@ use crate::ports::{SshError, SshSession, StoreError};
 use crate::run::{Run, RunStatus, Transition};
 
 use super::execution::Execution;
+use super::recover::Recovery;
 use super::{MachineSpec, RunObserver, Runner, StopSignals};
 
 impl Runner {
@@ -75,19 +76,44 @@ impl Runner {
         let execution = Execution {
             runner: self,
             run: &run,
+            machine,
             session: session.as_ref(),
             shell: machine.shell(),
-            remote_root: &machine.remote_root,
             signals,
             observer,
         };
-        let outcome = execution.drive(&manifest).await;
+        let (outcome, layout) = execution.drive(&manifest).await;
         close_quietly(session.as_ref()).await;
-        let run = self
-            .finish_with(&run.id, outcome.into_transition(self.clock.now()))
-            .await?;
-        observer.status(&run);
-        Ok(run)
+        for note in &outcome.notes {
+            observer.warning(&run, note);
+        }
+        let recovery = Recovery {
+            fetch_artifacts: outcome.script_started && outcome.artifacts.is_none(),
+            why: "the connection could not be trusted to the end",
+        };
+        let reconnect = outcome.link_down && !signals.abandon.is_cancelled();
+        let change = outcome.into_transition(self.clock.now());
+        let (ended, ours) = match self.store.transition(&run.id, change).await {
+            Ok(ended) => (ended, true),
+            // Another process ended it meanwhile (a reaper): the stored run wins.
+            Err(StoreError::Conflict { .. }) => (self.store.get(&run.id).await?, false),
+            Err(error) => return Err(error.into()),
+        };
+        observer.status(&ended);
+        match layout {
+            // The run is recorded as ended (a `cancel` or `wait` does not wait for a dead
+            // link); what is left on the machine is dealt with now.
+            Some(layout) if reconnect && ours => {
+                let amendment = self
+                    .recover(&ended, machine, &layout, recovery, signals)
+                    .await;
+                observer.warning(&ended, &amendment.detail);
+                let amended = self.store.amend(&ended.id, amendment).await?;
+                observer.status(&amended);
+                Ok(amended)
+            }
+            _ => Ok(ended),
+        }
     }
 
     /// Dials the machine, unless the run is cancelled first. On failure: how the pending run

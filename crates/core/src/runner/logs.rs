@@ -67,3 +67,17 @@ impl ExecOutput for LogSink<'_> {
         self.observer.output(self.run, stream, data);
     }
 }
+
+/// A local file error in words that say what to do: a full disk and a read-only folder are
+/// named as such.
+pub(super) fn describe_io(error: &std::io::Error) -> String {
+    match error.kind() {
+        std::io::ErrorKind::StorageFull => {
+            format!("the disk is full ({error}); free some space, or use another state directory")
+        }
+        std::io::ErrorKind::ReadOnlyFilesystem | std::io::ErrorKind::PermissionDenied => {
+            format!("the folder cannot be written ({error}); use another state directory")
+        }
+        _ => error.to_string(),
+    }
+}

@@ -17,6 +17,7 @@ mod logs;
 mod outcome;
 mod prepare;
 mod reaper;
+mod recover;
 mod wait;
 
 use std::fmt;
@@ -38,7 +39,7 @@ use crate::remote::{RemoteShell, WindowsShell};
 use crate::run::{DispatchedRun, Run, RunOwner};
 
 pub use reaper::{OwnerProbe, reap_lost_runs};
-pub use wait::Watch;
+pub use wait::{ReapedRuns, Watch};
 
 /// Settings of the runner itself.
 #[derive(Debug, Clone)]

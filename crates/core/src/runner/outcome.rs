@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use crate::code::{ErrorCode, RunError, error_chain};
-use crate::ports::{RemoteExit, SshError};
-use crate::run::{ArtifactSummary, Run, RunStatus, Transition};
+use crate::ports::{KillOutcome, RemoteExit, SshError};
+use crate::run::{ArtifactSummary, RemoteCleanup, Run, RunStatus, Transition};
 use crate::time::Timestamp;
 
 /// Why the runner stopped a running script.
@@ -23,7 +23,13 @@ pub(super) struct Outcome {
     pub(super) signal: Option<String>,
     pub(super) artifacts: Option<ArtifactSummary>,
     pub(super) stopped: Option<StopReason>,
-    pub(super) connection_lost: bool,
+    /// The connection cannot be trusted any more (it was lost, or a kill went unanswered):
+    /// nothing more is tried on it, and the runner reconnects to finish the job.
+    pub(super) link_down: bool,
+    /// The entrypoint was released (its gate opened): what it left behind is worth fetching.
+    pub(super) script_started: bool,
+    /// What is known of the run's processes on the machine.
+    pub(super) remote_cleanup: Option<RemoteCleanup>,
     /// Things worth recording that do not decide the status (a failed kill, a refused artifact
     /// name); they go into the final event's detail.
     pub(super) notes: Vec<String>,
@@ -38,7 +44,9 @@ impl Default for Outcome {
             signal: None,
             artifacts: None,
             stopped: None,
-            connection_lost: false,
+            link_down: false,
+            script_started: false,
+            remote_cleanup: None,
             notes: Vec::new(),
         }
     }
@@ -77,8 +85,19 @@ impl Outcome {
 
     /// Records an SSH failure, and whether it lost the connection.
     pub(super) fn record_ssh_failure(&mut self, error: &SshError) {
-        self.connection_lost = error.code() == ErrorCode::ConnectionLost;
+        if error.code() == ErrorCode::ConnectionLost {
+            self.link_down = true;
+        }
         self.set_failure(error.code(), error_chain(error));
+    }
+
+    /// Records what a kill found.
+    pub(super) fn record_kill(&mut self, killed: KillOutcome) {
+        self.remote_cleanup = Some(match killed {
+            KillOutcome::Killed => RemoteCleanup::Killed,
+            KillOutcome::AlreadyGone => RemoteCleanup::AlreadyGone,
+            KillOutcome::Survived => RemoteCleanup::Survived,
+        });
     }
 
     /// Records a failure unless an earlier one is already recorded (the first cause wins;
@@ -128,8 +147,20 @@ impl Outcome {
     }
 
     /// A stop decided by the runner (timeout, cancel) decides the status, whatever the script
-    /// did after the kill.
+    /// did after the kill. The message says whether the kill was confirmed.
     pub(super) fn apply_stop(&mut self, run: &Run) {
+        let killed = match self.remote_cleanup {
+            Some(RemoteCleanup::Killed | RemoteCleanup::AlreadyGone) => {
+                "the remote process tree was killed"
+            }
+            Some(RemoteCleanup::Survived) => {
+                "processes of the run were still alive after KILL (see remote_cleanup)"
+            }
+            Some(RemoteCleanup::Unreachable) | None => {
+                "the kill could not be confirmed; testfleet reconnects to finish it (see \
+                 remote_cleanup)"
+            }
+        };
         match self.stopped {
             Some(StopReason::TimedOut) => {
                 let limit = humantime::format_duration(
@@ -141,7 +172,7 @@ impl Outcome {
                 self.error = Some(RunError::new(
                     ErrorCode::Timeout,
                     format!(
-                        "{} ran longer than the timeout of {limit}; the remote process tree was killed",
+                        "{} ran longer than the timeout of {limit}; {killed}",
                         run.entrypoint
                     ),
                 ));
@@ -150,7 +181,7 @@ impl Outcome {
                 self.to = RunStatus::Interrupted;
                 self.error = Some(RunError::new(
                     ErrorCode::Interrupted,
-                    "the run was cancelled; the remote process tree was killed",
+                    format!("the run was cancelled; {killed}"),
                 ));
             }
             None => {}
@@ -179,6 +210,7 @@ impl Outcome {
         change.exit_code = self.exit_code;
         change.signal = self.signal;
         change.artifacts = self.artifacts;
+        change.remote_cleanup = self.remote_cleanup;
         change
     }
 }

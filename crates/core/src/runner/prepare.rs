@@ -54,8 +54,9 @@ impl Runner {
                 Ok(()) => Ok(Prepared { run, reused: false }),
                 Err(error) => {
                     let message = format!(
-                        "failed to create the local run folder {}: {error}",
-                        run.paths.dir.display()
+                        "failed to create the local run folder {}: {}",
+                        run.paths.dir.display(),
+                        super::logs::describe_io(&error)
                     );
                     let run = self
                         .end_pending(&run.id, RunStatus::Failed, ErrorCode::Internal, message)

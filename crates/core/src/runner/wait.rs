@@ -9,6 +9,13 @@ use crate::run::Run;
 
 use super::reaper::{OwnerProbe, reap_lost_runs};
 
+/// Told about the runs the reaper ended, so that the application can finish them on their
+/// machines (see [`Runner::finish_lost_run`](super::Runner::finish_lost_run)).
+pub trait ReapedRuns: Send + Sync {
+    /// The reaper just ended these runs (`WORKER_LOST`).
+    fn reaped(&self, runs: &[Run]);
+}
+
 /// Reads runs the way a watcher must: reaping runs whose owner is gone first, so that a crashed
 /// owner never shows as running.
 #[derive(Clone, Copy)]
@@ -21,6 +28,11 @@ pub struct Watch<'a> {
     pub probe: &'a dyn OwnerProbe,
     /// Time between two looks while waiting.
     pub poll: Duration,
+    /// Told about every run the reaper ends, when set.
+    pub reaped: Option<&'a dyn ReapedRuns>,
+    /// Reap at all: `false` for a store that cannot be written (runs are then read as
+    /// recorded).
+    pub reap: bool,
 }
 
 impl std::fmt::Debug for Watch<'_> {
@@ -38,7 +50,16 @@ impl Watch<'_> {
     /// # Errors
     /// [`StoreError::Backend`].
     pub async fn reap(&self) -> Result<Vec<Run>, StoreError> {
-        reap_lost_runs(self.store, self.clock, self.probe).await
+        if !self.reap {
+            return Ok(Vec::new());
+        }
+        let reaped = reap_lost_runs(self.store, self.clock, self.probe).await?;
+        if let Some(hook) = self.reaped
+            && !reaped.is_empty()
+        {
+            hook.reaped(&reaped);
+        }
+        Ok(reaped)
     }
 
     /// Reaps, then reads the runs `ids`, in that order.

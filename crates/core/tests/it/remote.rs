@@ -8,12 +8,27 @@ use std::time::{Duration, Instant};
 use proptest::prelude::*;
 use testfleet_core::ports::ExecGate;
 use testfleet_core::remote::{
-    RemoteShell, WindowsShell, decode_powershell_command, posix_exec_command, posix_kill_command,
+    KILL_ALREADY_GONE, KILL_NO_PID_FILE, RemoteShell, RunScript, WindowsShell,
+    decode_powershell_command, posix_exec_command, posix_kill_command, posix_probe_command,
     quote_posix, windows_exec_command, windows_kill_command,
 };
 use testfleet_testkit::process::live_group_members;
 
-const RECORDING_SCRIPT: &str = "#!/bin/sh\npwd -P > \"$TF_OUT/cwd\"\necho $$ > \"$TF_OUT/pid\"\n";
+const RECORDING_SCRIPT: &str =
+    "#!/bin/sh\npwd -P > \"$TF_OUT/cwd\"\necho $PPID > \"$TF_OUT/pid\"\n";
+
+/// A run id of its own for every script of these tests: the marker decides which processes a
+/// wrapper may kill, and tests run side by side.
+fn fresh_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let serial = NEXT.fetch_add(1, Ordering::Relaxed);
+    testfleet_core::RunId::from_parts(
+        1,
+        (u128::from(std::process::id()) << 64) | u128::from(serial),
+    )
+    .to_string()
+}
 
 /// Runs `command` the way sshd does: handed to a login shell with `-c`.
 fn run_as_login_shell(shell: &str, command: &str, out_dir: &Path) -> std::process::ExitStatus {
@@ -35,11 +50,13 @@ fn check_exec(shell: &str, name: &str) -> Result<(), TestCaseError> {
     std::fs::write(run_dir.join("run.sh"), RECORDING_SCRIPT).expect("write");
     let pid_file = parent.path().join(format!("{name}.pid"));
 
-    let command = posix_exec_command(
-        run_dir.to_str().expect("utf-8"),
-        pid_file.to_str().expect("utf-8"),
-        "run.sh",
-    );
+    let command = posix_exec_command(&RunScript {
+        run_dir: run_dir.to_str().expect("utf-8"),
+        pid_file: pid_file.to_str().expect("utf-8"),
+        entrypoint: "run.sh",
+        run_id: &fresh_id(),
+        grace: Duration::from_millis(200),
+    });
     let status = run_as_login_shell(shell, &command, out.path());
     prop_assert!(status.success(), "{shell} failed on {command:?}: {status}");
 
@@ -50,7 +67,8 @@ fn check_exec(shell: &str, name: &str) -> Result<(), TestCaseError> {
         PathBuf::from(cwd.strip_suffix('\n').unwrap_or(&cwd)),
         expected
     );
-    let pid = std::fs::read_to_string(out.path().join("pid")).expect("run.sh wrote its pid");
+    // The pid file names the wrapper, run.sh's parent.
+    let pid = std::fs::read_to_string(out.path().join("pid")).expect("run.sh wrote its parent");
     let recorded = std::fs::read_to_string(&pid_file).expect("the exec command wrote the pid file");
     prop_assert_eq!(recorded.trim(), pid.trim());
     Ok(())
@@ -120,6 +138,108 @@ fn run_with_stdin(shell: &str, command: &str, out_dir: &Path, stdin: &[u8]) -> i
         .expect("ended with a status")
 }
 
+/// A gated run started the way sshd starts it (a session of its own: a new process group), its
+/// stdin held open as the client holds it.
+struct GatedRun {
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+}
+
+impl Drop for GatedRun {
+    fn drop(&mut self) {
+        // A failed test must not leave its processes behind: the group, by its id.
+        testfleet_testkit::process::kill_group(self.child.id());
+        let _ = self.child.wait();
+    }
+}
+
+impl GatedRun {
+    fn start(command: &str, out_dir: &Path) -> Self {
+        use std::os::unix::process::CommandExt as _;
+        let mut child = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(command)
+            .env("TF_OUT", out_dir)
+            .stdin(std::process::Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .expect("the shell starts");
+        let stdin = child.stdin.take();
+        Self { child, stdin }
+    }
+
+    fn open(&mut self) {
+        use std::io::Write as _;
+        let pipe = self.stdin.as_mut().expect("stdin is open");
+        pipe.write_all(ExecGate::OPEN_LINE)
+            .expect("write the gate's line");
+        pipe.flush().expect("flush");
+    }
+
+    /// The connection is gone: the session's stdin ends.
+    fn drop_stdin(&mut self) {
+        self.stdin = None;
+    }
+
+    fn pgid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the wrapper, with stdin still open, and says how it ended.
+    fn wait(&mut self) -> std::process::ExitStatus {
+        self.child.wait().expect("wait")
+    }
+}
+
+/// A run folder `<parent>/<name>` holding `run.sh` with `script`, and its pid file's path.
+fn run_folder(parent: &Path, name: &str, script: &str) -> (PathBuf, PathBuf) {
+    let run_dir = parent.join(name);
+    std::fs::create_dir_all(&run_dir).expect("mkdir");
+    std::fs::write(run_dir.join("run.sh"), format!("#!/bin/sh\n{script}")).expect("write");
+    (run_dir.clone(), parent.join(format!("{name}.pid")))
+}
+
+fn gated_command(run_dir: &Path, pid_file: &Path, run_id: &str, grace: Duration) -> String {
+    RemoteShell::Posix
+        .gated_exec_command(&RunScript {
+            run_dir: run_dir.to_str().expect("utf-8"),
+            pid_file: pid_file.to_str().expect("utf-8"),
+            entrypoint: "run.sh",
+            run_id,
+            grace,
+        })
+        .expect("POSIX has a gated form")
+}
+
+/// Waits until `path` holds at least `n` pids, one per line.
+fn wait_for_pids(path: &Path, n: usize) -> Vec<u32> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let pids = testfleet_testkit::process::read_pids(path);
+        if pids.len() >= n {
+            return pids;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never held {n} pids",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn assert_all_gone(pids: &[u32]) {
+    let survivors = testfleet_testkit::process::survivors_after(pids, Duration::from_secs(20));
+    for pid in &survivors {
+        // By pid, never by name: the test must not leave them behind either.
+        testfleet_testkit::process::kill_pid(*pid);
+    }
+    assert!(
+        survivors.is_empty(),
+        "processes of the run survived: {survivors:?}"
+    );
+}
+
 const TROUBLEMAKERS: [&str; 5] = ["with space", "it's", "$HOME `id`", "new\nline", "-rf"];
 
 #[test]
@@ -129,56 +249,254 @@ fn gated_exec_runs_only_after_the_open_line() {
         b"go\n",
         "the scripts compare with `go`"
     );
-    for shell in ["/bin/sh", "/bin/bash"] {
-        for name in TROUBLEMAKERS {
-            let parent = tempfile::tempdir().expect("temp dir");
-            let out = tempfile::tempdir().expect("temp dir");
-            let run_dir = parent.path().join(name);
-            std::fs::create_dir(&run_dir).expect("mkdir");
-            // run.sh also shows that the open line is not left on its stdin.
-            std::fs::write(
-                run_dir.join("run.sh"),
-                "#!/bin/sh\npwd -P > \"$TF_OUT/cwd\"\ncat > \"$TF_OUT/stdin\"\n",
-            )
-            .expect("write");
-            let pid_file = parent.path().join(format!("{name}.pid"));
-            let command = RemoteShell::Posix
-                .gated_exec_command(
-                    run_dir.to_str().expect("utf-8"),
-                    pid_file.to_str().expect("utf-8"),
-                    "run.sh",
-                )
-                .expect("POSIX has a gated form");
-
+    for name in TROUBLEMAKERS {
+        let parent = tempfile::tempdir().expect("temp dir");
+        let out = tempfile::tempdir().expect("temp dir");
+        // run.sh also shows that its stdin is at its end, not the session's.
+        let (run_dir, pid_file) = run_folder(
+            parent.path(),
+            name,
+            "pwd -P > \"$TF_OUT/cwd\"\ncat > \"$TF_OUT/stdin\"\necho \"$TESTFLEET_RUN_ID\" > \"$TF_OUT/id\"\n",
+        );
+        let run_id = fresh_id();
+        let command = gated_command(&run_dir, &pid_file, &run_id, Duration::from_millis(200));
+        for shell in ["/bin/sh", "/bin/bash"] {
             for refused in [&b""[..], b"no\n", b"g"] {
                 let status = run_with_stdin(shell, &command, out.path(), refused);
                 assert_eq!(status, 125, "{shell} {name:?} {refused:?}");
                 assert!(!out.path().join("cwd").exists(), "nothing ran");
-                assert!(!pid_file.exists(), "no pid file");
+                assert!(!pid_file.exists(), "no pid file is left");
             }
-            let status = run_with_stdin(shell, &command, out.path(), ExecGate::OPEN_LINE);
-            assert_eq!(status, 0, "{shell} {name:?}");
-            let cwd = std::fs::read_to_string(out.path().join("cwd")).expect("run.sh ran");
-            assert_eq!(
-                PathBuf::from(cwd.strip_suffix('\n').unwrap_or(&cwd)),
-                std::fs::canonicalize(&run_dir).expect("exists")
-            );
-            assert_eq!(
-                std::fs::read(out.path().join("stdin")).expect("stdin saved"),
-                b""
-            );
-            assert!(pid_file.exists(), "the pid file was written");
         }
+        let mut run = GatedRun::start(&command, out.path());
+        run.open();
+        let status = run.wait();
+        assert_eq!(status.code(), Some(0), "{name:?}");
+        let cwd = std::fs::read_to_string(out.path().join("cwd")).expect("run.sh ran");
+        assert_eq!(
+            PathBuf::from(cwd.strip_suffix('\n').unwrap_or(&cwd)),
+            std::fs::canonicalize(&run_dir).expect("exists")
+        );
+        assert_eq!(
+            std::fs::read(out.path().join("stdin")).expect("stdin saved"),
+            b""
+        );
+        assert_eq!(
+            std::fs::read_to_string(out.path().join("id")).expect("the id"),
+            format!("{run_id}\n"),
+            "the entrypoint is told its run id"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&pid_file)
+                .expect("the pid file")
+                .trim(),
+            run.pgid().to_string(),
+            "the pid file names the wrapper, the process group's leader"
+        );
     }
 }
 
 #[test]
+fn the_entrypoints_status_and_signal_come_through_the_wrapper() {
+    let parent = tempfile::tempdir().expect("temp dir");
+    let out = tempfile::tempdir().expect("temp dir");
+    for (script, code, signal) in [
+        ("exit 7\n", Some(7), None),
+        ("exit 0\n", Some(0), None),
+        ("kill -TERM $$\n", None, Some(15)),
+        ("kill -SEGV $$\n", None, Some(11)),
+    ] {
+        use std::os::unix::process::ExitStatusExt as _;
+        let (run_dir, pid_file) = run_folder(parent.path(), "status", script);
+        let command = gated_command(&run_dir, &pid_file, &fresh_id(), Duration::ZERO);
+        let mut run = GatedRun::start(&command, out.path());
+        run.open();
+        let status = run.wait();
+        assert_eq!(
+            (status.code(), status.signal()),
+            (code, signal),
+            "{script:?}"
+        );
+    }
+}
+
+#[test]
+fn the_tree_goes_with_the_entrypoint_even_out_of_its_group() {
+    let parent = tempfile::tempdir().expect("temp dir");
+    let out = tempfile::tempdir().expect("temp dir");
+    let record = out.path().join("pids");
+    // A background child, one that ignores TERM, one that left the group with setsid, and a
+    // double fork: none may outlive run.sh, which ends at once.
+    let script = format!(
+        "sleep 300 & echo $! >> '{r}'\n\
+         (trap '' TERM; exec sleep 300) & echo $! >> '{r}'\n\
+         setsid sleep 300 & echo $! >> '{r}'\n\
+         sh -c 'sleep 300 & echo $! >> \"$1\"' sh '{r}' &\n\
+         while [ \"$(wc -l < '{r}')\" -lt 4 ]; do sleep 0.05; done\n\
+         exit 0\n",
+        r = record.display()
+    );
+    let (run_dir, pid_file) = run_folder(parent.path(), "tree", &script);
+    let command = gated_command(&run_dir, &pid_file, &fresh_id(), Duration::from_millis(300));
+    let mut run = GatedRun::start(&command, out.path());
+    run.open();
+    let pids = wait_for_pids(&record, 4);
+    let status = run.wait();
+    assert_eq!(status.code(), Some(0), "the entrypoint's status");
+    assert_all_gone(&pids);
+    assert!(live_group_members(run.pgid()).is_empty());
+}
+
+#[test]
+fn the_end_of_stdin_kills_the_whole_tree() {
+    let parent = tempfile::tempdir().expect("temp dir");
+    let out = tempfile::tempdir().expect("temp dir");
+    let record = out.path().join("pids");
+    let script = format!(
+        "echo $$ >> '{r}'\n\
+         (trap '' TERM; exec sleep 300) & echo $! >> '{r}'\n\
+         setsid sleep 300 & echo $! >> '{r}'\n\
+         sleep 300\n",
+        r = record.display()
+    );
+    let (run_dir, pid_file) = run_folder(parent.path(), "guarded", &script);
+    let command = gated_command(&run_dir, &pid_file, &fresh_id(), Duration::from_millis(300));
+    let mut run = GatedRun::start(&command, out.path());
+    run.open();
+    let mut pids = wait_for_pids(&record, 3);
+    pids.push(run.pgid());
+    run.drop_stdin();
+    let _ = run.wait();
+    assert_all_gone(&pids);
+}
+
+/// Starts the ungated wrapper of `script` in a group of its own, as sshd would.
+fn start_ungated(run_dir: &Path, pid_file: &Path, run_id: &str, out: &Path) -> std::process::Child {
+    use std::os::unix::process::CommandExt as _;
+    let command = posix_exec_command(&RunScript {
+        run_dir: run_dir.to_str().expect("utf-8"),
+        pid_file: pid_file.to_str().expect("utf-8"),
+        entrypoint: "run.sh",
+        run_id,
+        grace: Duration::from_millis(300),
+    });
+    Command::new("/bin/sh")
+        .arg("-c")
+        .arg(&command)
+        .env("TF_OUT", out)
+        .stdin(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()
+        .expect("sh starts")
+}
+
+fn run_kill(pid_file: &Path, run_id: &str, grace: Duration) -> Option<i32> {
+    let kill = posix_kill_command(pid_file.to_str().expect("utf-8"), run_id, grace);
+    Command::new("/bin/sh")
+        .arg("-c")
+        .arg(&kill)
+        .status()
+        .expect("sh starts")
+        .code()
+}
+
+#[test]
+fn kill_ends_the_whole_tree_and_says_what_it_found() {
+    let parent = tempfile::tempdir().expect("temp dir");
+    let out = tempfile::tempdir().expect("temp dir");
+    let record = out.path().join("pids");
+    // A child that ignores TERM, a grandchild, one out of the group: TERM then KILL reach them.
+    let script = format!(
+        "(trap '' TERM; exec sleep 300) & echo $! >> '{r}'\n\
+         sh -c 'sleep 300 & echo $! >> \"$1\"; wait' sh '{r}' & echo $! >> '{r}'\n\
+         setsid sleep 300 & echo $! >> '{r}'\n\
+         sleep 300\n",
+        r = record.display()
+    );
+    let (run_dir, pid_file) = run_folder(parent.path(), "run dir 'q'", &script);
+    let run_id = fresh_id();
+    let mut child = start_ungated(&run_dir, &pid_file, &run_id, out.path());
+    let mut pids = wait_for_pids(&record, 4);
+    pids.push(child.id());
+    let grace = Duration::from_millis(500);
+    assert_eq!(
+        run_kill(&pid_file, &run_id, grace),
+        Some(0),
+        "something was killed"
+    );
+    child.wait().expect("the wrapper is reaped");
+    assert_all_gone(&pids);
+    assert_eq!(
+        run_kill(&pid_file, &run_id, grace),
+        Some(KILL_ALREADY_GONE),
+        "nothing was left"
+    );
+}
+
+#[test]
+fn kill_without_a_pid_file_says_so() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let missing = dir.path().join("never.pid");
+    // The command waits up to 5 s for the pid file; that is the price of this test.
+    let grace = Duration::from_millis(100);
+    assert_eq!(
+        run_kill(&missing, &fresh_id(), grace),
+        Some(KILL_NO_PID_FILE)
+    );
+}
+
+#[test]
+fn probe_tells_live_runs_from_dead_ones() {
+    let runs = tempfile::tempdir().expect("temp dir");
+    let out = tempfile::tempdir().expect("temp dir");
+    let live_id = fresh_id();
+    let (run_dir, pid_file) = run_folder(runs.path(), &live_id, "sleep 300\n");
+    let mut live = start_ungated(&run_dir, &pid_file, &live_id, out.path());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !pid_file.exists() {
+        assert!(Instant::now() < deadline, "the pid file never appeared");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let dead = "01JD0000000000000000000001";
+    std::fs::write(runs.path().join(format!("{dead}.pid")), "999999999\n").expect("write");
+    std::fs::write(runs.path().join("01JD0000000000000000000002.pid"), "1\n").expect("write");
+    let probe = posix_probe_command(
+        runs.path().to_str().expect("utf-8"),
+        "01JD0000000000000000000002",
+    );
+    let output = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(&probe)
+        .output()
+        .expect("sh starts");
+    let mut lines: Vec<String> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    lines.sort();
+    assert_eq!(lines, [format!("dead {dead}"), format!("live {live_id}")]);
+    assert_eq!(
+        run_kill(&pid_file, &live_id, Duration::from_millis(200)),
+        Some(0)
+    );
+    live.wait().expect("reaped");
+}
+
+#[test]
 fn gated_cleanup_removes_the_run_folder_and_pid_file_only_when_opened() {
+    use std::os::unix::fs::PermissionsExt as _;
     for name in TROUBLEMAKERS {
         let parent = tempfile::tempdir().expect("temp dir");
         let run_dir = parent.path().join(name);
         std::fs::create_dir_all(run_dir.join("sub/deeper")).expect("mkdir");
         std::fs::write(run_dir.join("sub/deeper/file"), "x").expect("write");
+        // A folder the script made unreadable cannot stay behind.
+        std::fs::create_dir_all(run_dir.join("locked/inner")).expect("mkdir");
+        std::fs::set_permissions(
+            run_dir.join("locked"),
+            std::fs::Permissions::from_mode(0o000),
+        )
+        .expect("chmod");
         let pid_file = parent.path().join(format!("{name}.pid"));
         std::fs::write(&pid_file, "1\n").expect("write");
         let neighbour = parent.path().join("neighbour");
@@ -201,85 +519,16 @@ fn gated_cleanup_removes_the_run_folder_and_pid_file_only_when_opened() {
         assert!(neighbour.exists(), "nothing else removed");
     }
     let windows = RemoteShell::Windows(WindowsShell::Powershell);
-    assert_eq!(
-        windows.gated_exec_command("/C:/r", "/C:/r.pid", "run.ps1"),
-        None
-    );
+    let script = RunScript {
+        run_dir: "/C:/r",
+        pid_file: "/C:/r.pid",
+        entrypoint: "run.ps1",
+        run_id: "01JD0000000000000000000000",
+        grace: Duration::ZERO,
+    };
+    assert_eq!(windows.gated_exec_command(&script), None);
     assert_eq!(windows.gated_cleanup_command("/C:/r", "/C:/r.pid"), None);
-}
-
-#[test]
-fn kill_ends_the_whole_process_tree() {
-    use std::os::unix::process::CommandExt;
-
-    let parent = tempfile::tempdir().expect("temp dir");
-    let run_dir = parent.path().join("run dir 'q'");
-    std::fs::create_dir(&run_dir).expect("mkdir");
-    // A child that ignores TERM and a grandchild: TERM then KILL must reach them all.
-    std::fs::write(
-        run_dir.join("run.sh"),
-        "#!/bin/sh\n(trap '' TERM; sleep 300) &\nsh -c 'sleep 300 & wait' &\nsleep 300\n",
-    )
-    .expect("write");
-    let pid_file = parent.path().join("run dir 'q'.pid");
-    let pid_file_text = pid_file.to_str().expect("utf-8");
-    let command = posix_exec_command(run_dir.to_str().expect("utf-8"), pid_file_text, "run.sh");
-
-    // sshd starts every exec in a session of its own; a new process group stands in for it.
-    let mut child = Command::new("/bin/sh")
-        .arg("-c")
-        .arg(&command)
-        .process_group(0)
-        .spawn()
-        .expect("sh starts");
-    let pgid = child.id();
-
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while live_group_members(pgid).len() < 4 {
-        assert!(
-            Instant::now() < deadline,
-            "the tree did not start: {:?}",
-            live_group_members(pgid)
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let recorded = std::fs::read_to_string(&pid_file).expect("pid file written");
-    assert_eq!(
-        recorded.trim(),
-        pgid.to_string(),
-        "the pid file names the group leader"
-    );
-
-    let kill = posix_kill_command(pid_file_text, Duration::from_millis(500));
-    let status = Command::new("/bin/sh")
-        .arg("-c")
-        .arg(&kill)
-        .status()
-        .expect("sh starts");
-    assert!(status.success(), "the kill command failed: {status}");
-    child.wait().expect("the leader is reaped");
-    while !live_group_members(pgid).is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "survivors: {:?}",
-            live_group_members(pgid)
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-#[test]
-fn kill_without_a_pid_file_says_so() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let missing = dir.path().join("never.pid");
-    // The command waits up to 5 s for the pid file; that is the price of this test.
-    let kill = posix_kill_command(missing.to_str().expect("utf-8"), Duration::from_millis(100));
-    let status = Command::new("/bin/sh")
-        .arg("-c")
-        .arg(&kill)
-        .status()
-        .expect("sh starts");
-    assert_eq!(status.code(), Some(3));
+    assert_eq!(windows.probe_command("/C:/runs", script.run_id), None);
 }
 
 #[test]

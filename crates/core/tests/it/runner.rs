@@ -11,16 +11,16 @@ use testfleet_contract::fake_ssh::{FakeScript, FakeSsh, SshCall};
 use testfleet_contract::fake_store::FakeStore;
 use testfleet_core::error::DispatchError;
 use testfleet_core::ports::{
-    Clock, HostKeyPolicy, OutputStream, RefusedEntry, RemoteExit, RunIdGenerator, RunStore,
-    SshError, SshTarget,
+    Clock, HostKeyPolicy, OutputStream, RemoteExit, RunIdGenerator, RunStore, SshError, SshTarget,
 };
-use testfleet_core::remote::{RemoteShell, WindowsShell};
+use testfleet_core::remote::{RemoteShell, RunScript, WindowsShell};
 use testfleet_core::runner::{
     DispatchRequest, MachineSpec, NoObserver, OwnerProbe, Runner, RunnerConfig, StopSignals,
     reap_lost_runs,
 };
 use testfleet_core::{
-    DispatchedRun, ErrorCode, MachineName, RunId, RunOwner, RunStatus, TargetOs, Timestamp,
+    DispatchedRun, ErrorCode, MachineName, RunId, RunOwner, RunStatus, SkippedArtifact, TargetOs,
+    Timestamp,
 };
 
 /// A clock that advances one second per reading, from a fixed start.
@@ -245,7 +245,10 @@ async fn a_successful_run_goes_pending_running_completed() {
         Some(remote_dir(&dispatched).as_str())
     );
     assert!(run.started_at.is_some() && run.finished_at.is_some() && run.duration_ms.is_some());
-    assert_eq!(run.artifacts.map(|a| (a.files, a.bytes)), Some((2, 8)));
+    assert_eq!(
+        run.artifacts.as_ref().map(|a| (a.files, a.bytes)),
+        Some((2, 8))
+    );
     assert_eq!(
         h.event_trail(&run.id).await,
         ["->pending", "pending>running", "running>completed"]
@@ -280,9 +283,19 @@ async fn a_successful_run_goes_pending_running_completed() {
                 remote_dir: dir.clone(),
                 files: vec!["data/input.txt".into(), "run.sh".into()]
             },
+            SshCall::ListDir(format!(
+                "{}/runs",
+                dir.rsplit_once("/runs/").expect("a run dir").0
+            )),
             SshCall::Exec(
                 RemoteShell::Posix
-                    .gated_exec_command(&dir, &format!("{dir}.pid"), "run.sh")
+                    .gated_exec_command(&RunScript {
+                        run_dir: &dir,
+                        pid_file: &format!("{dir}.pid"),
+                        entrypoint: "run.sh",
+                        run_id: run.id.as_str(),
+                        grace: Duration::from_millis(50),
+                    })
                     .expect("POSIX is gated")
             ),
             SshCall::Download {
@@ -599,6 +612,7 @@ async fn an_upload_failure_fails_the_run_and_cleans_up() {
             "create_dir_all",
             "realpath",
             "upload",
+            "list_dir",
             "gate_closed",
             "remove",
             "remove",
@@ -706,7 +720,7 @@ async fn a_nonzero_exit_or_a_signal_is_nonzero_exit() {
     assert!(run.error.expect("set").message.contains("status 3"));
     assert_eq!(
         h.ssh.call_names()[4..],
-        ["exec", "download", "remove", "remove", "close"],
+        ["list_dir", "exec", "download", "remove", "remove", "close"],
         "artifacts are fetched whatever the outcome"
     );
 
@@ -741,7 +755,10 @@ async fn exec_failed_and_connection_lost() {
         .edit_script(|s| s.exec.error = Some(ssh_error(ErrorCode::ExecFailed)));
     let run = h.dispatch().await.expect("recorded").run;
     assert_eq!(run.error.map(|e| e.code), Some(ErrorCode::ExecFailed));
-    assert!(h.ssh.call_names().contains(&"download"));
+    assert!(
+        !h.ssh.call_names().contains(&"download"),
+        "a script that never started left no artifacts to fetch"
+    );
 
     let h = harness(FakeScript::default());
     h.ssh.edit_script(|s| {
@@ -750,14 +767,27 @@ async fn exec_failed_and_connection_lost() {
     });
     let run = h.dispatch().await.expect("recorded").run;
     assert_eq!(run.status, RunStatus::Failed);
-    assert_eq!(run.error.map(|e| e.code), Some(ErrorCode::ConnectionLost));
+    assert_eq!(
+        run.error.as_ref().map(|e| e.code),
+        Some(ErrorCode::ConnectionLost)
+    );
     assert_eq!(
         std::fs::read_to_string(&run.paths.stdout).expect("log"),
         "partial",
         "output so far is kept"
     );
-    // The transport is gone: no download or cleanup is attempted over it.
-    assert_eq!(h.ssh.call_names()[4..], ["exec", "close"]);
+    // The transport is gone: nothing more is tried over it. The runner dials again to kill
+    // what is left and to remove the remote folder (the script never started: no artifacts).
+    assert_eq!(
+        h.ssh.call_names()[4..],
+        [
+            "exec", "list_dir", "close", "connect", "kill", "remove", "remove", "close"
+        ]
+    );
+    assert_eq!(
+        run.remote_cleanup,
+        Some(testfleet_core::RemoteCleanup::AlreadyGone)
+    );
 }
 
 #[tokio::test]
@@ -778,7 +808,9 @@ async fn a_timeout_kills_then_downloads_then_removes() {
     assert_eq!(run.error.as_ref().map(|e| e.code), Some(ErrorCode::Timeout));
     assert_eq!(
         h.ssh.call_names()[4..],
-        ["exec", "kill", "download", "remove", "remove", "close"]
+        [
+            "list_dir", "exec", "kill", "download", "remove", "remove", "close"
+        ]
     );
     let dir = remote_dir(&dispatched);
     assert!(
@@ -787,6 +819,7 @@ async fn a_timeout_kills_then_downloads_then_removes() {
             .contains(&SshCall::Kill(testfleet_core::ports::KillRequest {
                 shell: RemoteShell::Posix,
                 pid_file: format!("{dir}.pid"),
+                run_id: run.id.to_string(),
                 grace: Duration::from_millis(50),
             }))
     );
@@ -813,10 +846,29 @@ async fn a_command_that_survives_the_kill_is_abandoned_after_the_wait() {
     assert_eq!(run.status, RunStatus::Timeout);
     let events = h.store.events(&run.id).await.expect("events");
     let detail = events
-        .last()
+        .iter()
+        .find(|e| e.to == RunStatus::Timeout && e.from == Some(RunStatus::Running))
         .and_then(|e| e.detail.clone())
         .unwrap_or_default();
     assert!(detail.contains("did not end after the kill"), "{detail}");
+    assert!(detail.contains("was not confirmed"), "{detail}");
+    // The kill went unanswered: the runner dialed again to finish the job, and said so.
+    let last = events.last().expect("events");
+    assert_eq!(
+        (last.from, last.to),
+        (Some(RunStatus::Timeout), RunStatus::Timeout)
+    );
+    assert!(
+        last.detail
+            .as_deref()
+            .unwrap_or_default()
+            .contains("reconnected"),
+        "{last:?}"
+    );
+    assert_eq!(
+        run.remote_cleanup,
+        Some(testfleet_core::RemoteCleanup::AlreadyGone)
+    );
 }
 
 #[tokio::test]
@@ -843,7 +895,9 @@ async fn cancel_while_running_kills_and_still_collects() {
     assert_eq!(run.artifacts.map(|a| a.files), Some(1));
     assert_eq!(
         h.ssh.call_names()[4..],
-        ["exec", "kill", "download", "remove", "remove", "close"]
+        [
+            "list_dir", "exec", "kill", "download", "remove", "remove", "close"
+        ]
     );
     assert_eq!(
         h.event_trail(&run.id).await[2],
@@ -922,16 +976,21 @@ async fn a_download_failure_fails_an_otherwise_good_run() {
 }
 
 #[tokio::test]
-async fn refused_artifacts_are_reported() {
+async fn skipped_artifacts_are_named_in_the_run_and_the_rest_is_kept() {
     let h = harness(FakeScript::default());
     h.ssh.edit_script(|s| {
-        s.download.refused = vec![RefusedEntry {
+        s.download.files = vec![("kept.txt".into(), b"kept".to_vec())];
+        s.download.skipped = vec![SkippedArtifact {
             path: "../escape".into(),
             reason: "'..' is not a file name".into(),
         }];
     });
     let run = h.dispatch().await.expect("recorded").run;
     assert_eq!(run.status, RunStatus::Completed);
+    let artifacts = run.artifacts.as_ref().expect("downloaded");
+    assert_eq!((artifacts.files, artifacts.bytes), (1, 4));
+    assert_eq!(artifacts.skipped.len(), 1);
+    assert_eq!(artifacts.skipped[0].path, "../escape");
     let events = h.store.events(&run.id).await.expect("events");
     let detail = events
         .last()

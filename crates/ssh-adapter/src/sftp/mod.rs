@@ -157,6 +157,18 @@ async fn create_dir_all_inner(session: &RusshSession, path: &str) -> Result<(), 
     Ok(())
 }
 
+pub(crate) async fn list_dir(session: &RusshSession, path: &str) -> Result<Vec<String>, SshError> {
+    let sftp = session.sftp().await?;
+    match sftp.read_dir(path).await {
+        Ok(entries) => Ok(entries
+            .map(|entry| entry.file_name())
+            .filter(|name| name != "." && name != "..")
+            .collect()),
+        Err(error) if is_status(&error, StatusCode::NoSuchFile) => Ok(Vec::new()),
+        Err(error) => Err(op_failed(session, Op::Remove, path, error)),
+    }
+}
+
 pub(crate) async fn realpath(session: &RusshSession, path: &str) -> Result<String, SshError> {
     let sftp = session.sftp().await?;
     sftp.canonicalize(path)

@@ -1,9 +1,11 @@
 //! Removing a remote file or folder: the tree is listed first, then its files are removed with
-//! many requests in flight, then its folders, deepest first.
+//! many requests in flight, then its folders, deepest first. A folder its owner cannot read,
+//! write or enter (a script's `chmod 000`) is given those rights back first, so that it cannot
+//! stay behind.
 
 use futures::StreamExt as _;
 use russh_sftp::client::SftpSession;
-use russh_sftp::protocol::StatusCode;
+use russh_sftp::protocol::{FileAttributes, StatusCode};
 use testfleet_core::ports::SshError;
 use testfleet_core::remote::{check_remote_name, join_remote};
 
@@ -24,9 +26,10 @@ pub(crate) async fn remove(session: &RusshSession, path: &str) -> Result<(), Ssh
     // many requests in flight — one round trip per file made cleanup of a 5,000-file run folder
     // cost more than its upload — and finally the folders, deepest first.
     let mut folders = vec![path.to_owned()];
-    let mut to_list = vec![path.to_owned()];
+    let mut to_list = vec![(path.to_owned(), attrs.permissions)];
     let mut files = Vec::new();
-    while let Some(folder) = to_list.pop() {
+    while let Some((folder, permissions)) = to_list.pop() {
+        owner_may_change(&sftp, &folder, permissions).await;
         let entries = match sftp.read_dir(folder.as_str()).await {
             Ok(entries) => entries,
             Err(error) if is_status(&error, StatusCode::NoSuchFile) => continue,
@@ -41,7 +44,7 @@ pub(crate) async fn remove(session: &RusshSession, path: &str) -> Result<(), Ssh
             }
             if kind_of(&entry.metadata()) == Some(Kind::Dir) {
                 folders.push(child.clone());
-                to_list.push(child);
+                to_list.push((child, entry.metadata().permissions));
             } else {
                 files.push(child);
             }
@@ -68,6 +71,19 @@ pub(crate) async fn remove(session: &RusshSession, path: &str) -> Result<(), Ssh
         }
     }
     Ok(())
+}
+
+/// Gives a folder's owner read, write and search rights when its mode lacks them (the request
+/// may fail; the removal then reports what it could not remove).
+async fn owner_may_change(sftp: &SftpSession, folder: &str, permissions: Option<u32>) {
+    let Some(mode) = permissions else { return };
+    if mode & 0o700 != 0o700 {
+        let attrs = FileAttributes {
+            permissions: Some((mode & 0o7777) | 0o700),
+            ..FileAttributes::empty()
+        };
+        let _ = sftp.set_metadata(folder, attrs).await;
+    }
 }
 
 async fn remove_file(

@@ -86,7 +86,9 @@ async fn upload_inner(
         tokio::select! {
             biased;
             Some(result) = in_flight.next(), if !in_flight.is_empty() => {
-                result?;
+                if let Err(error) = result {
+                    return Err(remote_disk_full(session, &sftp, remote_dir, error).await);
+                }
                 progress.files_done.fetch_add(1, Ordering::Relaxed);
                 progress.report();
             }
@@ -318,4 +320,52 @@ pub(crate) async fn upload(
         upload_inner(session, manifest, remote_dir, sink).await,
     )
     .await
+}
+
+/// Less free space than this on the remote disk, after a write failed, means it is full.
+const REMOTE_FULL_BELOW: u64 = 1024 * 1024;
+
+/// A failed upload on a remote disk that is full says so (SFTP servers answer a full disk with
+/// a bare failure): `statvfs@openssh.com` tells, where the server has it.
+async fn remote_disk_full(
+    session: &RusshSession,
+    sftp: &SftpSession,
+    remote_dir: &str,
+    error: SshError,
+) -> SshError {
+    let SshError::UploadFailed {
+        path,
+        reason,
+        source,
+    } = error
+    else {
+        return error;
+    };
+    if session.is_closed() {
+        return SshError::UploadFailed {
+            path,
+            reason,
+            source,
+        };
+    }
+    match sftp.fs_info(remote_dir).await {
+        Ok(Some(stats))
+            if stats.blocks_avail.saturating_mul(stats.fragment_size) < REMOTE_FULL_BELOW =>
+        {
+            let free = stats.blocks_avail.saturating_mul(stats.fragment_size);
+            SshError::UploadFailed {
+                path,
+                reason: format!(
+                    "the remote disk is full at {remote_dir} ({free} bytes free; the server said: \
+                     {reason})"
+                ),
+                source,
+            }
+        }
+        _ => SshError::UploadFailed {
+            path,
+            reason,
+            source,
+        },
+    }
 }

@@ -59,14 +59,14 @@ async fn hostile_names_and_symlinks_are_refused_and_reported() {
 
     assert_eq!((report.files, report.bytes), (2, 3), "{report:?}");
     let refused: BTreeSet<&str> = report
-        .refused
+        .skipped
         .iter()
         .map(|entry| entry.path.as_str())
         .collect();
     let mut expected: BTreeSet<&str> = HOSTILE_FILE_NAMES.into_iter().collect();
     expected.extend([HOSTILE_LINK_NAME, "real-link", "sub/file-link"]);
     assert_eq!(refused, expected, "{report:?}");
-    for entry in &report.refused {
+    for entry in &report.skipped {
         assert!(!entry.reason.is_empty());
     }
     // Only the two regular files, inside the destination; nothing anywhere else.
@@ -99,6 +99,6 @@ async fn an_artifacts_folder_that_is_a_symlink_is_not_followed() {
         .await
         .expect("succeeds");
     assert_eq!(report.files, 0);
-    assert_eq!(report.refused.len(), 1, "{report:?}");
+    assert_eq!(report.skipped.len(), 1, "{report:?}");
     assert!(all_files(local.path()).len() <= 1);
 }

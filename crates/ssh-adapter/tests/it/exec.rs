@@ -1,6 +1,8 @@
 //! Exec: both orders of exit-status and EOF, a missing status, large output, Windows emulation.
 
+use std::time::Duration;
 use testfleet_contract::ssh::{Captured, OUTPUT_AND_EXIT_COMMAND};
+
 use testfleet_core::ports::RemoteExit;
 use testfleet_testkit::server::{
     ExitOrder, Faults, ScriptedExec, ServerConfig, TestServer, WindowsEmulation,
@@ -102,11 +104,13 @@ async fn windows_emulation_records_commands_and_answers_as_scripted() {
     let shell = testfleet_core::remote::RemoteShell::Windows(
         testfleet_core::remote::WindowsShell::Powershell,
     );
-    let command = shell.exec_command(
-        &format!("{root}/runs/x"),
-        &format!("{root}/runs/x.pid"),
-        "run.ps1",
-    );
+    let command = shell.exec_command(&testfleet_core::remote::RunScript {
+        run_dir: &format!("{root}/runs/x"),
+        pid_file: &format!("{root}/runs/x.pid"),
+        entrypoint: "run.ps1",
+        run_id: "01JD0000000000000000000000",
+        grace: Duration::from_secs(1),
+    });
     let mut output = Captured::default();
     let exit = session
         .exec(&command, &mut output)

@@ -4,8 +4,8 @@ use std::time::{Duration, Instant};
 
 use testfleet_contract::ssh::Captured;
 use testfleet_core::hash::hash_dir;
-use testfleet_core::ports::{KillRequest, NoProgress, RemoteExit};
-use testfleet_core::remote::RemoteShell;
+use testfleet_core::ports::{KillOutcome, KillRequest, NoProgress, RemoteExit};
+use testfleet_core::remote::{RemoteShell, RunScript};
 use testfleet_testkit::process::{read_pids, survivors_after};
 use testfleet_testkit::server::{ServerConfig, TestServer};
 
@@ -53,11 +53,19 @@ async fn a_kill_leaves_no_process_of_the_run() {
         .expect("uploaded");
 
     let pids_path = server.home().join(".testfleet/runs/r1/pids");
-    let command = RemoteShell::Posix.exec_command(&run_dir, &pid_file, "run.sh");
+    let run_id = "01JD00000000000000000000K1";
+    let command = RemoteShell::Posix.exec_command(&RunScript {
+        run_dir: &run_dir,
+        pid_file: &pid_file,
+        entrypoint: "run.sh",
+        run_id,
+        grace: Duration::from_secs(2),
+    });
     let mut output = Captured::default();
     let request = KillRequest {
         shell: RemoteShell::Posix,
         pid_file,
+        run_id: run_id.to_owned(),
         grace: Duration::from_secs(2),
     };
     let killer = async {
@@ -67,7 +75,7 @@ async fn a_kill_leaves_no_process_of_the_run() {
         session.kill(&request).await
     };
     let (exit, killed) = tokio::join!(session.exec(&command, &mut output), killer);
-    killed.expect("the kill command ran");
+    assert_eq!(killed.expect("the kill command ran"), KillOutcome::Killed);
     let exit = exit.expect("the exec ended");
     assert_eq!(exit, RemoteExit::Signal("TERM".into()), "{output:?}");
 

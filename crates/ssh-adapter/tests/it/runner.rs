@@ -12,7 +12,7 @@ use testfleet_core::remote::WindowsShell;
 use testfleet_core::runner::{
     DispatchRequest, MachineSpec, NoObserver, Remedies, Runner, RunnerConfig, StopSignals,
 };
-use testfleet_core::{ErrorCode, MachineName, Run, RunStatus, TargetOs};
+use testfleet_core::{ErrorCode, MachineName, RemoteCleanup, Run, RunStatus, TargetOs};
 use testfleet_testkit::process::{read_pids, survivors_after, tree_script};
 use testfleet_testkit::server::{
     ExitOrder, Faults, Request, ScriptedExec, ServerConfig, TestServer, WindowsEmulation,
@@ -311,14 +311,14 @@ async fn a_connection_dropped_during_the_upload_fails_the_run() {
         matches!(code, ErrorCode::ConnectionLost | ErrorCode::UploadFailed),
         "{code}"
     );
-    // The gated command was started before the upload, and stayed at its gate.
+    // The entrypoint's command was started before the upload, gated, and stayed at its gate.
+    let commands = s.server.exec_commands();
     assert!(
-        s.server
-            .exec_commands()
+        commands
             .iter()
-            .all(|c| c.starts_with("exec sh -c 'read -r gate")),
-        "{:?}",
-        s.server.exec_commands()
+            .filter(|c| c.contains("run.sh"))
+            .all(|c| c.contains("read -r tf_gate")),
+        "{commands:?}"
     );
     // Give a wrongly released script time to show itself.
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
@@ -642,4 +642,307 @@ async fn slow_sftp_replies_only_make_the_run_slower() {
         .flatten()
         .collect();
     assert!(leftovers.is_empty(), "cleaned up despite the delays");
+}
+
+/// Runs `s.dispatch()` in the background and returns it with a way to wait for it.
+fn dispatch_in_background(
+    s: &Arc<Setup>,
+    timeout: Option<Duration>,
+) -> tokio::task::JoinHandle<Run> {
+    let s = Arc::clone(s);
+    tokio::spawn(async move {
+        s.dispatch_with(s.server.target(), timeout, &StopSignals::default())
+            .await
+    })
+}
+
+async fn wait_for_pids(record: &Path, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while read_pids(record).len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "the script did not record {n} pids"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_connection_takes_the_remote_tree_with_it_and_the_runner_finishes_the_job() {
+    let records = tempfile::tempdir().expect("temp dir");
+    let record = records.path().join("pids");
+    let script = format!(
+        "mkdir -p artifacts && echo early > artifacts/early.txt\n\
+         setsid sleep 300 & echo $! >> '{r}'\n{}",
+        tree_script(&record, 300),
+        r = record.display()
+    );
+    let s = Arc::new(setup(ServerConfig::default(), &script).await);
+    let running = dispatch_in_background(&s, None);
+    wait_for_pids(&record, 5).await;
+    s.server.drop_connections();
+    let run = running.await.expect("the dispatch ran");
+    assert_eq!(
+        (run.status, error_code(&run)),
+        (RunStatus::Failed, Some(ErrorCode::ConnectionLost)),
+        "{run:?}"
+    );
+    // The session's stdin ended with the connection: the wrapper's guard killed the tree, the
+    // one process that left the group included.
+    assert_all_dead(&record);
+    // The runner dialed again: nothing was left to kill, the artifacts came home, the remote
+    // folder is gone, and the run says so.
+    assert!(
+        matches!(
+            run.remote_cleanup,
+            Some(RemoteCleanup::AlreadyGone | RemoteCleanup::Killed)
+        ),
+        "{run:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(run.paths.artifacts.join("early.txt")).expect("artifact"),
+        "early\n"
+    );
+    let left: Vec<_> = std::fs::read_dir(s.remote_runs_dir())
+        .expect("runs dir")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "the remote folder was removed: {left:?}");
+    let events = s.store.events(&run.id).await.expect("events");
+    let last = events.last().expect("events");
+    assert!(
+        last.detail
+            .as_deref()
+            .unwrap_or_default()
+            .contains("reconnected"),
+        "{events:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_artifacts_are_skipped_and_the_rest_is_kept() {
+    let s = setup(
+        ServerConfig {
+            faults: Faults {
+                unreadable_names: vec!["secret.txt".into(), "locked".into()],
+                ..Faults::default()
+            },
+            ..ServerConfig::default()
+        },
+        "mkdir -p artifacts/locked artifacts/open\n\
+         echo ok > artifacts/ok.txt\necho s > artifacts/secret.txt\n\
+         echo in > artifacts/locked/inner.txt\necho o > artifacts/open/o.txt\n",
+    )
+    .await;
+    let run = s.dispatch().await;
+    assert_eq!(
+        run.status,
+        RunStatus::Completed,
+        "a permission problem is not a failure"
+    );
+    let artifacts = run.artifacts.as_ref().expect("downloaded");
+    assert_eq!(artifacts.files, 2, "{artifacts:?}");
+    let mut skipped: Vec<&str> = artifacts.skipped.iter().map(|s| s.path.as_str()).collect();
+    skipped.sort_unstable();
+    assert_eq!(skipped, ["locked", "secret.txt"]);
+    assert!(
+        artifacts
+            .skipped
+            .iter()
+            .all(|s| s.reason.contains("permission denied"))
+    );
+    assert_eq!(
+        walk(&run.paths.artifacts)
+            .iter()
+            .map(|p| p
+                .strip_prefix(&run.paths.artifacts)
+                .expect("inside")
+                .display()
+                .to_string())
+            .collect::<std::collections::BTreeSet<_>>(),
+        ["ok.txt", "open/o.txt"]
+            .into_iter()
+            .map(str::to_owned)
+            .collect()
+    );
+    assert!(
+        !run.paths.dir.join("artifacts.partial").exists(),
+        "no temporary files stay"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_cut_by_a_lost_connection_leaves_no_torn_file() {
+    let s = setup(
+        ServerConfig {
+            faults: Faults {
+                drop_after_download_bytes: Some(300_000),
+                ..Faults::default()
+            },
+            ..ServerConfig::default()
+        },
+        "mkdir -p artifacts && head -c 3000000 /dev/urandom > artifacts/big.bin\n\
+         cp artifacts/big.bin \"$HOME/big.copy\"\n",
+    )
+    .await;
+    let run = s.dispatch().await;
+    assert_eq!(run.status, RunStatus::Failed, "{run:?}");
+    // Every connection drops after 300 kB: the download fails each time, and no file stands
+    // under its final name unless it is whole.
+    let local = run.paths.artifacts.join("big.bin");
+    if local.exists() {
+        assert_eq!(
+            std::fs::read(&local).expect("local"),
+            std::fs::read(s.server.home().join("big.copy")).expect("remote copy"),
+            "a file under its final name is whole"
+        );
+    }
+    assert!(
+        !run.paths.dir.join("artifacts.partial").exists(),
+        "no temporary files stay"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_remote_disk_is_named() {
+    let s = setup(
+        ServerConfig {
+            faults: Faults {
+                disk_full_after_bytes: Some(100_000),
+                ..Faults::default()
+            },
+            ..ServerConfig::default()
+        },
+        "true\n",
+    )
+    .await;
+    crate::write_file(s.test_dir.path(), "big.bin", &vec![7u8; 1_000_000], 0o644);
+    let run = s.dispatch().await;
+    assert_eq!(
+        (run.status, error_code(&run)),
+        (RunStatus::Failed, Some(ErrorCode::UploadFailed))
+    );
+    let message = &run.error.as_ref().expect("an error").message;
+    assert!(message.contains("the remote disk is full at"), "{message}");
+    assert!(message.contains("0 bytes free"), "{message}");
+}
+
+/// A process of run `id` left on the machine: in a group of its own, marked with the run's id,
+/// its group recorded in `<runs>/<id>.pid` beside a folder `<runs>/<id>/`.
+fn leftover(runs: &Path, id: &str) -> std::process::Child {
+    use std::os::unix::process::CommandExt as _;
+    std::fs::create_dir_all(runs.join(id).join("sub")).expect("a run folder");
+    let child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("exec sleep 300")
+        .env("TESTFLEET_RUN_ID", id)
+        .process_group(0)
+        .spawn()
+        .expect("sh starts");
+    std::fs::write(runs.join(format!("{id}.pid")), format!("{}\n", child.id())).expect("pid file");
+    child
+}
+
+/// A run of machine `srv` in the store, ended.
+async fn ended_run(s: &Setup) -> Run {
+    let manifest = testfleet_core::hash::hash_dir(s.test_dir.path()).expect("hashes");
+    let request = DispatchRequest {
+        machine: machine(s.server.target(), "linux"),
+        timeout: None,
+        keep_remote: false,
+        owner: None,
+    };
+    let prepared = s
+        .runner
+        .prepare(&manifest, &request)
+        .await
+        .expect("claimed");
+    s.runner
+        .end_pending(
+            &prepared.run.id,
+            RunStatus::Interrupted,
+            ErrorCode::WorkerLost,
+            "its owner is gone",
+        )
+        .await
+        .expect("ended")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_orphan_of_an_ended_run_is_killed_and_its_folder_removed_before_the_next_run() {
+    let s = setup(ServerConfig::default(), "echo new\n").await;
+    let old = ended_run(&s).await;
+    std::fs::create_dir_all(s.remote_runs_dir()).expect("runs dir");
+    let mut orphan = leftover(&s.remote_runs_dir(), old.id.as_str());
+    let run = s.dispatch().await;
+    assert_eq!(run.status, RunStatus::Completed, "{run:?}");
+    let survivors = survivors_after(&[orphan.id()], Duration::from_secs(10));
+    assert!(survivors.is_empty(), "the orphan was killed");
+    let _ = orphan.wait();
+    assert!(
+        !s.remote_runs_dir().join(old.id.as_str()).exists(),
+        "its folder is gone"
+    );
+    assert!(!s.remote_runs_dir().join(format!("{}.pid", old.id)).exists());
+    let events = s.store.events(&run.id).await.expect("events");
+    let detail = events
+        .last()
+        .and_then(|e| e.detail.clone())
+        .unwrap_or_default();
+    assert!(
+        detail.contains(old.id.as_str()) && detail.contains("killed it"),
+        "{detail}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_run_of_another_controller_keeps_the_machine_busy() {
+    let s = setup(ServerConfig::default(), "touch \"$HOME/script-ran\"\n").await;
+    std::fs::create_dir_all(s.remote_runs_dir()).expect("runs dir");
+    let foreign = "01JD0000000000000000000F00";
+    let mut other = leftover(&s.remote_runs_dir(), foreign);
+    let run = s.dispatch().await;
+    let alive = !survivors_after(&[other.id()], Duration::ZERO).is_empty();
+    let _ = other.kill();
+    let _ = other.wait();
+    assert_eq!(
+        (run.status, error_code(&run)),
+        (RunStatus::Failed, Some(ErrorCode::MachineBusy)),
+        "{run:?}"
+    );
+    let message = &run.error.as_ref().expect("an error").message;
+    assert!(
+        message.contains(foreign) && message.contains("another controller"),
+        "{message}"
+    );
+    assert!(alive, "another controller's run is never killed");
+    assert!(
+        s.remote_runs_dir().join(foreign).exists(),
+        "nor its folder removed"
+    );
+    assert!(
+        !s.server.home().join("script-ran").exists(),
+        "this run's script never ran"
+    );
+    assert_eq!(run.remote_cleanup, Some(RemoteCleanup::AlreadyGone));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_remnants_are_removed_and_an_unknown_folder_is_left_alone() {
+    let s = setup(ServerConfig::default(), "echo new\n").await;
+    let runs = s.remote_runs_dir();
+    std::fs::create_dir_all(&runs).expect("runs dir");
+    let dead = "01JD0000000000000000000D00";
+    std::fs::create_dir_all(runs.join(dead)).expect("folder");
+    std::fs::write(runs.join(format!("{dead}.pid")), "999999999\n").expect("pid file");
+    let uploading = "01JD0000000000000000000U00";
+    std::fs::create_dir_all(runs.join(uploading)).expect("folder");
+    let run = s.dispatch().await;
+    assert_eq!(run.status, RunStatus::Completed, "{run:?}");
+    assert!(!runs.join(dead).exists() && !runs.join(format!("{dead}.pid")).exists());
+    assert!(
+        runs.join(uploading).exists(),
+        "a folder without a pid file may be another controller's run being uploaded"
+    );
 }

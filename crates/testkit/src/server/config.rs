@@ -36,6 +36,13 @@ pub struct Faults {
     /// [`HOSTILE_FILE_NAMES`]: super::HOSTILE_FILE_NAMES
     /// [`HOSTILE_LINK_NAME`]: super::HOSTILE_LINK_NAME
     pub hostile_artifacts: bool,
+    /// Files and folders with one of these names answer "permission denied" when opened or
+    /// listed (as mode 000 does for an unprivileged user; the server runs as whoever runs the
+    /// tests, root included).
+    pub unreadable_names: Vec<String>,
+    /// Writes fail with a bare "failure" once this many bytes were written over SFTP, and
+    /// `statvfs@openssh.com` then says the disk has no free space (a full remote disk).
+    pub disk_full_after_bytes: Option<u64>,
 }
 
 /// A scripted answer to an exec under Windows emulation.

@@ -179,6 +179,30 @@ impl SftpHandler {
         }
     }
 
+    /// Whether the last name of `path` is one of the fault's unreadable names.
+    fn is_unreadable(&self, path: &str) -> bool {
+        let name = path
+            .trim_end_matches('/')
+            .rsplit('/')
+            .next()
+            .unwrap_or_default();
+        self.inner
+            .config
+            .faults
+            .unreadable_names
+            .iter()
+            .any(|unreadable| unreadable == name)
+    }
+
+    /// Whether the disk-full fault has struck.
+    fn disk_is_full(&self) -> bool {
+        self.inner
+            .config
+            .faults
+            .disk_full_after_bytes
+            .is_some_and(|limit| self.uploaded.load(Ordering::Relaxed) >= limit)
+    }
+
     fn hostile_entries(&self) -> Vec<NameEntry> {
         let mut entries: Vec<NameEntry> = HOSTILE_FILE_NAMES
             .iter()
@@ -216,7 +240,42 @@ impl russh_sftp::server::Handler for SftpHandler {
         _version: u32,
         _extensions: HashMap<String, String>,
     ) -> Reply<Version> {
-        Ok(Version::new())
+        let mut version = Version::new();
+        version
+            .extensions
+            .insert(russh_sftp::extensions::STATVFS.to_owned(), "2".to_owned());
+        Ok(version)
+    }
+
+    async fn extended(
+        &mut self,
+        id: u32,
+        request: String,
+        _data: Vec<u8>,
+    ) -> Reply<russh_sftp::protocol::Packet> {
+        if request != russh_sftp::extensions::STATVFS {
+            return Err(StatusCode::OpUnsupported);
+        }
+        let full = self.disk_is_full();
+        let stats = russh_sftp::extensions::Statvfs {
+            block_size: 4096,
+            fragment_size: 4096,
+            blocks: 1 << 20,
+            blocks_free: if full { 0 } else { 1 << 19 },
+            blocks_avail: if full { 0 } else { 1 << 19 },
+            inodes: 1 << 16,
+            inodes_free: 1 << 15,
+            inodes_avail: 1 << 15,
+            fs_id: 0,
+            flags: 0,
+            name_max: 255,
+        };
+        let data = russh_sftp::ser::to_bytes(&stats)
+            .map_err(|_| StatusCode::Failure)?
+            .to_vec();
+        Ok(russh_sftp::protocol::Packet::ExtendedReply(
+            russh_sftp::protocol::ExtendedReply { id, data },
+        ))
     }
 
     async fn open(
@@ -227,6 +286,9 @@ impl russh_sftp::server::Handler for SftpHandler {
         attrs: FileAttributes,
     ) -> Reply<Handle> {
         self.begin("open", &filename).await;
+        if pflags.contains(OpenFlags::READ) && self.is_unreadable(&filename) {
+            return Err(StatusCode::PermissionDenied);
+        }
         let file = OpenFile {
             path: self.local(&filename)?,
             read: pflags.contains(OpenFlags::READ),
@@ -312,6 +374,10 @@ impl russh_sftp::server::Handler for SftpHandler {
         let Some(OpenHandle::File(file)) = self.handles.get(&handle) else {
             return Err(StatusCode::Failure);
         };
+        if self.disk_is_full() {
+            // What OpenSSH's sftp-server answers for ENOSPC.
+            return Err(StatusCode::Failure);
+        }
         file.with(|file| {
             file.seek(SeekFrom::Start(offset))?;
             file.write_all(&data)
@@ -385,6 +451,9 @@ impl russh_sftp::server::Handler for SftpHandler {
 
     async fn opendir(&mut self, id: u32, path: String) -> Reply<Handle> {
         self.begin("opendir", &path).await;
+        if self.is_unreadable(&path) {
+            return Err(StatusCode::PermissionDenied);
+        }
         let local = self.local(&path)?;
         let mut entries = Vec::new();
         for entry in fs::read_dir(&local).map_err(|error| io_status(&error))? {

@@ -19,6 +19,9 @@ pub(super) struct Inner {
     /// Process groups of the execs started, killed when the server is dropped.
     pub(super) process_groups: ProcessGroups,
     pub(super) shutdown: CancellationToken,
+    /// The parent of every live connection's token: cancelling it drops them all, and a fresh
+    /// one takes its place for the connections that follow.
+    connections: Mutex<CancellationToken>,
 }
 
 impl Inner {
@@ -29,8 +32,39 @@ impl Inner {
             authorized,
             log: Mutex::new(Vec::new()),
             process_groups: ProcessGroups::default(),
+            connections: Mutex::new(CancellationToken::new()),
             shutdown: CancellationToken::new(),
         }
+    }
+
+    /// The token of a new connection: cancelled when the server stops or
+    /// [`Inner::drop_connections`] is called.
+    pub(super) fn connection_token(&self) -> CancellationToken {
+        let parent = self
+            .connections
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .clone();
+        let token = self.shutdown.child_token();
+        let child = token.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = parent.cancelled() => child.cancel(),
+                () = child.cancelled() => {}
+            }
+        });
+        token
+    }
+
+    /// Drops every live connection abruptly, as a network failure would; later connections are
+    /// served as usual.
+    pub(super) fn drop_connections(&self) {
+        let mut parent = self
+            .connections
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        parent.cancel();
+        *parent = CancellationToken::new();
     }
 
     pub(super) fn log(&self, request: Request) {

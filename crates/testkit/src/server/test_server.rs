@@ -172,6 +172,12 @@ impl TestServer {
         }
     }
 
+    /// Drops every live connection abruptly (the TCP stream fails under the session), as a lost
+    /// network would; the server goes on accepting new ones.
+    pub fn drop_connections(&self) {
+        self.inner.drop_connections();
+    }
+
     /// Every request seen so far, in order.
     pub fn requests(&self) -> Vec<Request> {
         self.inner.requests()
@@ -217,7 +223,7 @@ async fn accept_loop(
             continue;
         };
         let _ = socket.set_nodelay(true);
-        let connection = inner.shutdown.child_token();
+        let connection = inner.connection_token();
         let handler = ConnectionHandler::new(Arc::clone(&inner), connection.clone());
         let config = Arc::clone(&config);
         tokio::spawn(async move {

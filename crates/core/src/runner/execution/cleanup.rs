@@ -52,7 +52,7 @@ impl Execution<'_> {
                 ended = &mut rm, if removed.is_none() => removed = Some(ended),
             }
         };
-        if self.run.keep_remote || outcome.connection_lost {
+        if self.run.keep_remote || outcome.link_down {
             // The gated `rm` ends without removing anything once its keeper is gone.
             drop(keeper);
             return outcome;

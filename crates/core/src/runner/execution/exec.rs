@@ -6,9 +6,9 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use crate::code::error_chain;
-use crate::ports::{ExecGate, GateKeeper, KillRequest, RemoteExit, SshError};
-use crate::remote::RemoteLayout;
-use crate::run::Run;
+use crate::ports::{ExecGate, GateKeeper, KillOutcome, KillRequest, RemoteExit, SshError};
+use crate::remote::{RemoteLayout, RunScript};
+use crate::run::{RemoteCleanup, Run};
 
 use super::Execution;
 use crate::runner::logs::LogSink;
@@ -35,10 +35,14 @@ impl Execution<'_> {
         layout: &RemoteLayout,
         logs: &'f mut LogSink<'_>,
     ) -> (GateKeeper, Started<'f>) {
-        let (run_dir, pid_file) = (layout.run_dir(), layout.pid_file());
-        let gated_command = self
-            .shell
-            .gated_exec_command(run_dir, pid_file, &self.run.entrypoint);
+        let script = RunScript {
+            run_dir: layout.run_dir(),
+            pid_file: layout.pid_file(),
+            entrypoint: &self.run.entrypoint,
+            run_id: self.run.id.as_str(),
+            grace: self.runner.config.kill_grace,
+        };
+        let gated_command = self.shell.gated_exec_command(&script);
         let (keeper, gate) = ExecGate::new();
         let started = match gated_command {
             Some(command) => Started {
@@ -49,9 +53,7 @@ impl Execution<'_> {
                 done: false,
             },
             None => {
-                let command = self
-                    .shell
-                    .exec_command(run_dir, pid_file, &self.run.entrypoint);
+                let command = self.shell.exec_command(&script);
                 Started {
                     future: Box::pin(async move { self.session.exec(&command, logs).await }),
                     gated: false,
@@ -62,21 +64,28 @@ impl Execution<'_> {
         (keeper, started)
     }
 
-    /// The upload failed or was cancelled: the gated command ends without running anything
-    /// once its keeper is gone; its channel is drained, bounded, unless the connection is lost.
+    /// The script never started (the upload failed or was cancelled, or the machine is busy):
+    /// the gated command ends without running anything once its keeper is gone. Its channel is
+    /// drained, bounded, unless the connection is lost; a refused gate (exit 125) shows that
+    /// nothing of the run is alive.
     pub(super) async fn end_before_start(
         &self,
-        failed: Outcome,
+        mut failed: Outcome,
         keeper: GateKeeper,
         mut exec: Started<'_>,
+        mut notes: Vec<String>,
     ) -> Outcome {
+        failed.notes.append(&mut notes);
         drop(keeper);
-        if exec.gated && !exec.done && !failed.connection_lost {
-            let drained = tokio::time::timeout(self.runner.config.kill_wait, &mut exec.future);
-            tokio::select! {
+        if exec.gated && !exec.done && !failed.link_down {
+            let drained = tokio::time::timeout(self.kill_wait(), &mut exec.future);
+            let ended = tokio::select! {
                 biased;
-                () = self.signals.abandon.cancelled() => {}
-                _ = drained => {}
+                () = self.signals.abandon.cancelled() => None,
+                ended = drained => ended.ok(),
+            };
+            if let Some(Ok(RemoteExit::Code(125))) = ended {
+                failed.remote_cleanup = Some(RemoteCleanup::AlreadyGone);
             }
         }
         failed
@@ -103,23 +112,38 @@ impl Execution<'_> {
         self.kill_and_drain(layout, exec, outcome).await
     }
 
-    /// Kills the remote process tree while the command's channel is drained; both are bounded
-    /// by the kill wait (a host that stops answering must not hang the run) and by the abandon
-    /// signal. `Ok(None)`: the command did not end.
+    /// How long a kill and the drain of the command may take together: the grace, and one
+    /// keepalive interval for the answer (a link that stops answering must not hang the run),
+    /// never more than the runner's `kill_wait`.
+    pub(super) fn kill_wait(&self) -> Duration {
+        let config = &self.runner.config;
+        config
+            .kill_wait
+            .min(config.kill_grace + self.machine.ssh.keepalive_interval)
+    }
+
+    /// The request that kills everything of this run.
+    pub(super) fn kill_request(&self, layout: &RemoteLayout) -> KillRequest {
+        KillRequest {
+            shell: self.shell,
+            pid_file: layout.pid_file().to_owned(),
+            run_id: self.run.id.to_string(),
+            grace: self.runner.config.kill_grace,
+        }
+    }
+
+    /// Kills the remote tree while the command's channel is drained; both are bounded by
+    /// [`Execution::kill_wait`] and by the abandon signal. `Ok(None)`: the command did not end.
+    /// A kill that was not confirmed leaves the link untrusted, so that the runner reconnects.
     async fn kill_and_drain(
         &self,
         layout: &RemoteLayout,
         exec: &mut Started<'_>,
         outcome: &mut Outcome,
     ) -> Finished {
-        let config = &self.runner.config;
-        let kill = KillRequest {
-            shell: self.shell,
-            pid_file: layout.pid_file().to_owned(),
-            grace: config.kill_grace,
-        };
+        let kill = self.kill_request(layout);
         let kill_and_drain = async { tokio::join!(self.session.kill(&kill), &mut exec.future) };
-        let bounded = tokio::time::timeout(config.kill_wait, kill_and_drain);
+        let bounded = tokio::time::timeout(self.kill_wait(), kill_and_drain);
         let (killed, finished) = tokio::select! {
             biased;
             () = self.signals.abandon.cancelled() => (None, Ok(None)),
@@ -131,18 +155,42 @@ impl Execution<'_> {
                 Err(_elapsed) => (None, Ok(None)),
             },
         };
-        match killed {
-            Some(Ok(())) => {}
-            Some(Err(error)) => outcome.notes.push(format!(
-                "failed to kill the remote process tree: {}",
-                error_chain(&error)
-            )),
-            None => outcome.notes.push(format!(
-                "the kill did not finish within {}",
-                humantime::format_duration(config.kill_wait)
-            )),
-        }
+        self.record_kill(killed, outcome);
         finished
+    }
+
+    /// A channel that closed without an exit status: kill whatever is left, on the same
+    /// connection, bounded like any kill.
+    pub(super) async fn kill_to_be_sure(&self, layout: &RemoteLayout, outcome: &mut Outcome) {
+        let kill = self.kill_request(layout);
+        let bounded = tokio::time::timeout(self.kill_wait(), self.session.kill(&kill));
+        let killed = tokio::select! {
+            biased;
+            () = self.signals.abandon.cancelled() => None,
+            killed = bounded => killed.ok(),
+        };
+        self.record_kill(killed, outcome);
+    }
+
+    /// What a kill found (`None`: it did not finish in time, or was abandoned).
+    fn record_kill(&self, killed: Option<Result<KillOutcome, SshError>>, outcome: &mut Outcome) {
+        match killed {
+            Some(Ok(found)) => outcome.record_kill(found),
+            Some(Err(error)) => {
+                outcome.link_down = true;
+                outcome.notes.push(format!(
+                    "failed to kill the remote process tree: {}",
+                    error_chain(&error)
+                ));
+            }
+            None => {
+                outcome.link_down = true;
+                outcome.notes.push(format!(
+                    "the kill was not confirmed within {}",
+                    humantime::format_duration(self.kill_wait())
+                ));
+            }
+        }
     }
 }
 

@@ -12,10 +12,11 @@ impl Execution<'_> {
     /// Creates `<remote_root>/runs/`, resolves the remote root (realpath needs it to exist)
     /// and records the run's remote folder in the store.
     pub(super) async fn remote_folders(&self) -> Result<RemoteLayout, Outcome> {
-        let runs_dir = join_remote(self.remote_root, "runs");
+        let remote_root = self.machine.remote_root.as_str();
+        let runs_dir = join_remote(remote_root, "runs");
         let resolved = async {
             self.session.create_dir_all(&runs_dir).await?;
-            let root = self.session.realpath(self.remote_root).await?;
+            let root = self.session.realpath(remote_root).await?;
             Ok::<_, SshError>(RemoteLayout::new(root, &self.run.id))
         };
         let layout = tokio::select! {

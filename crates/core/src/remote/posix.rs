@@ -1,0 +1,214 @@
+//! The POSIX side of a run (`docs/contract.md#remote-side`): the wrapper that runs the
+//! entrypoint and takes its whole tree down with it, the kill, the probe of what other runs left
+//! on the machine, and the cleanup. Every script runs under `exec sh -c '…'`, whatever the login
+//! shell.
+//!
+//! # What belongs to a run
+//! Everything the entrypoint starts inherits two things: the process group of the wrapper
+//! (sshd puts every exec in a session of its own, and the leading `exec` makes the wrapper its
+//! leader), and the environment variable `TESTFLEET_RUN_ID`. A process that leaves the group
+//! (`setsid`, a double fork into a new session) keeps the variable, so on Linux, where
+//! `/proc/PID/environ` can be read, the run's processes are *the group plus every process of the
+//! user that carries the variable*. Elsewhere (macOS, the BSDs) only the group is known, read
+//! with `ps`. A process that both leaves the group and clears its environment escapes.
+//!
+//! # When the tree is killed
+//! - the entrypoint ended: the wrapper kills what is left of the tree before it exits, so a
+//!   background child cannot outlive the run (or hold its output open);
+//! - the session's stdin ended (gated runs only): the client keeps stdin open for the whole run,
+//!   so its end means the connection or the sshd session is gone, and a guard process kills the
+//!   tree, the wrapper included;
+//! - testfleet asked (timeout, cancel, a run found orphaned): [`posix_kill_command`].
+//!
+//! Every kill is `TERM` to everything of the run, then `KILL` to what is still alive after the
+//! grace.
+
+use std::time::Duration;
+
+use super::quote::quote_posix;
+
+/// Exit status of [`posix_kill_command`] when nothing of the run was alive.
+pub const KILL_ALREADY_GONE: i32 = 4;
+/// Exit status of [`posix_kill_command`] when neither a pid file nor a marked process was found.
+pub const KILL_NO_PID_FILE: i32 = 3;
+/// Exit status of [`posix_kill_command`] when processes of the run were still alive after `KILL`
+/// (stuck in the kernel, or not ours to kill).
+pub const KILL_SURVIVORS: i32 = 5;
+
+/// The paths and names a run's scripts are built from (SFTP path form).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunScript<'a> {
+    /// The run folder: the entrypoint's working directory.
+    pub run_dir: &'a str,
+    /// The pid file beside it, holding the wrapper's pid (the process group's id).
+    pub pid_file: &'a str,
+    /// The entrypoint's file name (`run.sh`).
+    pub entrypoint: &'a str,
+    /// The run's id: the value of `TESTFLEET_RUN_ID` that marks its processes.
+    pub run_id: &'a str,
+    /// Time between `TERM` and `KILL` when the tree is killed.
+    pub grace: Duration,
+}
+
+/// Shell functions every script of a run shares. They expect `tf_id` (the run id), `tf_pg` (the
+/// process group, may be empty) and `tf_spare` (a pid never listed, may be empty).
+///
+/// `tf_left` sets `tf_l` to the pids of the run still alive: on Linux one pass over
+/// `/proc/*/stat` with shell builtins (so that the scan itself starts no process that would be
+/// counted) plus one `grep` for the marker; elsewhere `ps`. Processes whose parent is the
+/// scanning shell (its own helpers) and zombies are left out. `tf_stop` sends `TERM` to all of
+/// them, waits up to `grace` for them to go, then sends `KILL` to the rest.
+fn functions(grace: Duration) -> String {
+    let ticks = grace.as_millis().div_ceil(100);
+    format!(
+        "if [ -r /proc/self/stat ]; then read -r tf_self _ < /proc/self/stat; else tf_self=$$; fi; \
+         tf_left() {{ \
+           tf_l=; \
+           if [ -r /proc/self/stat ]; then \
+             tf_m=$(grep -l -F \"TESTFLEET_RUN_ID=$tf_id\" /proc/[0-9]*/environ 2>/dev/null); \
+             set -f; set -- $tf_m; tf_m=\" $* \"; set +f; \
+             for tf_d in /proc/[0-9]*; do \
+               {{ read -r tf_p tf_s < \"$tf_d/stat\"; }} 2>/dev/null || continue; \
+               tf_s=${{tf_s##*) }}; set -f; set -- $tf_s; set +f; \
+               [ \"$1\" = Z ] || [ \"$2\" = \"$tf_self\" ] || [ \"$tf_p\" = \"$tf_self\" ] \
+                 || [ \"$tf_p\" = \"$tf_spare\" ] && continue; \
+               if [ -n \"$tf_pg\" ] && [ \"$3\" = \"$tf_pg\" ]; then tf_l=\"$tf_l $tf_p\"; \
+               else case $tf_m in *\" $tf_d/environ \"*) tf_l=\"$tf_l $tf_p\";; esac; fi; \
+             done; \
+           elif [ -n \"$tf_pg\" ] && tf_ps=$(ps -A -o pid= -o ppid= -o pgid= -o stat= 2>/dev/null); then \
+             set -f; set -- $tf_ps; set +f; \
+             while [ $# -ge 4 ]; do \
+               case $4 in Z*) ;; *) [ \"$3\" = \"$tf_pg\" ] && [ \"$2\" != \"$tf_self\" ] \
+                 && [ \"$1\" != \"$tf_self\" ] && [ \"$1\" != \"$tf_spare\" ] && tf_l=\"$tf_l $1\";; esac; \
+               shift 4; \
+             done; \
+           elif [ -n \"$tf_pg\" ] && kill -0 -\"$tf_pg\" 2>/dev/null; then tf_l=\"-$tf_pg\"; fi; }}; \
+         tf_stop() {{ \
+           [ -n \"$tf_pg\" ] && kill -TERM -\"$tf_pg\" 2>/dev/null; \
+           tf_left; [ -n \"$tf_l\" ] && kill -TERM $tf_l 2>/dev/null; \
+           tf_i=0; while [ -n \"$tf_l\" ] && [ $tf_i -lt {ticks} ]; do \
+             sleep 0.1; tf_i=$((tf_i+1)); tf_left; done; \
+           [ -n \"$tf_l\" ] && {{ kill -KILL $tf_l 2>/dev/null; sleep 0.1; tf_left; }}; return 0; }}; "
+    )
+}
+
+/// `exec sh -c '<script>'` whose script first waits for the gate's open line on stdin
+/// ([`crate::ports::ExecGate::OPEN_LINE`]), and exits with 125 without running anything when
+/// stdin ends before it.
+pub fn posix_gated_command(script: &str) -> String {
+    let gated = format!("read -r tf_gate && [ \"$tf_gate\" = go ] || exit 125; {script}");
+    format!("exec sh -c {}", quote_posix(&gated))
+}
+
+/// The wrapper behind a gate ([`posix_gated_command`]), which writes its pid to the pid file
+/// before it waits at the gate (so that a run waiting for its upload is already seen as alive,
+/// and can be killed; the pid file goes again when the gate is refused). It runs the entrypoint
+/// in the run folder
+/// with `TESTFLEET_RUN_ID` set and its stdin at end-of-file, while a guard watches the session's
+/// stdin and kills the whole tree when it ends. When the entrypoint ends, the wrapper kills what
+/// is left of the tree and exits with the entrypoint's status; a status of 129–192 that names a
+/// terminating signal is passed on as that signal, as a shell would.
+pub fn posix_gated_exec_command(script: &RunScript<'_>) -> String {
+    let pid = quote_posix(script.pid_file);
+    let body = format!(
+        "echo $$ > {pid} || exit 126; \
+         read -r tf_gate && [ \"$tf_gate\" = go ] || {{ rm -f {pid}; exit 125; }}; {}",
+        wrapper(script, true)
+    );
+    format!("exec sh -c {}", quote_posix(&body))
+}
+
+/// The wrapper without a gate and without the stdin guard (its stdin is not held open), for a
+/// caller that starts the entrypoint only when it may run. It writes its pid itself.
+pub fn posix_exec_command(script: &RunScript<'_>) -> String {
+    let body = format!(
+        "echo $$ > {} || exit 126; {}",
+        quote_posix(script.pid_file),
+        wrapper(script, false)
+    );
+    format!("exec sh -c {}", quote_posix(&body))
+}
+
+fn wrapper(script: &RunScript<'_>, guard_stdin: bool) -> String {
+    let ep = quote_posix(script.entrypoint);
+    // Without job control, a background list's stdin would be /dev/null: the session's stdin is
+    // kept on fd 3 for the guard, and closed for the entrypoint.
+    let guard = if guard_stdin {
+        "{ trap 'exit 0' TERM; while read -r tf_line; do :; done; trap '' TERM; \
+           [ -r /proc/self/stat ] && read -r tf_self _ < /proc/self/stat; tf_stop; } \
+           <&3 >/dev/null 2>&1 & tf_guard=$!; "
+    } else {
+        "tf_guard=; "
+    };
+    format!(
+        "exec 3<&0; cd {dir} || exit 126; [ -x ./{ep} ] || chmod +x ./{ep}; \
+         tf_id={id}; tf_pg=$$; tf_spare=; {functions}\
+         TESTFLEET_RUN_ID={id} ./{ep} </dev/null 3<&- & tf_child=$!; \
+         {guard}\
+         wait \"$tf_child\"; tf_status=$?; \
+         [ -n \"$tf_guard\" ] && kill \"$tf_guard\" 2>/dev/null; \
+         trap : TERM; tf_stop; trap - TERM; \
+         if [ \"$tf_status\" -gt 128 ] && [ \"$tf_status\" -le 192 ]; then \
+           tf_sig=$(kill -l \"$tf_status\" 2>/dev/null); \
+           case $tf_sig in \
+             HUP|INT|QUIT|ILL|TRAP|ABRT|BUS|FPE|KILL|USR1|SEGV|USR2|PIPE|ALRM|TERM|XCPU|XFSZ|SYS) \
+               trap - \"$tf_sig\"; kill -s \"$tf_sig\" $$;; \
+           esac; \
+         fi; \
+         exit \"$tf_status\"",
+        dir = quote_posix(script.run_dir),
+        id = quote_posix(script.run_id),
+        functions = functions(script.grace),
+    )
+}
+
+/// A POSIX script that kills everything of the run whose pid file is `pid_file` and whose id is
+/// `run_id`: `TERM`, then `KILL` after `grace` to what is left. It waits up to 5 s for the pid
+/// file to appear (a kill right after the start). Exit status: 0 when something of the run was
+/// alive and now is not; [`KILL_ALREADY_GONE`] when nothing was alive;
+/// [`KILL_NO_PID_FILE`] when no pid file appeared and no process carries the run's marker;
+/// [`KILL_SURVIVORS`] when something was still alive after `KILL`.
+pub fn posix_kill_command(pid_file: &str, run_id: &str, grace: Duration) -> String {
+    let script = format!(
+        "f={pid}; i=0; \
+         while [ ! -s \"$f\" ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done; \
+         tf_pg=$(cat \"$f\" 2>/dev/null); tf_id={id}; tf_spare=; {functions}\
+         tf_left; \
+         if [ -z \"$tf_l\" ]; then [ -n \"$tf_pg\" ] && exit {gone}; exit {no_pid}; fi; \
+         tf_stop; [ -z \"$tf_l\" ] && exit 0; exit {survived}",
+        pid = quote_posix(pid_file),
+        id = quote_posix(run_id),
+        functions = functions(grace),
+        gone = KILL_ALREADY_GONE,
+        no_pid = KILL_NO_PID_FILE,
+        survived = KILL_SURVIVORS,
+    );
+    format!("exec sh -c {}", quote_posix(&script))
+}
+
+/// A POSIX script that looks at the pid files in `runs_dir` other than `own_id`'s and prints one
+/// line per file: `live ID` when something of run `ID` is alive (its process group or a process
+/// marked with its id), `dead ID` otherwise. A missing `runs_dir` prints nothing.
+pub fn posix_probe_command(runs_dir: &str, own_id: &str) -> String {
+    let script = format!(
+        "cd {dir} 2>/dev/null || exit 0; tf_spare=; {functions}\
+         for f in *.pid; do [ -f \"$f\" ] || continue; tf_id=${{f%.pid}}; \
+           [ \"$tf_id\" = {own} ] && continue; tf_pg=$(cat \"$f\" 2>/dev/null); \
+           tf_left; if [ -n \"$tf_l\" ]; then echo \"live $tf_id\"; else echo \"dead $tf_id\"; fi; \
+         done; exit 0",
+        dir = quote_posix(runs_dir),
+        own = quote_posix(own_id),
+        functions = functions(Duration::ZERO),
+    );
+    format!("exec sh -c {}", quote_posix(&script))
+}
+
+/// A gated script (see [`posix_gated_command`]) that makes `run_dir`
+/// writable and searchable by its owner all the way down, then removes it and `pid_file` with
+/// one `rm -rf`: a folder the script made unreadable cannot stay behind.
+pub fn posix_gated_cleanup_command(run_dir: &str, pid_file: &str) -> String {
+    let (dir, pid) = (quote_posix(run_dir), quote_posix(pid_file));
+    posix_gated_command(&format!(
+        "chmod -R u+rwx -- {dir} 2>/dev/null; rm -rf -- {dir} {pid}"
+    ))
+}

@@ -114,6 +114,27 @@ fn bad_input_is_refused_before_anything_is_recorded() {
         &["run", good, "-m", "m1"],
         "FLEET_CONFIG_INVALID",
     );
+    env.write_fleet("[machines.m1]\nhost = \"\"\n");
+    check(
+        "fleet_empty_host",
+        &env,
+        &["run", good, "-m", "m1"],
+        "FLEET_CONFIG_INVALID",
+    );
+    env.write_fleet("[machines.m1]\nport = 0\n");
+    check(
+        "fleet_port_zero",
+        &env,
+        &["machines", "list"],
+        "FLEET_CONFIG_INVALID",
+    );
+    env.write_fleet("[machines.m1]\nkeepalive = \"0s\"\n");
+    check(
+        "fleet_keepalive_zero",
+        &env,
+        &["machines", "list"],
+        "FLEET_CONFIG_INVALID",
+    );
     env.write_fleet("[machines.m1\n");
     check(
         "fleet_syntax",

@@ -151,13 +151,19 @@ pub struct Servers {
 
 impl Servers {
     pub fn start(count: usize) -> Self {
+        Self::start_with((0..count).map(|_| ServerConfig::default()).collect())
+    }
+
+    /// One server per config, faults and all.
+    pub fn start_with(configs: Vec<ServerConfig>) -> Self {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .expect("runtime");
-        let servers = (0..count)
-            .map(|_| runtime.block_on(TestServer::start(ServerConfig::default())))
+        let servers = configs
+            .into_iter()
+            .map(|config| runtime.block_on(TestServer::start(config)))
             .collect();
         Self {
             servers,

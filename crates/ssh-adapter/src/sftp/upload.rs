@@ -356,8 +356,8 @@ async fn remote_disk_full(
             SshError::UploadFailed {
                 path,
                 reason: format!(
-                    "the remote disk is full at {remote_dir} ({free} bytes free; the server said: \
-                     {reason})"
+                    "the remote disk is full at {remote_dir} ({free} bytes free; free some space \
+                     on the machine and run again); the server said"
                 ),
                 source,
             }

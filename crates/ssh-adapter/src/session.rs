@@ -68,6 +68,19 @@ impl RusshSession {
         }
     }
 
+    /// `error` of a transfer, as [`SshError::ConnectionLost`] when the connection is gone: a
+    /// transfer cut by a dead link is a lost connection (the runner then reconnects to finish
+    /// the job), not a failure of the files.
+    fn lost_if_closed(&self, error: SshError) -> SshError {
+        if !self.is_closed() || matches!(error, SshError::ConnectionLost { .. }) {
+            return error;
+        }
+        SshError::ConnectionLost {
+            reason: self.lost_reason(),
+            source: Some(Arc::new(error) as _),
+        }
+    }
+
     /// The SFTP session, opened on first use and shared by every transfer.
     pub(crate) async fn sftp(&self) -> Result<Arc<SftpSession>, SshError> {
         self.sftp
@@ -245,7 +258,9 @@ impl SshSession for RusshSession {
         remote_dir: &str,
         progress: &dyn ProgressSink,
     ) -> Result<TransferStats, SshError> {
-        crate::sftp::upload(self, manifest, remote_dir, progress).await
+        crate::sftp::upload(self, manifest, remote_dir, progress)
+            .await
+            .map_err(|error| self.lost_if_closed(error))
     }
 
     async fn exec(
@@ -270,15 +285,21 @@ impl SshSession for RusshSession {
         remote_dir: &str,
         local_dir: &Path,
     ) -> Result<DownloadReport, SshError> {
-        crate::sftp::download_dir(self, remote_dir, local_dir).await
+        crate::sftp::download_dir(self, remote_dir, local_dir)
+            .await
+            .map_err(|error| self.lost_if_closed(error))
     }
 
     async fn remove(&self, path: &str) -> Result<(), SshError> {
-        crate::sftp::remove(self, path).await
+        crate::sftp::remove(self, path)
+            .await
+            .map_err(|error| self.lost_if_closed(error))
     }
 
     async fn list_dir(&self, path: &str) -> Result<Vec<String>, SshError> {
-        crate::sftp::list_dir(self, path).await
+        crate::sftp::list_dir(self, path)
+            .await
+            .map_err(|error| self.lost_if_closed(error))
     }
 
     async fn close(&self) -> Result<(), SshError> {

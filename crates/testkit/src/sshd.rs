@@ -97,8 +97,27 @@ impl PrivateSshd {
     /// [`SshdError`] with [`INSTALL_HINT`] when sshd is missing; when a key cannot be made or
     /// the daemon exits or does not listen within 10 s (its stderr is in the message).
     pub fn start() -> Result<Self, SshdError> {
-        let sshd = find_sshd().ok_or_else(|| SshdError(INSTALL_HINT.to_owned()))?;
+        Self::start_for(current_user()?)
+    }
+
+    /// Like [`Self::start`], but the login is an account that file permissions apply to, as on
+    /// a real machine: the current user when it is not root; as root, the dedicated account
+    /// [`UNPRIVILEGED_USER`], created on first use (`useradd`, password field `*` so that
+    /// sshd does not count it as locked) and kept for later runs.
+    ///
+    /// # Errors
+    /// As [`Self::start`]; also when the account cannot be created.
+    pub fn start_unprivileged() -> Result<Self, SshdError> {
         let user = current_user()?;
+        if user != "root" {
+            return Self::start_for(user);
+        }
+        ensure_account(UNPRIVILEGED_USER)?;
+        Self::start_for(UNPRIVILEGED_USER.to_owned())
+    }
+
+    fn start_for(user: String) -> Result<Self, SshdError> {
+        let sshd = find_sshd().ok_or_else(|| SshdError(INSTALL_HINT.to_owned()))?;
         let dir = tempfile::Builder::new()
             .prefix("tf-sshd")
             .tempdir()
@@ -107,6 +126,12 @@ impl PrivateSshd {
         keygen(&path("host_key"))?;
         keygen(&path("client_key"))?;
         write(&path("authorized_keys"), &read(&path("client_key.pub"))?)?;
+        // sshd reads authorized_keys as the login user; the private keys stay 0600.
+        for (name, mode) in [("", 0o755), ("authorized_keys", 0o644)] {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(path(name), std::fs::Permissions::from_mode(mode))
+                .map_err(|e| SshdError(format!("failed to chmod {}: {e}", path(name).display())))?;
+        }
         // sshd insists on its privilege-separation directory even when it is not used.
         std::fs::create_dir_all("/run/sshd").ok();
 
@@ -187,6 +212,22 @@ impl PrivateSshd {
         &self.user
     }
 
+    /// The numeric id of the login user, for telling its processes in the process table.
+    ///
+    /// # Errors
+    /// When `id -u` cannot tell.
+    pub fn uid(&self) -> Result<u32, SshdError> {
+        let output = Command::new("id")
+            .arg("-u")
+            .arg(&self.user)
+            .output()
+            .map_err(|e| SshdError(format!("failed to run id -u: {e}")))?;
+        String::from_utf8_lossy(&output.stdout)
+            .trim()
+            .parse()
+            .map_err(|_| SshdError(format!("id -u {} printed no number", self.user)))
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -241,6 +282,25 @@ impl Drop for PrivateSshd {
         self.child.kill().ok();
         self.child.wait().ok();
     }
+}
+
+/// The account [`PrivateSshd::start_unprivileged`] logs in as when run by root.
+pub const UNPRIVILEGED_USER: &str = "testfleet-e2e";
+
+/// Creates `user` with a home and `/bin/sh` unless it exists, and makes sure sshd lets it in
+/// with a key (`*`: no password, not locked).
+fn ensure_account(user: &str) -> Result<(), SshdError> {
+    let exists = Command::new("id")
+        .arg("-u")
+        .arg(user)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    if !exists {
+        run(Command::new("useradd").args(["--create-home", "--shell", "/bin/sh", user]))?;
+    }
+    run(Command::new("usermod").args(["-p", "*", user]))
 }
 
 fn current_user() -> Result<String, SshdError> {

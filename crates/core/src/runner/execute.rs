@@ -92,7 +92,12 @@ impl Runner {
             why: "the connection could not be trusted to the end",
         };
         let reconnect = outcome.link_down && !signals.abandon.is_cancelled();
-        let change = outcome.into_transition(self.clock.now());
+        let mut change = outcome.into_transition(self.clock.now());
+        if reconnect {
+            // Unknown until the recovery has looked: a null `remote_cleanup` on an ended run
+            // says that testfleet is still finishing the job.
+            change.remote_cleanup = None;
+        }
         let (ended, ours) = match self.store.transition(&run.id, change).await {
             Ok(ended) => (ended, true),
             // Another process ended it meanwhile (a reaper): the stored run wins.

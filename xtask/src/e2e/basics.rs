@@ -1,226 +1,29 @@
-//! `cargo xtask e2e`: the release binary against the in-process testkit server and against a
-//! real OpenSSH sshd, scenario by scenario. A missing sshd is an error, never a skip.
+//! The scenarios of a run that goes as planned, or fails as scripts do: output, exit codes,
+//! artifacts, timeouts, cancels, idempotency, host keys, odd names, modes, symlinks, big output
+//! and fan-out.
 
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context as _, Result, bail, ensure};
-use serde_json::Value;
+use anyhow::{Context as _, Result, ensure};
+use testfleet_testkit::process::tree_script;
 
-use testfleet_testkit::process::{is_alive, read_pids, survivors_after, tree_script};
+use super::{Ctx, Scenario, all_dead, kill_recorded, only_run, path_of, read, text, wait_for_pids};
 
-use crate::targets::{Backend, Target};
-use crate::tf::Tf;
-
-/// Everything a scenario needs.
-struct Ctx<'a> {
-    target: &'a Target,
-    tf: Tf,
-    /// Where scenarios create their test directories and pid records.
-    work: PathBuf,
-}
-
-type Scenario = fn(&Ctx<'_>) -> Result<()>;
-
-const SCENARIOS: &[(&str, Scenario)] = &[
-    ("hello world", hello),
-    ("nonzero exit", nonzero_exit),
-    ("nested and binary artifacts are byte-identical", artifacts),
-    ("timeout kills the whole process tree", timeout),
-    ("cancel kills the whole process tree", cancel),
-    ("idempotent re-run and MACHINE_BUSY", idempotency),
-    ("a killed worker frees the machine", killed_worker),
-    ("unknown and changed host keys upload nothing", host_keys),
-    ("names with spaces, quotes, unicode and newlines", odd_names),
-    ("executable bits are preserved", modes),
-    ("a symlink is reported and skipped", symlinks),
-    ("100 MB of output", big_output),
-    ("fan-out to 3 machines", fan_out),
+pub(super) const SCENARIOS: &[Scenario] = &[
+    Scenario::both("hello world", hello),
+    Scenario::both("nonzero exit", nonzero_exit),
+    Scenario::both("nested and binary artifacts are byte-identical", artifacts),
+    Scenario::both("timeout kills the whole process tree", timeout),
+    Scenario::both("cancel kills the whole process tree", cancel),
+    Scenario::both("idempotent re-run and MACHINE_BUSY", idempotency),
+    Scenario::both("a killed worker frees the machine", killed_worker),
+    Scenario::both("unknown and changed host keys upload nothing", host_keys),
+    Scenario::both("names with spaces, quotes, unicode and newlines", odd_names),
+    Scenario::both("executable bits are preserved", modes),
+    Scenario::both("a symlink is reported and skipped", symlinks),
+    Scenario::both("100 MB of output", big_output),
+    Scenario::both("fan-out to 3 machines", fan_out),
 ];
-
-pub fn run(bin: &Path) -> Result<()> {
-    let runtime = tokio::runtime::Runtime::new().context("failed to start a tokio runtime")?;
-    let mut failures = Vec::new();
-    let started = Instant::now();
-    for backend in [Backend::Testkit, Backend::Sshd] {
-        let target = match backend {
-            Backend::Testkit => Target::testkit(&runtime, 3)?,
-            Backend::Sshd => Target::sshd(3)?,
-        };
-        let fleet = target.write_fleet("fleet.toml", |_| {})?;
-        let work = target.scratch().join("work");
-        std::fs::create_dir_all(&work)?;
-        let ctx = Ctx {
-            target: &target,
-            tf: Tf {
-                bin: bin.to_path_buf(),
-                fleet,
-                state_dir: target.scratch().join("state"),
-            },
-            work,
-        };
-        eprintln!("\n== e2e against the {}", backend.name());
-        for (name, scenario) in SCENARIOS {
-            let scenario_started = Instant::now();
-            match scenario(&ctx) {
-                Ok(()) => eprintln!("  ok   {name} ({:.1?})", scenario_started.elapsed()),
-                Err(error) => {
-                    eprintln!("  FAIL {name}: {error:#}");
-                    failures.push(format!("{}: {name}", backend.name()));
-                }
-            }
-        }
-    }
-    let total = SCENARIOS.len() * 2;
-    println!(
-        "e2e: {} passed, {} failed",
-        total - failures.len(),
-        failures.len()
-    );
-    eprintln!("e2e finished in {:.1?}", started.elapsed());
-    if !failures.is_empty() {
-        bail!("e2e scenarios failed:\n  {}", failures.join("\n  "));
-    }
-    Ok(())
-}
-
-// -- helpers ---------------------------------------------------------------------------------
-
-impl Ctx<'_> {
-    /// Creates a fresh test directory `work/<name>` with `run.sh` and extra files.
-    fn test_dir(&self, name: &str, script: &str, files: &[(&str, &[u8], u32)]) -> Result<PathBuf> {
-        let dir = self.work.join(name);
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir)?;
-        }
-        std::fs::create_dir_all(&dir)?;
-        write_file(
-            &dir.join("run.sh"),
-            format!("#!/bin/sh\n{script}").as_bytes(),
-            0o755,
-        )?;
-        for (rel, contents, mode) in files {
-            let path = dir.join(rel);
-            if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            write_file(&path, contents, *mode)?;
-        }
-        Ok(dir)
-    }
-
-    fn machine(&self, idx: usize) -> &str {
-        &self.target.machines[idx].name
-    }
-
-    /// `run DIR -m MACHINE --json [extra]`, returning the call.
-    fn run(&self, dir: &Path, machine: &str, extra: &[&str]) -> Result<crate::tf::Call> {
-        let dir = dir.to_str().context("scratch paths are UTF-8")?;
-        let mut args = vec!["run", dir, "-m", machine, "--json"];
-        args.extend_from_slice(extra);
-        self.tf.call(&args)
-    }
-
-    fn status(&self, id: &str) -> Result<Value> {
-        let call = self.tf.call(&["status", id, "--json"])?;
-        Ok(call.expect_code(0)?.data()?["run"].clone())
-    }
-
-    /// Polls `status` until `done` holds for the run, or fails after `limit`.
-    fn wait_until(
-        &self,
-        id: &str,
-        limit: Duration,
-        done: impl Fn(&Value) -> bool,
-    ) -> Result<Value> {
-        let deadline = Instant::now() + limit;
-        loop {
-            let run = self.status(id)?;
-            if done(&run) {
-                return Ok(run);
-            }
-            if Instant::now() > deadline {
-                bail!("run {id} did not reach the wanted state within {limit:?}: {run}");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// A path for pid records, outside every run folder (the run folder is removed).
-    fn pid_record(&self, name: &str) -> Result<PathBuf> {
-        let path = self.work.join(format!("{name}.pids"));
-        if path.exists() {
-            std::fs::remove_file(&path)?;
-        }
-        Ok(path)
-    }
-}
-
-fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::write(path, contents)
-        .with_context(|| format!("failed to write {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
-    Ok(())
-}
-
-fn only_run(data: &Value) -> Result<Value> {
-    let runs = data["runs"].as_array().context("data.runs is a list")?;
-    ensure!(runs.len() == 1, "expected one run, got {}", runs.len());
-    Ok(runs[0].clone())
-}
-
-fn text(run: &Value, pointer: &str) -> String {
-    run.pointer(pointer)
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned()
-}
-
-fn path_of(run: &Value, which: &str) -> PathBuf {
-    PathBuf::from(text(run, &format!("/paths/{which}")))
-}
-
-fn read(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).with_context(|| format!("failed to read {}", path.display()))
-}
-
-/// Waits until every pid in the record is gone.
-fn all_dead(record: &Path, limit: Duration) -> Result<()> {
-    let pids = read_pids(record);
-    ensure!(
-        !pids.is_empty(),
-        "the script recorded no pids in {}",
-        record.display()
-    );
-    let survivors = survivors_after(&pids, limit);
-    ensure!(
-        survivors.is_empty(),
-        "processes of the run survived on the host: {survivors:?}"
-    );
-    Ok(())
-}
-
-/// Kills processes a scenario started and left behind on purpose (by pid, never by name).
-fn kill_recorded(record: &Path) {
-    for pid in read_pids(record).into_iter().filter(|pid| is_alive(*pid)) {
-        testfleet_testkit::process::kill_pid(pid);
-    }
-}
-
-/// Waits until a pid record holds at least `n` pids.
-fn wait_for_pids(record: &Path, n: usize, limit: Duration) -> Result<()> {
-    let deadline = Instant::now() + limit;
-    while read_pids(record).len() < n {
-        if Instant::now() > deadline {
-            bail!("the script did not record {n} pids in {}", record.display());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(())
-}
-
-// -- scenarios -------------------------------------------------------------------------------
 
 fn hello(ctx: &Ctx<'_>) -> Result<()> {
     let dir = ctx.test_dir(

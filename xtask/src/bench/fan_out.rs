@@ -1,5 +1,6 @@
 //! Fan-out to 32 in-process testkit servers against a run on one of them: a trivial run and
-//! a one-second run, and where the CPU of a fan-out goes.
+//! a one-second run, and where the CPU of a fan-out goes; and the memory of a fan-out whose
+//! scripts print one endless line each.
 
 use std::process::Command;
 
@@ -131,4 +132,56 @@ fn cpu_ticks() -> Result<(u64, u64)> {
         .collect();
     ensure!(fields.len() == 4, "unexpected /proc/self/stat");
     Ok((fields[0] + fields[1], fields[2] + fields[3]))
+}
+
+const LONG_LINES: &str = "50 MB on one line per machine, human output (testkit servers)";
+/// The memory a fan-out in human mode may take, whatever the length of its lines.
+const LONG_LINES_TARGET_KIB: u64 = 64 * 1024;
+
+/// Peak RSS of a human-mode fan-out to 2 machines whose scripts each print 50 MB without a
+/// newline (the terminal observer holds the unfinished line of each machine), against the same
+/// run on one machine; returns the line that says whether it is under the target.
+pub(super) fn long_lines(ctx: &mut Context<'_>) -> Result<Option<String>> {
+    if !ctx.bench.wants(LONG_LINES) {
+        return Ok(None);
+    }
+    let servers_runtime = tokio::runtime::Runtime::new()?;
+    let pair = Target::testkit(&servers_runtime, 2)?;
+    let tf = Tf {
+        bin: ctx.bin.to_path_buf(),
+        fleet: pair.write_fleet("fleet.toml", |_| {})?,
+        state_dir: pair.scratch().join("state"),
+    };
+    let dir = ctx.data.join("long-line");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(
+        dir.join("run.sh"),
+        "#!/bin/sh\nhead -c 52428800 /dev/zero | tr '\\0' 'x'\n",
+    )?;
+    let dir = dir.to_str().context("utf-8")?.to_owned();
+    ctx.bench.measure(LONG_LINES, "1 machine", || {
+        with_peak_rss(tf.command(&["run", &dir, "-m", "m1"]))
+    })?;
+    ctx.bench.measure(LONG_LINES, "2 machines", || {
+        with_peak_rss(tf.command(&["run", &dir, "-m", "m1", "-m", "m2"]))
+    })?;
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    let two = ctx
+        .bench
+        .peak_rss_of(LONG_LINES, "2 machines")
+        .context("the 2-machine row has no peak RSS")?;
+    let one = ctx.bench.peak_rss_of(LONG_LINES, "1 machine").unwrap_or(0);
+    ensure!(two > 0, "no peak RSS measured");
+    Ok(Some(format!(
+        "memory: 2 machines each printing 50 MB on one line (human output) peak at {:.1} MiB \
+         (one machine: {:.1} MiB); target < {:.0} MiB: {}",
+        mib(two),
+        mib(one),
+        mib(LONG_LINES_TARGET_KIB),
+        if two < LONG_LINES_TARGET_KIB {
+            "met"
+        } else {
+            "NOT MET"
+        }
+    )))
 }

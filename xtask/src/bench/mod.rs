@@ -73,10 +73,11 @@ pub fn run(bin: &Path) -> Result<()> {
     runs::big_file(&mut ctx, &tf)?;
     runs::loud_stdout(&mut ctx, &tf)?;
     let fan_out_cpu = fan_out::fan_outs(&mut ctx)?;
+    let long_lines = fan_out::long_lines(&mut ctx)?;
 
     ctx.bench.print(RATIOS);
-    if let Some(fan_out_cpu) = fan_out_cpu {
-        println!("{fan_out_cpu}");
+    for line in [fan_out_cpu, long_lines].into_iter().flatten() {
+        println!("{line}");
     }
     Ok(())
 }

@@ -69,6 +69,14 @@ impl Bench {
         Ok(())
     }
 
+    /// The peak RSS (KiB) measured for a row, when it was measured.
+    pub(super) fn peak_rss_of(&self, group: &str, name: &str) -> Option<u64> {
+        self.rows
+            .iter()
+            .find(|row| row.group == group && row.name == name)
+            .and_then(|row| row.peak_rss_kib)
+    }
+
     fn time_of(&self, group: &str, name: &str) -> Option<Duration> {
         self.rows
             .iter()

@@ -10,7 +10,14 @@
 //! (`setsid`, a double fork into a new session) keeps the variable, so on Linux, where
 //! `/proc/PID/environ` can be read, the run's processes are *the group plus every process of the
 //! user that carries the variable*. Elsewhere (macOS, the BSDs) only the group is known, read
-//! with `ps`. A process that both leaves the group and clears its environment escapes.
+//! with `ps`.
+//!
+//! On Linux the wrapper also tries to give the entrypoint a cgroup (v2) of its own,
+//! `testfleet-<id>` under the wrapper's own cgroup, which works where the login may create one
+//! (root, or a delegated subtree). Every process started in it stays in it, whatever it does to
+//! its group, session or environment, so its `cgroup.procs` belongs to the run too; the path is
+//! the pid file's second line. Without a cgroup, a process that both leaves the group and clears
+//! its environment escapes.
 //!
 //! # When the tree is killed
 //! - the entrypoint ended: the wrapper kills what is left of the tree before it exits, so a
@@ -51,20 +58,43 @@ pub struct RunScript<'a> {
 }
 
 /// Shell functions every script of a run shares. They expect `tf_id` (the run id), `tf_pg` (the
-/// process group, may be empty) and `tf_spare` (a pid never listed, may be empty).
+/// process group, may be empty), `tf_cg` (the run's cgroup folder, may be empty) and `tf_spare`
+/// (a pid never listed, may be empty). With `tf_fast` set and the cgroup there, the cgroup alone
+/// is listed: the wrapper's sweep after the entrypoint ended, when everything the entrypoint
+/// started was born in the cgroup.
 ///
-/// `tf_left` sets `tf_l` to the pids of the run still alive: on Linux one pass over
-/// `/proc/*/stat` with shell builtins (so that the scan itself starts no process that would be
-/// counted) plus one `grep` for the marker; elsewhere `ps`. Processes whose parent is the
-/// scanning shell (its own helpers) and zombies are left out. `tf_stop` sends `TERM` to all of
-/// them, waits up to `grace` for them to go, then sends `KILL` to the rest.
+/// `tf_left` sets `tf_l` to the pids of the run still alive: on Linux one `grep` for the marker
+/// over `/proc/*/environ` and one `pgrep -g` for the group (without `pgrep`, one pass over
+/// `/proc/*/stat` with shell builtins); elsewhere `ps`. Each candidate's `stat` is read again
+/// with builtins: processes whose parent is the scanning shell (its own helpers, the guard) and
+/// zombies are left out. `tf_stop` sends `TERM` to all of
+/// them and waits up to `grace` for those to go (each tick only looks at them again, with
+/// builtins, so that the grace is close to wall time even on a host with many processes), lists
+/// the run again (what is new, or still there), sends `KILL` to that and gives it up to 2 s to be
+/// gone, then removes the emptied cgroup.
 fn functions(grace: Duration) -> String {
     let ticks = grace.as_millis().div_ceil(100);
     format!(
         "if [ -r /proc/self/stat ]; then read -r tf_self _ < /proc/self/stat; else tf_self=$$; fi; \
          tf_left() {{ \
            tf_l=; \
-           if [ -r /proc/self/stat ]; then \
+           if [ -n \"$tf_cg\" ] && [ -r \"$tf_cg/cgroup.procs\" ]; then \
+             while read -r tf_p; do tf_l=\"$tf_l $tf_p\"; done < \"$tf_cg/cgroup.procs\"; \
+             [ -n \"$tf_fast\" ] && return 0; fi; \
+           if [ -r /proc/self/stat ] && command -v pgrep >/dev/null 2>&1; then \
+             tf_m=$(grep -l -F \"TESTFLEET_RUN_ID=$tf_id\" /proc/[0-9]*/environ 2>/dev/null); \
+             [ -n \"$tf_pg\" ] && tf_m=\"$tf_m $(pgrep -g \"$tf_pg\" 2>/dev/null)\"; \
+             set -f; set -- $tf_m; set +f; \
+             for tf_p in \"$@\"; do \
+               tf_p=${{tf_p#/proc/}}; tf_p=${{tf_p%/environ}}; \
+               case \" $tf_l \" in *\" $tf_p \"*) continue;; esac; \
+               [ \"$tf_p\" = \"$tf_self\" ] || [ \"$tf_p\" = \"$tf_spare\" ] && continue; \
+               {{ read -r _ tf_s < \"/proc/$tf_p/stat\"; }} 2>/dev/null || continue; \
+               tf_s=${{tf_s##*) }}; set -f; set -- $tf_s; set +f; \
+               [ \"$1\" = Z ] || [ \"$2\" = \"$tf_self\" ] && continue; \
+               tf_l=\"$tf_l $tf_p\"; \
+             done; \
+           elif [ -r /proc/self/stat ]; then \
              tf_m=$(grep -l -F \"TESTFLEET_RUN_ID=$tf_id\" /proc/[0-9]*/environ 2>/dev/null); \
              set -f; set -- $tf_m; tf_m=\" $* \"; set +f; \
              for tf_d in /proc/[0-9]*; do \
@@ -83,12 +113,47 @@ fn functions(grace: Duration) -> String {
                shift 4; \
              done; \
            elif [ -n \"$tf_pg\" ] && kill -0 -\"$tf_pg\" 2>/dev/null; then tf_l=\"-$tf_pg\"; fi; }}; \
+         tf_alive() {{ \
+           case $1 in -*) kill -0 -- \"$1\" 2>/dev/null; return;; esac; \
+           [ -r /proc/self/stat ] || {{ kill -0 \"$1\" 2>/dev/null; return; }}; \
+           {{ read -r _ tf_z < \"/proc/$1/stat\"; }} 2>/dev/null || return 1; \
+           tf_z=${{tf_z##*) }}; case $tf_z in Z*) return 1;; esac; return 0; }}; \
          tf_stop() {{ \
            [ -n \"$tf_pg\" ] && kill -TERM -\"$tf_pg\" 2>/dev/null; \
-           tf_left; [ -n \"$tf_l\" ] && kill -TERM $tf_l 2>/dev/null; \
-           tf_i=0; while [ -n \"$tf_l\" ] && [ $tf_i -lt {ticks} ]; do \
-             sleep 0.1; tf_i=$((tf_i+1)); tf_left; done; \
-           [ -n \"$tf_l\" ] && {{ kill -KILL $tf_l 2>/dev/null; sleep 0.1; tf_left; }}; return 0; }}; "
+           tf_left; \
+           if [ -n \"$tf_l\" ]; then \
+             kill -TERM $tf_l 2>/dev/null; \
+             tf_i=0; while [ -n \"$tf_l\" ] && [ $tf_i -lt {ticks} ]; do \
+               sleep 0.1; tf_i=$((tf_i+1)); \
+               tf_a=; for tf_q in $tf_l; do tf_alive \"$tf_q\" && tf_a=\"$tf_a $tf_q\"; done; tf_l=$tf_a; \
+             done; \
+             tf_left; \
+             [ -n \"$tf_l\" ] && {{ kill -KILL $tf_l 2>/dev/null; tf_i=0; \
+               while [ $tf_i -lt 20 ]; do sleep 0.1; tf_i=$((tf_i+1)); tf_left; [ -z \"$tf_l\" ] && break; done; }}; \
+           fi; \
+           [ -z \"$tf_l\" ] && [ -n \"$tf_cg\" ] && rmdir \"$tf_cg\" 2>/dev/null; return 0; }}; \
+         tf_pidfile() {{ tf_pg=; tf_cg=; {{ read -r tf_pg; read -r tf_cg; }} < \"$1\" 2>/dev/null; \
+           case $tf_cg in /*/testfleet-\"$tf_id\") ;; *) tf_cg=;; esac; }}; "
+    )
+}
+
+/// Shell that makes `tf_cg` the folder of a new cgroup v2 `testfleet-<id>` beside the wrapper's
+/// own, or leaves it empty where none can be made (no cgroup v2, or the login may not create
+/// one there). The path goes on the pid file's second line **before** the `mkdir`, so that a kill
+/// that stops the wrapper in between still knows what to remove. Shell builtins and one `mkdir`.
+fn make_cgroup(pid_file: &str) -> String {
+    format!(
+        "tf_cg=; \
+         if [ -r /proc/self/cgroup ]; then \
+           tf_rel=; while IFS= read -r tf_line; do case $tf_line in 0::*) tf_rel=${{tf_line#0::}};; esac; \
+           done < /proc/self/cgroup; \
+           for tf_mnt in /sys/fs/cgroup /sys/fs/cgroup/unified; do \
+             [ -n \"$tf_rel\" ] && [ -f \"$tf_mnt/cgroup.controllers\" ] || continue; \
+             tf_c=\"$tf_mnt${{tf_rel%/}}/testfleet-$tf_id\"; \
+             echo \"$tf_c\" >> {pid} && mkdir \"$tf_c\" 2>/dev/null && tf_cg=$tf_c; break; \
+           done; \
+         fi; ",
+        pid = quote_posix(pid_file),
     )
 }
 
@@ -140,14 +205,24 @@ fn wrapper(script: &RunScript<'_>, guard_stdin: bool) -> String {
     } else {
         "tf_guard=; "
     };
+    // With a cgroup, the entrypoint's subshell moves itself into it before it becomes the
+    // entrypoint (`exec` keeps its pid), so that everything it starts is born there; the wrapper
+    // stays out. When the move fails, the subshell removes the cgroup, so that a cgroup that
+    // exists once the entrypoint ended holds all of the run. The guard, which has nothing to
+    // clean, is ended with KILL: a shell blocked in `read` runs a TERM trap only once a line
+    // comes.
     format!(
         "exec 3<&0; cd {dir} || exit 126; [ -x ./{ep} ] || chmod +x ./{ep}; \
-         tf_id={id}; tf_pg=$$; tf_spare=; {functions}\
-         TESTFLEET_RUN_ID={id} ./{ep} </dev/null 3<&- & tf_child=$!; \
+         tf_id={id}; tf_pg=$$; tf_spare=; {functions}{make_cgroup}\
+         if [ -n \"$tf_cg\" ]; then \
+           ( read -r tf_me _ < /proc/self/stat; \
+             echo \"$tf_me\" > \"$tf_cg/cgroup.procs\" 2>/dev/null || rmdir \"$tf_cg\" 2>/dev/null; \
+             export TESTFLEET_RUN_ID={id}; exec ./{ep} ) </dev/null 3<&- & tf_child=$!; \
+         else TESTFLEET_RUN_ID={id} ./{ep} </dev/null 3<&- & tf_child=$!; fi; \
          {guard}\
          wait \"$tf_child\"; tf_status=$?; \
-         [ -n \"$tf_guard\" ] && kill \"$tf_guard\" 2>/dev/null; \
-         trap : TERM; tf_stop; trap - TERM; \
+         [ -n \"$tf_guard\" ] && kill -KILL \"$tf_guard\" 2>/dev/null; \
+         trap : TERM; tf_fast=1; tf_stop; trap - TERM; \
          if [ \"$tf_status\" -gt 128 ] && [ \"$tf_status\" -le 192 ]; then \
            tf_sig=$(kill -l \"$tf_status\" 2>/dev/null); \
            case $tf_sig in \
@@ -159,12 +234,14 @@ fn wrapper(script: &RunScript<'_>, guard_stdin: bool) -> String {
         dir = quote_posix(script.run_dir),
         id = quote_posix(script.run_id),
         functions = functions(script.grace),
+        make_cgroup = make_cgroup(script.pid_file),
     )
 }
 
 /// A POSIX script that kills everything of the run whose pid file is `pid_file` and whose id is
 /// `run_id`: `TERM`, then `KILL` after `grace` to what is left. It waits up to 5 s for the pid
-/// file to appear (a kill right after the start). Exit status: 0 when something of the run was
+/// file to appear (a kill right after the start), and reads it again after the kill, for a cgroup
+/// the wrapper named meanwhile. Exit status: 0 when something of the run was
 /// alive and now is not; [`KILL_ALREADY_GONE`] when nothing was alive;
 /// [`KILL_NO_PID_FILE`] when no pid file appeared and no process carries the run's marker;
 /// [`KILL_SURVIVORS`] when something was still alive after `KILL`.
@@ -172,10 +249,11 @@ pub fn posix_kill_command(pid_file: &str, run_id: &str, grace: Duration) -> Stri
     let script = format!(
         "f={pid}; i=0; \
          while [ ! -s \"$f\" ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done; \
-         tf_pg=$(cat \"$f\" 2>/dev/null); tf_id={id}; tf_spare=; {functions}\
-         tf_left; \
-         if [ -z \"$tf_l\" ]; then [ -n \"$tf_pg\" ] && exit {gone}; exit {no_pid}; fi; \
-         tf_stop; [ -z \"$tf_l\" ] && exit 0; exit {survived}",
+         tf_id={id}; tf_spare=; {functions}tf_pidfile \"$f\"; \
+         tf_left; tf_was=; [ -n \"$tf_l\" ] && {{ tf_was=1; tf_stop; }}; \
+         tf_pidfile \"$f\"; [ -n \"$tf_cg\" ] && [ -d \"$tf_cg\" ] && tf_stop; \
+         [ -n \"$tf_l\" ] && exit {survived}; [ -n \"$tf_was\" ] && exit 0; \
+         [ -n \"$tf_pg\" ] && exit {gone}; exit {no_pid}",
         pid = quote_posix(pid_file),
         id = quote_posix(run_id),
         functions = functions(grace),
@@ -188,13 +266,15 @@ pub fn posix_kill_command(pid_file: &str, run_id: &str, grace: Duration) -> Stri
 
 /// A POSIX script that looks at the pid files in `runs_dir` other than `own_id`'s and prints one
 /// line per file: `live ID` when something of run `ID` is alive (its process group or a process
-/// marked with its id), `dead ID` otherwise. A missing `runs_dir` prints nothing.
+/// marked with its id, or in its cgroup), `dead ID` otherwise (and an empty cgroup it names is
+/// removed). A missing `runs_dir` prints nothing.
 pub fn posix_probe_command(runs_dir: &str, own_id: &str) -> String {
     let script = format!(
         "cd {dir} 2>/dev/null || exit 0; tf_spare=; {functions}\
          for f in *.pid; do [ -f \"$f\" ] || continue; tf_id=${{f%.pid}}; \
-           [ \"$tf_id\" = {own} ] && continue; tf_pg=$(cat \"$f\" 2>/dev/null); \
-           tf_left; if [ -n \"$tf_l\" ]; then echo \"live $tf_id\"; else echo \"dead $tf_id\"; fi; \
+           [ \"$tf_id\" = {own} ] && continue; tf_pidfile \"$f\"; \
+           tf_left; if [ -n \"$tf_l\" ]; then echo \"live $tf_id\"; \
+           else [ -n \"$tf_cg\" ] && rmdir \"$tf_cg\" 2>/dev/null; echo \"dead $tf_id\"; fi; \
          done; exit 0",
         dir = quote_posix(runs_dir),
         own = quote_posix(own_id),
@@ -203,12 +283,16 @@ pub fn posix_probe_command(runs_dir: &str, own_id: &str) -> String {
     format!("exec sh -c {}", quote_posix(&script))
 }
 
-/// A gated script (see [`posix_gated_command`]) that makes `run_dir`
-/// writable and searchable by its owner all the way down, then removes it and `pid_file` with
-/// one `rm -rf`: a folder the script made unreadable cannot stay behind.
+/// A gated script (see [`posix_gated_command`]) that removes `run_dir` and `pid_file` with one
+/// `rm -rf`; when that fails, it makes `run_dir` writable and searchable by its owner all the
+/// way down and removes it again: a folder the script made unreadable cannot stay behind.
 pub fn posix_gated_cleanup_command(run_dir: &str, pid_file: &str) -> String {
     let (dir, pid) = (quote_posix(run_dir), quote_posix(pid_file));
+    // The run's cgroup, named on the pid file's second line, is empty by now (the wrapper
+    // removes it itself when it can).
     posix_gated_command(&format!(
-        "chmod -R u+rwx -- {dir} 2>/dev/null; rm -rf -- {dir} {pid}"
+        "{{ read -r _; read -r tf_cg; }} < {pid} 2>/dev/null; \
+         case $tf_cg in /*/testfleet-*) [ -d \"$tf_cg\" ] && rmdir \"$tf_cg\" 2>/dev/null;; esac; \
+         rm -rf -- {dir} {pid} 2>/dev/null || {{ chmod -R u+rwx -- {dir} 2>/dev/null; rm -rf -- {dir} {pid}; }}"
     ))
 }

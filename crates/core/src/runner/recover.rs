@@ -132,11 +132,9 @@ impl Runner {
             run_id: run.id.to_string(),
             grace: self.config.kill_grace,
         };
-        // Bounded like every kill: a machine that stops answering must not hang the recovery.
-        let kill_wait = self
-            .config
-            .kill_wait
-            .min(self.config.kill_grace + machine.ssh.keepalive_interval);
+        // Bounded: a machine that stops answering must not hang the recovery. The connection
+        // is new, so the kill may take its whole grace and more.
+        let kill_wait = self.config.kill_wait;
         let killed = tokio::time::timeout(kill_wait, session.kill(&kill))
             .await
             .unwrap_or_else(|_| {

@@ -70,7 +70,8 @@ fn check_exec(shell: &str, name: &str) -> Result<(), TestCaseError> {
     // The pid file names the wrapper, run.sh's parent.
     let pid = std::fs::read_to_string(out.path().join("pid")).expect("run.sh wrote its parent");
     let recorded = std::fs::read_to_string(&pid_file).expect("the exec command wrote the pid file");
-    prop_assert_eq!(recorded.trim(), pid.trim());
+    // Its first line; a second names the run's cgroup where one could be made.
+    prop_assert_eq!(recorded.lines().next().unwrap_or_default(), pid.trim());
     Ok(())
 }
 
@@ -289,7 +290,9 @@ fn gated_exec_runs_only_after_the_open_line() {
         assert_eq!(
             std::fs::read_to_string(&pid_file)
                 .expect("the pid file")
-                .trim(),
+                .lines()
+                .next()
+                .unwrap_or_default(),
             run.pgid().to_string(),
             "the pid file names the wrapper, the process group's leader"
         );
@@ -368,6 +371,96 @@ fn the_end_of_stdin_kills_the_whole_tree() {
     run.drop_stdin();
     let _ = run.wait();
     assert_all_gone(&pids);
+    // The guard, which did the killing, goes too (and removed the run's cgroup before that).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !live_group_members(run.pgid()).is_empty() {
+        assert!(Instant::now() < deadline, "the guard never ended");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if let Some(cgroup) = run_cgroup(&pid_file) {
+        assert!(
+            !cgroup.exists(),
+            "the run's cgroup stays: {}",
+            cgroup.display()
+        );
+    }
+}
+
+/// Whether this process may create a cgroup v2 beside its own, as the wrapper (its child) will
+/// try: then the run's cgroup is what catches a process that clears its environment.
+fn can_make_a_cgroup() -> bool {
+    let Ok(own) = std::fs::read_to_string("/proc/self/cgroup") else {
+        return false;
+    };
+    let Some(rel) = own.lines().find_map(|line| line.strip_prefix("0::")) else {
+        return false;
+    };
+    for mount in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"] {
+        if !Path::new(mount).join("cgroup.controllers").is_file() {
+            continue;
+        }
+        let probe = PathBuf::from(format!(
+            "{mount}{}/testfleet-probe-{}",
+            rel.trim_end_matches('/'),
+            std::process::id()
+        ));
+        let made = std::fs::create_dir(&probe).is_ok();
+        let _ = std::fs::remove_dir(&probe);
+        return made;
+    }
+    false
+}
+
+/// The cgroup a run's pid file names on its second line.
+fn run_cgroup(pid_file: &Path) -> Option<PathBuf> {
+    let text = std::fs::read_to_string(pid_file).ok()?;
+    text.lines().nth(1).map(PathBuf::from)
+}
+
+#[test]
+fn the_runs_cgroup_catches_a_process_that_clears_its_environment() {
+    if !can_make_a_cgroup() {
+        eprintln!("not checked here: no cgroup v2 this user may create one in");
+        return;
+    }
+    let parent = tempfile::tempdir().expect("temp dir");
+    let out = tempfile::tempdir().expect("temp dir");
+    let record = out.path().join("pids");
+    // Out of the group and without the marker: only the cgroup knows it.
+    let escape = |then: &str| {
+        format!(
+            "env -i setsid sh -c 'echo $$ >> \"$1\"; exec sleep 300' sh '{r}' &\n\
+             while [ ! -s '{r}' ]; do sleep 0.05; done\n{then}",
+            r = record.display()
+        )
+    };
+
+    // The entrypoint ends: the wrapper's sweep finds it in the cgroup.
+    let (run_dir, pid_file) = run_folder(parent.path(), "swept", &escape("exit 0\n"));
+    let command = gated_command(&run_dir, &pid_file, &fresh_id(), Duration::from_millis(300));
+    let mut run = GatedRun::start(&command, out.path());
+    run.open();
+    let pids = wait_for_pids(&record, 1);
+    let cgroup = run_cgroup(&pid_file).expect("the pid file names the run's cgroup");
+    assert_eq!(run.wait().code(), Some(0));
+    assert_all_gone(&pids);
+    assert!(!cgroup.exists(), "the empty cgroup is removed");
+
+    // testfleet kills the run: the kill reads the cgroup from the pid file.
+    std::fs::remove_file(&record).expect("rm");
+    let (run_dir, pid_file) = run_folder(parent.path(), "killed", &escape("sleep 300\n"));
+    let run_id = fresh_id();
+    let mut child = start_ungated(&run_dir, &pid_file, &run_id, out.path());
+    let mut pids = wait_for_pids(&record, 1);
+    pids.push(child.id());
+    let cgroup = run_cgroup(&pid_file).expect("the pid file names the run's cgroup");
+    assert_eq!(
+        run_kill(&pid_file, &run_id, Duration::from_millis(300)),
+        Some(0)
+    );
+    child.wait().expect("the wrapper is reaped");
+    assert_all_gone(&pids);
+    assert!(!cgroup.exists(), "the empty cgroup is removed");
 }
 
 /// Starts the ungated wrapper of `script` in a group of its own, as sshd would.

@@ -38,6 +38,8 @@ fn new_run(machine: &str, serial: u64) -> NewRun {
         timeout_ms: Some(1_800_000),
         keep_remote: false,
         owner: None,
+        lease: Duration::from_secs(30),
+        controller: None,
     }
 }
 

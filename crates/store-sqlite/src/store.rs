@@ -16,9 +16,9 @@ use rusqlite::types::Value;
 use rusqlite::{
     Connection, OptionalExtension, Transaction, TransactionBehavior, params, params_from_iter,
 };
-use testfleet_core::RunId;
 use testfleet_core::ports::{Claim, RunFilter, RunStore, StoreError};
 use testfleet_core::run::{NewRun, Run, RunEventRecord, RunOwner, RunStatus, Transition};
+use testfleet_core::{RunId, Timestamp};
 
 use crate::codec::{
     EVENT_COLUMNS, RUN_COLUMNS, event_from_row, insert_event, insert_run, run_from_row, update_run,
@@ -181,6 +181,27 @@ fn load_run(conn: &Connection, id: &RunId) -> Result<Run, OpError> {
         .ok_or_else(|| OpError::Store(StoreError::NotFound(id.clone())))
 }
 
+/// SQLite's own clock, in milliseconds since the Unix epoch: the clock of leases.
+fn store_now(conn: &Connection) -> rusqlite::Result<Timestamp> {
+    conn.prepare_cached("SELECT CAST(unixepoch('subsec') * 1000 AS INTEGER)")?
+        .query_row([], |row| row.get(0))
+        .map(Timestamp::from_unix_ms)
+}
+
+/// Loads an active run for a change of its owner or lease; a terminal run is a conflict.
+fn load_active_for_owner(conn: &Connection, id: &RunId) -> Result<Run, OpError> {
+    let run = load_run(conn, id)?;
+    if run.status.is_terminal() {
+        return Err(StoreError::Conflict {
+            id: id.clone(),
+            expected: RunStatus::Pending,
+            actual: run.status,
+        }
+        .into());
+    }
+    Ok(run)
+}
+
 fn load_active_run(conn: &Connection, machine: &str) -> rusqlite::Result<Option<Run>> {
     conn.prepare_cached(&format!(
         "SELECT {RUN_COLUMNS} FROM runs WHERE machine = ?1 AND status IN ('pending', 'running')"
@@ -191,10 +212,17 @@ fn load_active_run(conn: &Connection, machine: &str) -> rusqlite::Result<Option<
 
 #[async_trait]
 impl RunStore for SqliteStore {
+    async fn now(&self) -> Result<Timestamp, StoreError> {
+        self.blocking("read the store's clock", Access::Read, move |conn| {
+            Ok(store_now(conn)?)
+        })
+        .await
+    }
+
     async fn claim(&self, new: NewRun) -> Result<Claim, StoreError> {
-        let run = Run::pending(new);
         self.blocking("claim a machine", Access::Write, move |conn| {
             let tx = begin(conn)?;
+            let run = Run::pending(new.clone(), store_now(&tx)?);
             match insert_run(&tx, &run) {
                 Ok(()) => {
                     insert_event(&tx, &run.id, &RunEventRecord::created(&run))?;
@@ -227,9 +255,10 @@ impl RunStore for SqliteStore {
         let id = id.clone();
         self.blocking("record a run's transition", Access::Write, move |conn| {
             let tx = begin(conn)?;
+            let now = store_now(&tx)?;
             let mut run = load_run(&tx, &id)?;
             let event = run
-                .apply(&change)
+                .apply(&change, now)
                 .map_err(|error| StoreError::refused(&id, error))?;
             if !update_run(&tx, &run, change.from)? {
                 // Unreachable under the write lock, but never write the event of a lost race.
@@ -263,23 +292,55 @@ impl RunStore for SqliteStore {
         .await
     }
 
-    async fn set_owner(&self, id: &RunId, owner: RunOwner) -> Result<Run, StoreError> {
-        let id = id.clone();
+    async fn set_owner(
+        &self,
+        id: &RunId,
+        owner: &RunOwner,
+        lease: Duration,
+    ) -> Result<Run, StoreError> {
+        let (id, owner) = (id.clone(), owner.clone());
         self.blocking("record a run's owner", Access::Write, move |conn| {
             let tx = begin(conn)?;
-            let mut run = load_run(&tx, &id)?;
-            if run.status.is_terminal() {
-                return Err(StoreError::Conflict {
-                    id: id.clone(),
-                    expected: RunStatus::Pending,
-                    actual: run.status,
-                }
-                .into());
-            }
-            run.worker_pid = Some(owner.pid);
-            run.worker_start_time = owner.start_time;
+            let mut run = load_active_for_owner(&tx, &id)?;
+            run.set_owner(&owner, lease, store_now(&tx)?);
             update_run(&tx, &run, run.status)?;
             tx.commit()?;
+            Ok(run)
+        })
+        .await
+    }
+
+    async fn renew_lease(
+        &self,
+        id: &RunId,
+        owner: &RunOwner,
+        lease: Duration,
+    ) -> Result<Run, StoreError> {
+        let (id, owner) = (id.clone(), owner.clone());
+        self.blocking("renew a run's lease", Access::Write, move |conn| {
+            let tx = begin(conn)?;
+            let mut run = load_active_for_owner(&tx, &id)?;
+            if run.owner().as_ref() != Some(&owner) {
+                return Err(StoreError::OwnerChanged { id: id.clone() }.into());
+            }
+            run.set_owner(&owner, lease, store_now(&tx)?);
+            update_run(&tx, &run, run.status)?;
+            tx.commit()?;
+            Ok(run)
+        })
+        .await
+    }
+
+    async fn request_cancel(&self, id: &RunId) -> Result<Run, StoreError> {
+        let id = id.clone();
+        self.blocking("record a cancel request", Access::Write, move |conn| {
+            let tx = begin(conn)?;
+            let mut run = load_run(&tx, &id)?;
+            if run.status.is_active() && run.cancel_requested_at.is_none() {
+                run.cancel_requested_at = Some(store_now(&tx)?);
+                update_run(&tx, &run, run.status)?;
+                tx.commit()?;
+            }
             Ok(run)
         })
         .await

@@ -3,14 +3,16 @@
 //! The lock makes each operation atomic, which is what the port asks: a claim either creates
 //! the run or returns the machine's active one, and a transition is a compare-and-set whose
 //! event is appended in the same step. The core decides what a transition records
-//! ([`Run::apply`]); the store only keeps the result.
+//! ([`Run::apply`]); the store only keeps the result. Its clock, which leases follow, is the
+//! system clock.
 
 use std::sync::Mutex;
+use std::time::Duration;
 
 use async_trait::async_trait;
-use testfleet_core::RunId;
 use testfleet_core::ports::{Claim, RunFilter, RunStore, StoreError};
 use testfleet_core::run::{NewRun, Run, RunEventRecord, RunOwner, Transition};
+use testfleet_core::{RunId, RunStatus, Timestamp};
 
 /// Runs in memory, oldest first, each with its event history.
 #[derive(Debug, Default)]
@@ -30,6 +32,25 @@ impl MemoryStore {
         }
     }
 
+    /// Runs `work` on the active run `id` (a terminal one is a conflict) under the lock.
+    fn with_active_run<T>(
+        &self,
+        id: &RunId,
+        work: impl FnOnce(&mut Run) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.with_run(id, |(run, _)| {
+            if run.status.is_terminal() {
+                let (expected, actual) = (RunStatus::Pending, run.status);
+                return Err(StoreError::Conflict {
+                    id: id.clone(),
+                    expected,
+                    actual,
+                });
+            }
+            work(run)
+        })
+    }
+
     fn runs(&self) -> Vec<Run> {
         let runs = self.0.lock().unwrap_or_else(|poison| poison.into_inner());
         runs.iter().map(|(run, _)| run.clone()).collect()
@@ -38,6 +59,10 @@ impl MemoryStore {
 
 #[async_trait]
 impl RunStore for MemoryStore {
+    async fn now(&self) -> Result<Timestamp, StoreError> {
+        Ok(Timestamp::now())
+    }
+
     async fn claim(&self, new: NewRun) -> Result<Claim, StoreError> {
         let mut runs = self.0.lock().unwrap_or_else(|poison| poison.into_inner());
         let held = runs
@@ -46,7 +71,7 @@ impl RunStore for MemoryStore {
         if let Some((active, _)) = held {
             return Ok(Claim::Active(active.clone()));
         }
-        let run = Run::pending(new);
+        let run = Run::pending(new, Timestamp::now());
         runs.push((run.clone(), vec![RunEventRecord::created(&run)]));
         Ok(Claim::Created(run))
     }
@@ -59,7 +84,7 @@ impl RunStore for MemoryStore {
         self.with_run(id, |(run, events)| {
             let mut next = run.clone();
             let event = next
-                .apply(&change)
+                .apply(&change, Timestamp::now())
                 .map_err(|e| StoreError::refused(id, e))?;
             events.push(event);
             *run = next.clone();
@@ -74,17 +99,38 @@ impl RunStore for MemoryStore {
         })
     }
 
-    async fn set_owner(&self, id: &RunId, owner: RunOwner) -> Result<Run, StoreError> {
-        self.with_run(id, |(run, _)| {
-            if run.status.is_terminal() {
-                let (expected, actual) = (testfleet_core::RunStatus::Pending, run.status);
-                return Err(StoreError::Conflict {
-                    id: id.clone(),
-                    expected,
-                    actual,
-                });
+    async fn set_owner(
+        &self,
+        id: &RunId,
+        owner: &RunOwner,
+        lease: Duration,
+    ) -> Result<Run, StoreError> {
+        self.with_active_run(id, |run| {
+            run.set_owner(owner, lease, Timestamp::now());
+            Ok(run.clone())
+        })
+    }
+
+    async fn renew_lease(
+        &self,
+        id: &RunId,
+        owner: &RunOwner,
+        lease: Duration,
+    ) -> Result<Run, StoreError> {
+        self.with_active_run(id, |run| {
+            if run.owner().as_ref() != Some(owner) {
+                return Err(StoreError::OwnerChanged { id: id.clone() });
             }
-            (run.worker_pid, run.worker_start_time) = (Some(owner.pid), owner.start_time);
+            run.set_owner(owner, lease, Timestamp::now());
+            Ok(run.clone())
+        })
+    }
+
+    async fn request_cancel(&self, id: &RunId) -> Result<Run, StoreError> {
+        self.with_run(id, |(run, _)| {
+            if run.status.is_active() && run.cancel_requested_at.is_none() {
+                run.cancel_requested_at = Some(Timestamp::now());
+            }
             Ok(run.clone())
         })
     }

@@ -12,7 +12,9 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{Value, json};
 use testfleet_core::ports::{HostKeyPolicy, OutputStream, SshConnector, TransferProgress};
 use testfleet_core::runner::{DispatchRequest, MachineSpec, Prepared, RunObserver, Runner};
-use testfleet_core::{DirManifest, DispatchError, DispatchedRun, ErrorCode, Run, RunId, RunStatus};
+use testfleet_core::{
+    ControllerId, DirManifest, DispatchError, DispatchedRun, ErrorCode, Run, RunId, RunStatus,
+};
 use testfleet_ssh::RusshConnector;
 
 use crate::cli::RunArgs;
@@ -22,7 +24,7 @@ use crate::config::FleetMachine;
 use crate::context::{Context, get_run, watch};
 use crate::error::{CliError, Exit};
 use crate::output::{self, Report};
-use crate::owner;
+use crate::owner::{self, ProcessProbe};
 use crate::predial::Predialer;
 
 /// Runs executed at the same time by one foreground command.
@@ -90,7 +92,8 @@ async fn dispatch(
 
     let store = ctx.open_and_reap().await?;
     let runner = ctx.runner_with(store.clone(), connector)?;
-    let me = owner::current();
+    let controller = ctx.controller()?;
+    let me = owner::current(&controller);
     let single = selected.len() == 1;
     let mut prepared_runs: Vec<(DispatchRequest, Prepared)> = Vec::new();
     let mut errors: Vec<MachineError> = Vec::new();
@@ -99,7 +102,7 @@ async fn dispatch(
             machine: run_spec(machine, args.accept_new_host_key),
             timeout: args.timeout.or(machine.timeout),
             keep_remote: args.keep_remote,
-            owner: Some(me),
+            owner: Some(me.clone()),
         };
         match runner.prepare(&manifest, &request).await {
             Ok(prepared) => prepared_runs.push((request, prepared)),
@@ -211,7 +214,14 @@ async fn wait_for(
     watch_signals: &SignalWatch,
 ) -> Result<Run, CliError> {
     let ids = [id.clone()];
-    let runs = watch(runner.store().as_ref())
+    let probe = ProcessProbe {
+        controller: runner
+            .config()
+            .controller
+            .clone()
+            .ok_or_else(|| CliError::Internal("the runner names no controller".to_owned()))?,
+    };
+    let runs = watch(runner.store().as_ref(), &probe)
         .until_terminal(&ids, watch_signals.signals.cancel.cancelled())
         .await?;
     runs.into_iter()
@@ -227,6 +237,8 @@ async fn detach_all(
     accept_new_host_key: bool,
 ) -> Result<Vec<DispatchedRun>, CliError> {
     let store = runner.store().as_ref();
+    let controller = ctx.controller()?;
+    let lease = runner.config().lease.duration;
     let mut results = Vec::with_capacity(prepared_runs.len());
     for (_, prepared) in prepared_runs {
         if !prepared.needs_execution() {
@@ -236,8 +248,11 @@ async fn detach_all(
             });
             continue;
         }
-        let run = match spawn_worker(ctx, &prepared.run, accept_new_host_key) {
-            Ok(pid) => match store.set_owner(&prepared.run.id, owner::of_pid(pid)).await {
+        let run = match spawn_worker(ctx, &prepared.run, &controller, accept_new_host_key) {
+            Ok(pid) => match store
+                .set_owner(&prepared.run.id, &owner::of_pid(&controller, pid), lease)
+                .await
+            {
                 Ok(run) => run,
                 // The worker already finished it.
                 Err(testfleet_core::ports::StoreError::Conflict { .. }) => {
@@ -262,7 +277,12 @@ async fn detach_all(
 }
 
 /// Starts `testfleet _worker RUN_ID` with its output in the run's `worker.log`.
-fn spawn_worker(ctx: &Context, run: &Run, accept_new_host_key: bool) -> Result<u32, CliError> {
+fn spawn_worker(
+    ctx: &Context,
+    run: &Run,
+    controller: &ControllerId,
+    accept_new_host_key: bool,
+) -> Result<u32, CliError> {
     let exe = std::env::current_exe()
         .map_err(|error| CliError::io("find the testfleet executable", "current_exe", error))?;
     let log_path = run.paths.worker_log();
@@ -284,6 +304,8 @@ fn spawn_worker(ctx: &Context, run: &Run, accept_new_host_key: bool) -> Result<u
         command.arg("-v");
     }
     command.arg("_worker").arg(run.id.as_str());
+    // The worker records itself as owner on this same controller.
+    command.env("TESTFLEET_CONTROLLER_ID", controller.as_str());
     if accept_new_host_key {
         command.arg("--accept-new-host-key");
     }

@@ -2,7 +2,7 @@
 //! of its own, as the run's owner. SIGTERM or SIGINT cancel the run.
 
 use serde_json::json;
-use testfleet_core::ports::{HostKeyPolicy, RunStore as _, StoreError};
+use testfleet_core::ports::{HostKeyPolicy, StoreError};
 use testfleet_core::runner::{NoObserver, Runner};
 use testfleet_core::{Run, RunStatus};
 
@@ -29,7 +29,9 @@ pub async fn worker(
     let watch = SignalWatch::install(false)?;
     let id = parse_run_id(run_id)?;
     let store = ctx.open_store().await?;
-    let run = match store.set_owner(&id, owner::current()).await {
+    let lease = ctx.store_choice()?.lease.duration;
+    let me = owner::current(&ctx.controller()?);
+    let run = match store.set_owner(&id, &me, lease).await {
         Ok(run) => run,
         Err(StoreError::Conflict { .. }) => return Ok(done(get_run(store.as_ref(), &id).await?)),
         Err(error) => return Err(error.into()),

@@ -334,6 +334,14 @@ impl PrivateCluster {
     /// # Errors
     /// When `psql` fails.
     pub fn psql(&self, sql: &str) -> Result<String, ClusterError> {
+        self.psql_in("postgres", sql)
+    }
+
+    /// Runs SQL as the superuser in `database` with `psql`; its output (tuples only).
+    ///
+    /// # Errors
+    /// When `psql` fails.
+    pub fn psql_in(&self, database: &str, sql: &str) -> Result<String, ClusterError> {
         run(Command::new(self.bin.join("psql"))
             .args(["-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1"])
             .args([
@@ -344,7 +352,7 @@ impl PrivateCluster {
                 "-U",
                 SUPERUSER,
             ])
-            .args(["-d", "postgres", "-c", sql])
+            .args(["-d", database, "-c", sql])
             .env_remove("PGPASSWORD")
             .stdin(Stdio::null()))
     }

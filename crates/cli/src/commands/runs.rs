@@ -244,6 +244,7 @@ pub async fn cancel(ctx: &Context, run_id: &str) -> Result<Report, CliError> {
 /// `STORE_ERROR`; `INTERNAL` when a folder cannot be removed.
 pub async fn gc(ctx: &Context, older_than: Duration) -> Result<Report, CliError> {
     let store = ctx.open_and_reap().await?;
+    let here = ctx.controller()?;
     let runs = store.list(&RunFilter::default()).await?;
     let now = Timestamp::now();
     let mut removed = Vec::new();
@@ -251,7 +252,12 @@ pub async fn gc(ctx: &Context, older_than: Duration) -> Result<Report, CliError>
         let old_enough = run
             .finished_at
             .is_some_and(|finished| now.since(finished) >= older_than);
-        if run.status.is_terminal() && old_enough && run.paths.dir.exists() {
+        // Only this controller's folders: another controller's runs name paths on its host.
+        let ours = run
+            .controller
+            .as_ref()
+            .is_none_or(|controller| *controller == here);
+        if ours && run.status.is_terminal() && old_enough && run.paths.dir.exists() {
             std::fs::remove_dir_all(&run.paths.dir)
                 .map_err(|error| CliError::io("remove", &run.paths.dir, error))?;
             removed.push(run.id);

@@ -4,4 +4,5 @@
 mod bad_input;
 mod offline;
 mod remote;
+mod shared_store;
 mod support;

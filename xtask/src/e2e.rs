@@ -71,7 +71,10 @@ pub fn run(bin: &Path) -> Result<()> {
             }
         }
     }
-    let total = SCENARIOS.len() * 2;
+    // Two controllers sharing one PostgreSQL store (e2e_shared.rs).
+    let (shared_total, shared_failures) = crate::e2e_shared::run(bin)?;
+    failures.extend(shared_failures);
+    let total = SCENARIOS.len() * 2 + shared_total;
     println!(
         "e2e: {} passed, {} failed",
         total - failures.len(),
@@ -186,7 +189,7 @@ fn read(path: &Path) -> Result<String> {
 }
 
 /// Waits until every pid in the record is gone.
-fn all_dead(record: &Path, limit: Duration) -> Result<()> {
+pub(crate) fn all_dead(record: &Path, limit: Duration) -> Result<()> {
     let pids = read_pids(record);
     ensure!(
         !pids.is_empty(),
@@ -202,7 +205,7 @@ fn all_dead(record: &Path, limit: Duration) -> Result<()> {
 }
 
 /// Kills processes a scenario started and left behind on purpose (by pid, never by name).
-fn kill_recorded(record: &Path) {
+pub(crate) fn kill_recorded(record: &Path) {
     for pid in read_pids(record).into_iter().filter(|pid| is_alive(*pid)) {
         std::process::Command::new("kill")
             .arg("-9")

@@ -10,10 +10,13 @@ use std::sync::{Arc, Mutex};
 use futures::StreamExt as _;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{Value, json};
-use testfleet_core::ports::{HostKeyPolicy, OutputStream, SshConnector, TransferProgress};
+use testfleet_core::ports::{
+    HostKeyPolicy, OutputStream, SshConnector, StoreError, TransferProgress,
+};
 use testfleet_core::runner::{DispatchRequest, MachineSpec, Prepared, RunObserver, Runner};
 use testfleet_core::{
-    ControllerId, DirManifest, DispatchError, DispatchedRun, ErrorCode, Run, RunId, RunStatus,
+    ControllerId, DirManifest, DispatchError, DispatchedRun, ErrorCode, Run, RunId, RunOwner,
+    RunStatus,
 };
 use testfleet_ssh::RusshConnector;
 
@@ -122,8 +125,12 @@ async fn dispatch(
         detach_all(ctx, &runner, prepared_runs, args.accept_new_host_key).await?
     } else {
         let watch = SignalWatch::install(!ctx.style.json)?;
-        let results =
-            foreground_all(ctx, &runner, &manifest, prepared_runs, &watch, !single).await?;
+        let queued = keep_queued_leases(&runner, &prepared_runs, &me);
+        let results = foreground_all(ctx, &runner, &manifest, prepared_runs, &watch, !single).await;
+        if let Some(keeper) = queued {
+            keeper.abort();
+        }
+        let results = results?;
         if watch.interrupted() {
             return Ok(report(ctx, &results, &errors, Exit::Interrupted));
         }
@@ -205,6 +212,51 @@ async fn foreground_all(
     observer.finish();
     results.sort_by_key(|(index, _)| *index);
     results.into_iter().map(|(_, result)| result).collect()
+}
+
+/// Runs beyond the [`MAX_CONCURRENT_RUNS`] executing at once wait for a slot, and nothing
+/// renews their leases meanwhile: this task renews the leases of every new run of the command
+/// each heartbeat until it ends (the runner's own heartbeat takes over once a run executes), so
+/// that a queued run keeps its machine.
+fn keep_queued_leases(
+    runner: &Runner,
+    prepared_runs: &[(DispatchRequest, Prepared)],
+    me: &RunOwner,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let mut ids: Vec<RunId> = prepared_runs
+        .iter()
+        .filter(|(_, prepared)| prepared.needs_execution())
+        .map(|(_, prepared)| prepared.run.id.clone())
+        .collect();
+    if ids.len() <= MAX_CONCURRENT_RUNS {
+        return None;
+    }
+    let store = Arc::clone(runner.store());
+    let lease = runner.config().lease;
+    let me = me.clone();
+    Some(tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(lease.heartbeat);
+        while !ids.is_empty() {
+            ticks.tick().await;
+            let mut still_active = Vec::with_capacity(ids.len());
+            for id in ids {
+                match store.renew_lease(&id, &me, lease.duration).await {
+                    Ok(_) => still_active.push(id),
+                    // Ended, or handed over: no longer this command's to keep.
+                    Err(
+                        StoreError::Conflict { .. }
+                        | StoreError::OwnerChanged { .. }
+                        | StoreError::NotFound(_),
+                    ) => {}
+                    Err(error) => {
+                        tracing::warn!(run = %id, "failed to renew the lease of a queued run: {error}");
+                        still_active.push(id);
+                    }
+                }
+            }
+            ids = still_active;
+        }
+    }))
 }
 
 /// Polls a run another process owns until it is terminal (or until we are interrupted).

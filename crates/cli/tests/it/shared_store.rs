@@ -190,3 +190,38 @@ fn two_controllers_share_runs_through_postgres_and_logs_stay_home() {
         "{dumped}"
     );
 }
+
+#[test]
+fn runs_queued_behind_a_full_fan_out_keep_their_leases() {
+    // 33 machines: one more than run executes at once, so the last run waits for a slot,
+    // longer than its lease; a `list` meanwhile must not reap it.
+    let servers = Servers::start(33);
+    let env = Env::new();
+    env.write_fleet(&format!(
+        "{}\n[store]\nlease = \"1s\"\nheartbeat = \"200ms\"\n",
+        servers.fleet()
+    ));
+    let dir = env.test_dir("slow", "sleep 2\n");
+    let mut fan_out = env.command(&["run", dir.to_str().expect("utf-8"), "-l", "all", "--json"]);
+    let child = fan_out
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start testfleet");
+    std::thread::sleep(std::time::Duration::from_millis(1_600));
+    let listed = call(&env, &[], &["list", "--limit", "100"]);
+    assert_eq!(listed.code, 0, "{}{}", listed.stdout, listed.stderr);
+    let output = child.wait_with_output().expect("the fan-out ends");
+    let out = Out {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    };
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    let runs = out.data()["runs"].as_array().cloned().unwrap_or_default();
+    assert_eq!(runs.len(), 33);
+    assert!(
+        runs.iter().all(|run| run["status"] == "completed"),
+        "every run completed, none reaped: {runs:?}"
+    );
+}

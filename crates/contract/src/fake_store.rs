@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use testfleet_core::ports::{Claim, RunFilter, RunStore, StoreError};
-use testfleet_core::run::{NewRun, Run, RunEventRecord, RunOwner, RunStatus, Transition};
+use testfleet_core::run::{ApplyError, NewRun, Run, RunEventRecord, RunOwner, Transition};
 use testfleet_core::{RunId, Timestamp};
 
 /// An in-memory [`RunStore`].
@@ -82,6 +82,21 @@ impl FakeStore {
     /// Every run, oldest first, whatever the broken state.
     pub fn all_runs(&self) -> Vec<Run> {
         self.lock().runs.values().cloned().collect()
+    }
+
+    /// Applies `change` at this store's now to the run `id`, under the lock; a refused change
+    /// writes nothing.
+    fn change(
+        &self,
+        id: &RunId,
+        change: impl FnOnce(&mut Run, Timestamp) -> Result<(), ApplyError>,
+    ) -> Result<Run, StoreError> {
+        let mut inner = self.lock();
+        inner.check_broken()?;
+        let now = inner.now();
+        let run = inner.run_mut(id)?;
+        change(run, now).map_err(|error| StoreError::refused(id, error))?;
+        Ok(run.clone())
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -156,19 +171,7 @@ impl RunStore for FakeStore {
         owner: &RunOwner,
         lease: Duration,
     ) -> Result<Run, StoreError> {
-        let mut inner = self.lock();
-        inner.check_broken()?;
-        let now = inner.now();
-        let run = inner.run_mut(id)?;
-        if run.status.is_terminal() {
-            return Err(StoreError::Conflict {
-                id: id.clone(),
-                expected: RunStatus::Pending,
-                actual: run.status,
-            });
-        }
-        run.set_owner(owner, lease, now);
-        Ok(run.clone())
+        self.change(id, |run, now| run.hand_over(owner, lease, now))
     }
 
     async fn renew_lease(
@@ -177,33 +180,14 @@ impl RunStore for FakeStore {
         owner: &RunOwner,
         lease: Duration,
     ) -> Result<Run, StoreError> {
-        let mut inner = self.lock();
-        inner.check_broken()?;
-        let now = inner.now();
-        let run = inner.run_mut(id)?;
-        if run.status.is_terminal() {
-            return Err(StoreError::Conflict {
-                id: id.clone(),
-                expected: RunStatus::Pending,
-                actual: run.status,
-            });
-        }
-        if run.owner().as_ref() != Some(owner) {
-            return Err(StoreError::OwnerChanged { id: id.clone() });
-        }
-        run.set_owner(owner, lease, now);
-        Ok(run.clone())
+        self.change(id, |run, now| run.renew_lease(owner, lease, now))
     }
 
     async fn request_cancel(&self, id: &RunId) -> Result<Run, StoreError> {
-        let mut inner = self.lock();
-        inner.check_broken()?;
-        let now = inner.now();
-        let run = inner.run_mut(id)?;
-        if run.status.is_active() && run.cancel_requested_at.is_none() {
-            run.cancel_requested_at = Some(now);
-        }
-        Ok(run.clone())
+        self.change(id, |run, now| {
+            run.request_cancel(now);
+            Ok(())
+        })
     }
 
     async fn list(&self, filter: &RunFilter) -> Result<Vec<Run>, StoreError> {

@@ -329,12 +329,70 @@ impl Run {
         })
     }
 
-    /// Makes `owner` the owner of this run, holding a lease until `store_now + lease`.
-    pub fn set_owner(&mut self, owner: &RunOwner, lease: Duration, store_now: Timestamp) {
+    /// Hands the run to `owner` (a detached worker taking it over), with a lease until
+    /// `store_now + lease` by the store's clock: what [`RunStore::set_owner`] records.
+    ///
+    /// # Errors
+    /// [`ApplyError::StatusMismatch`] (`expected` pending) when the run is terminal.
+    ///
+    /// [`RunStore::set_owner`]: crate::ports::RunStore::set_owner
+    pub fn hand_over(
+        &mut self,
+        owner: &RunOwner,
+        lease: Duration,
+        store_now: Timestamp,
+    ) -> Result<(), ApplyError> {
+        self.refuse_terminal()?;
         self.worker_host.clone_from(&owner.host);
         self.worker_pid = Some(owner.pid);
         self.worker_start_time = owner.start_time;
         self.lease_expires_at = Some(store_now.after(lease));
+        Ok(())
+    }
+
+    /// The owner's heartbeat: extends the lease of `owner` to `store_now + lease`, also when
+    /// it has expired but nobody ended the run: what [`RunStore::renew_lease`] records.
+    ///
+    /// # Errors
+    /// [`ApplyError::StatusMismatch`] (`expected` pending) when the run is terminal;
+    /// [`ApplyError::OwnerChanged`] when `owner` no longer owns it.
+    ///
+    /// [`RunStore::renew_lease`]: crate::ports::RunStore::renew_lease
+    pub fn renew_lease(
+        &mut self,
+        owner: &RunOwner,
+        lease: Duration,
+        store_now: Timestamp,
+    ) -> Result<(), ApplyError> {
+        self.refuse_terminal()?;
+        if self.owner().as_ref() != Some(owner) {
+            return Err(ApplyError::OwnerChanged);
+        }
+        self.lease_expires_at = Some(store_now.after(lease));
+        Ok(())
+    }
+
+    /// Records a cancel request at `store_now`, unless the run is terminal or was asked
+    /// already (the first request's time stays): what [`RunStore::request_cancel`] records.
+    /// Returns whether anything changed.
+    ///
+    /// [`RunStore::request_cancel`]: crate::ports::RunStore::request_cancel
+    pub fn request_cancel(&mut self, store_now: Timestamp) -> bool {
+        if self.status.is_terminal() || self.cancel_requested_at.is_some() {
+            return false;
+        }
+        self.cancel_requested_at = Some(store_now);
+        true
+    }
+
+    fn refuse_terminal(&self) -> Result<(), ApplyError> {
+        if self.status.is_terminal() {
+            return Err(ApplyError::StatusMismatch {
+                expected: RunStatus::Pending,
+                actual: self.status,
+            });
+        }
+        Ok(())
     }
 
     /// Whether the owner's lease has run out at `store_now` (the store's clock). A run with no

@@ -19,7 +19,9 @@ use postgres::{Client, Row, Statement};
 use r2d2::{ManageConnection, Pool};
 use r2d2_postgres::PostgresConnectionManager;
 use testfleet_core::ports::{Claim, RunFilter, RunStore, StoreError};
-use testfleet_core::run::{NewRun, Run, RunEventRecord, RunOwner, RunStatus, Transition};
+use testfleet_core::run::{
+    ApplyError, NewRun, Run, RunEventRecord, RunOwner, RunStatus, Transition,
+};
 use testfleet_core::{RunId, Timestamp};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
@@ -409,39 +411,35 @@ enum Attempt {
     Op(OpError),
 }
 
-/// A terminal run may not change owner or lease: a conflict (`expected` is then `pending`).
-fn refuse_terminal(run: &Run) -> Result<(), OpError> {
-    if run.status.is_terminal() {
-        return Err(StoreError::Conflict {
-            id: run.id.clone(),
-            expected: RunStatus::Pending,
-            actual: run.status,
-        }
-        .into());
+impl PostgresStore {
+    /// Applies `change` (owner, lease or cancel request; no event) at the database's now to
+    /// the run `id`; `change` says whether there is anything to write. The write is a
+    /// compare-and-set on the row's version, tried again if another write came between.
+    async fn change<F>(
+        &self,
+        action: &'static str,
+        id: &RunId,
+        change: F,
+    ) -> Result<Run, StoreError>
+    where
+        F: Fn(&mut Run, Timestamp) -> Result<bool, ApplyError> + Send + 'static,
+    {
+        let id = id.clone();
+        self.blocking(action, move |session| {
+            for _ in 0..CAS_ATTEMPTS {
+                let (mut run, version, now) = session.load(&id)?;
+                let changed =
+                    change(&mut run, now).map_err(|error| StoreError::refused(&id, error))?;
+                if !changed || session.update_ownership(&run, version)? {
+                    return Ok(run);
+                }
+            }
+            Err(unexpected(
+                "the run kept changing; gave up after many attempts",
+            ))
+        })
+        .await
     }
-    Ok(())
-}
-
-/// Changes a run's owner, lease or cancel request: `change` decides on the loaded run (and may
-/// refuse, or say that nothing is to be written); the write is a compare-and-set on the
-/// version, tried again if another write came between.
-fn change_ownership(
-    session: &mut Session<'_>,
-    id: &RunId,
-    change: &mut dyn FnMut(&mut Run, Timestamp) -> Result<bool, OpError>,
-) -> Result<Run, OpError> {
-    for _ in 0..CAS_ATTEMPTS {
-        let (mut run, version, now) = session.load(id)?;
-        if !change(&mut run, now)? {
-            return Ok(run);
-        }
-        if session.update_ownership(&run, version)? {
-            return Ok(run);
-        }
-    }
-    Err(unexpected(
-        "the run kept changing; gave up after many attempts",
-    ))
 }
 
 #[async_trait]
@@ -531,13 +529,9 @@ impl RunStore for PostgresStore {
         owner: &RunOwner,
         lease: Duration,
     ) -> Result<Run, StoreError> {
-        let (id, owner) = (id.clone(), owner.clone());
-        self.blocking("record a run's owner", move |session| {
-            change_ownership(session, &id, &mut |run, now| {
-                refuse_terminal(run)?;
-                run.set_owner(&owner, lease, now);
-                Ok(true)
-            })
+        let owner = owner.clone();
+        self.change("record a run's owner", id, move |run, now| {
+            run.hand_over(&owner, lease, now).map(|()| true)
         })
         .await
     }
@@ -548,30 +542,16 @@ impl RunStore for PostgresStore {
         owner: &RunOwner,
         lease: Duration,
     ) -> Result<Run, StoreError> {
-        let (id, owner) = (id.clone(), owner.clone());
-        self.blocking("renew a run's lease", move |session| {
-            change_ownership(session, &id, &mut |run, now| {
-                refuse_terminal(run)?;
-                if run.owner().as_ref() != Some(&owner) {
-                    return Err(StoreError::OwnerChanged { id: run.id.clone() }.into());
-                }
-                run.set_owner(&owner, lease, now);
-                Ok(true)
-            })
+        let owner = owner.clone();
+        self.change("renew a run's lease", id, move |run, now| {
+            run.renew_lease(&owner, lease, now).map(|()| true)
         })
         .await
     }
 
     async fn request_cancel(&self, id: &RunId) -> Result<Run, StoreError> {
-        let id = id.clone();
-        self.blocking("record a cancel request", move |session| {
-            change_ownership(session, &id, &mut |run, now| {
-                if run.status.is_terminal() || run.cancel_requested_at.is_some() {
-                    return Ok(false);
-                }
-                run.cancel_requested_at = Some(now);
-                Ok(true)
-            })
+        self.change("record a cancel request", id, |run, now| {
+            Ok(run.request_cancel(now))
         })
         .await
     }

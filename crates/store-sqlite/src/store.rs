@@ -17,7 +17,7 @@ use rusqlite::{
     Connection, OptionalExtension, Transaction, TransactionBehavior, params, params_from_iter,
 };
 use testfleet_core::ports::{Claim, RunFilter, RunStore, StoreError};
-use testfleet_core::run::{NewRun, Run, RunEventRecord, RunOwner, RunStatus, Transition};
+use testfleet_core::run::{ApplyError, NewRun, Run, RunEventRecord, RunOwner, Transition};
 use testfleet_core::{RunId, Timestamp};
 
 use crate::codec::{
@@ -151,6 +151,34 @@ impl SqliteStore {
     }
 }
 
+impl SqliteStore {
+    /// Applies `change` (owner, lease or cancel request; no event) at SQLite's now to the run
+    /// `id` in one write transaction; `change` says whether there is anything to write.
+    async fn change<F>(
+        &self,
+        action: &'static str,
+        id: &RunId,
+        change: F,
+    ) -> Result<Run, StoreError>
+    where
+        F: Fn(&mut Run, Timestamp) -> Result<bool, ApplyError> + Send + 'static,
+    {
+        let id = id.clone();
+        self.blocking(action, Access::Write, move |conn| {
+            let tx = begin(conn)?;
+            let mut run = load_run(&tx, &id)?;
+            let changed = change(&mut run, store_now(&tx)?)
+                .map_err(|error| StoreError::refused(&id, error))?;
+            if changed {
+                update_run(&tx, &run, run.status)?;
+                tx.commit()?;
+            }
+            Ok(run)
+        })
+        .await
+    }
+}
+
 /// Why one attempt of an operation failed: SQLite (perhaps busy, then retried), or a verdict
 /// of the store itself.
 enum OpError {
@@ -186,20 +214,6 @@ fn store_now(conn: &Connection) -> rusqlite::Result<Timestamp> {
     conn.prepare_cached("SELECT CAST(unixepoch('subsec') * 1000 AS INTEGER)")?
         .query_row([], |row| row.get(0))
         .map(Timestamp::from_unix_ms)
-}
-
-/// Loads an active run for a change of its owner or lease; a terminal run is a conflict.
-fn load_active_for_owner(conn: &Connection, id: &RunId) -> Result<Run, OpError> {
-    let run = load_run(conn, id)?;
-    if run.status.is_terminal() {
-        return Err(StoreError::Conflict {
-            id: id.clone(),
-            expected: RunStatus::Pending,
-            actual: run.status,
-        }
-        .into());
-    }
-    Ok(run)
 }
 
 fn load_active_run(conn: &Connection, machine: &str) -> rusqlite::Result<Option<Run>> {
@@ -298,14 +312,9 @@ impl RunStore for SqliteStore {
         owner: &RunOwner,
         lease: Duration,
     ) -> Result<Run, StoreError> {
-        let (id, owner) = (id.clone(), owner.clone());
-        self.blocking("record a run's owner", Access::Write, move |conn| {
-            let tx = begin(conn)?;
-            let mut run = load_active_for_owner(&tx, &id)?;
-            run.set_owner(&owner, lease, store_now(&tx)?);
-            update_run(&tx, &run, run.status)?;
-            tx.commit()?;
-            Ok(run)
+        let owner = owner.clone();
+        self.change("record a run's owner", id, move |run, now| {
+            run.hand_over(&owner, lease, now).map(|()| true)
         })
         .await
     }
@@ -316,32 +325,16 @@ impl RunStore for SqliteStore {
         owner: &RunOwner,
         lease: Duration,
     ) -> Result<Run, StoreError> {
-        let (id, owner) = (id.clone(), owner.clone());
-        self.blocking("renew a run's lease", Access::Write, move |conn| {
-            let tx = begin(conn)?;
-            let mut run = load_active_for_owner(&tx, &id)?;
-            if run.owner().as_ref() != Some(&owner) {
-                return Err(StoreError::OwnerChanged { id: id.clone() }.into());
-            }
-            run.set_owner(&owner, lease, store_now(&tx)?);
-            update_run(&tx, &run, run.status)?;
-            tx.commit()?;
-            Ok(run)
+        let owner = owner.clone();
+        self.change("renew a run's lease", id, move |run, now| {
+            run.renew_lease(&owner, lease, now).map(|()| true)
         })
         .await
     }
 
     async fn request_cancel(&self, id: &RunId) -> Result<Run, StoreError> {
-        let id = id.clone();
-        self.blocking("record a cancel request", Access::Write, move |conn| {
-            let tx = begin(conn)?;
-            let mut run = load_run(&tx, &id)?;
-            if run.status.is_active() && run.cancel_requested_at.is_none() {
-                run.cancel_requested_at = Some(store_now(&tx)?);
-                update_run(&tx, &run, run.status)?;
-                tx.commit()?;
-            }
-            Ok(run)
+        self.change("record a cancel request", id, |run, now| {
+            Ok(run.request_cancel(now))
         })
         .await
     }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use testfleet_core::ports::{Claim, RunFilter, RunStore, StoreError};
 use testfleet_core::run::{NewRun, Run, RunEventRecord, RunOwner, Transition};
-use testfleet_core::{RunId, RunStatus, Timestamp};
+use testfleet_core::{RunId, Timestamp};
 
 /// Runs in memory, oldest first, each with its event history.
 #[derive(Debug, Default)]
@@ -30,25 +30,6 @@ impl MemoryStore {
             Some(entry) => work(entry),
             None => Err(StoreError::NotFound(id.clone())),
         }
-    }
-
-    /// Runs `work` on the active run `id` (a terminal one is a conflict) under the lock.
-    fn with_active_run<T>(
-        &self,
-        id: &RunId,
-        work: impl FnOnce(&mut Run) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        self.with_run(id, |(run, _)| {
-            if run.status.is_terminal() {
-                let (expected, actual) = (RunStatus::Pending, run.status);
-                return Err(StoreError::Conflict {
-                    id: id.clone(),
-                    expected,
-                    actual,
-                });
-            }
-            work(run)
-        })
     }
 
     fn runs(&self) -> Vec<Run> {
@@ -105,8 +86,9 @@ impl RunStore for MemoryStore {
         owner: &RunOwner,
         lease: Duration,
     ) -> Result<Run, StoreError> {
-        self.with_active_run(id, |run| {
-            run.set_owner(owner, lease, Timestamp::now());
+        self.with_run(id, |(run, _)| {
+            run.hand_over(owner, lease, Timestamp::now())
+                .map_err(|e| StoreError::refused(id, e))?;
             Ok(run.clone())
         })
     }
@@ -117,20 +99,16 @@ impl RunStore for MemoryStore {
         owner: &RunOwner,
         lease: Duration,
     ) -> Result<Run, StoreError> {
-        self.with_active_run(id, |run| {
-            if run.owner().as_ref() != Some(owner) {
-                return Err(StoreError::OwnerChanged { id: id.clone() });
-            }
-            run.set_owner(owner, lease, Timestamp::now());
+        self.with_run(id, |(run, _)| {
+            run.renew_lease(owner, lease, Timestamp::now())
+                .map_err(|e| StoreError::refused(id, e))?;
             Ok(run.clone())
         })
     }
 
     async fn request_cancel(&self, id: &RunId) -> Result<Run, StoreError> {
         self.with_run(id, |(run, _)| {
-            if run.status.is_active() && run.cancel_requested_at.is_none() {
-                run.cancel_requested_at = Some(Timestamp::now());
-            }
+            run.request_cancel(Timestamp::now());
             Ok(run.clone())
         })
     }

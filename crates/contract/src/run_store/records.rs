@@ -147,7 +147,9 @@ pub(super) async fn set_owner_and_remote_dir(store: &Arc<dyn RunStore>) {
     let owned = store.set_owner(&run.id, &worker, LEASE).await;
     let after = store_now(store).await;
     let mut expected = run.clone();
-    expected.set_owner(&worker, LEASE, before);
+    expected
+        .hand_over(&worker, LEASE, before)
+        .expect("a pending run takes an owner");
     let Ok(owned) = owned else {
         panic!("set_owner of a pending run: {owned:?}");
     };

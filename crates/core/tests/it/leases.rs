@@ -131,6 +131,26 @@ async fn a_live_local_owner_whose_lease_expired_is_reaped_and_a_dead_one_at_once
     assert!(message.contains("is gone"), "{message}");
 }
 
+/// Executes `run` on machine `m-1` in a task of its own.
+fn spawn_execute(
+    h: &Harness,
+    run: &Run,
+) -> tokio::task::JoinHandle<Result<Run, testfleet_core::DispatchError>> {
+    let runner = h.runner.clone();
+    let run = run.clone();
+    tokio::spawn(async move {
+        runner
+            .execute(
+                run,
+                &machine("m-1", "linux"),
+                None,
+                &StopSignals::default(),
+                &NoObserver,
+            )
+            .await
+    })
+}
+
 fn short_leases(config: &mut testfleet_core::runner::RunnerConfig) {
     config.lease = LeaseSettings {
         duration: Duration::from_millis(400),
@@ -145,21 +165,7 @@ async fn the_heartbeat_renews_the_lease_while_the_run_runs() {
         .edit_script(|s| s.exec.duration = Duration::from_millis(1_500));
     let run = claim(&h, "m-1", local_owner(1, Some(1))).await;
     let first_lease = run.lease_expires_at.expect("a lease");
-    let runner = h.runner.clone();
-    let executing = tokio::spawn({
-        let run = run.clone();
-        async move {
-            runner
-                .execute(
-                    run,
-                    &machine("m-1", "linux"),
-                    None,
-                    &StopSignals::default(),
-                    &NoObserver,
-                )
-                .await
-        }
-    });
+    let executing = spawn_execute(&h, &run);
     // Well past the first lease, the run still holds a lease that the heartbeat moved on, and
     // a reaper elsewhere finds nothing to reap.
     tokio::time::sleep(Duration::from_millis(900)).await;
@@ -242,21 +248,7 @@ async fn a_runner_whose_run_was_taken_over_stops_without_touching_it() {
     h.ssh
         .edit_script(|s| s.exec.duration = Duration::from_secs(600));
     let run = claim(&h, "m-1", local_owner(1, Some(1))).await;
-    let runner = h.runner.clone();
-    let executing = tokio::spawn({
-        let run = run.clone();
-        async move {
-            runner
-                .execute(
-                    run,
-                    &machine("m-1", "linux"),
-                    None,
-                    &StopSignals::default(),
-                    &NoObserver,
-                )
-                .await
-        }
-    });
+    let executing = spawn_execute(&h, &run);
     let running = wait_until(&h, &run, "the run starts", |r| {
         r.status == RunStatus::Running
     })

@@ -91,8 +91,8 @@ fn test() -> Result<()> {
     cargo(&["test", "--workspace"], &[])
 }
 
-/// Installs Debian's `openssh-server` and `postgresql` when `sshd` or `initdb` is missing (as
-/// root, with apt-get); elsewhere says what to install.
+/// Installs Debian's `openssh-server`, `postgresql` and `openssl` when `sshd`, `initdb` or
+/// `openssl` is missing (as root, with apt-get); elsewhere says what to install.
 fn ensure_installed() -> Result<()> {
     let mut missing = Vec::new();
     if testfleet_testkit::sshd::find_sshd().is_none() {
@@ -100,6 +100,14 @@ fn ensure_installed() -> Result<()> {
     }
     if testfleet_testkit::postgres::find_bin_dir().is_none() {
         missing.push("postgresql");
+    }
+    // The TLS tests of the PostgreSQL store make their certificates with it.
+    let has_openssl = Command::new("openssl")
+        .arg("version")
+        .output()
+        .is_ok_and(|out| out.status.success());
+    if !has_openssl {
+        missing.push("openssl");
     }
     if missing.is_empty() {
         return Ok(());

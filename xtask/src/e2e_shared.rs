@@ -374,12 +374,14 @@ fn lease_expiry(ctx: &mut Shared<'_>) -> Result<()> {
         // Not before the lease expired: B cannot see A's processes, so the run stays running
         // until its lease (renewed every 500 ms, 3 s long) runs out.
         let mut seen_running_after_kill = 0;
+        let mut last_lease = String::new();
         let lost = loop {
             let run = ctx.b.status(&id)?;
             if run["status"] != "running" {
                 break run;
             }
             seen_running_after_kill += 1;
+            last_lease = text(&run, "/lease_expires_at");
             ensure!(
                 killed_at.elapsed() < Duration::from_secs(30),
                 "never reaped: {run}"
@@ -394,6 +396,13 @@ fn lease_expiry(ctx: &mut Shared<'_>) -> Result<()> {
         ensure!(
             lease_ran_out >= Duration::from_millis(1_500),
             "reaped {lease_ran_out:?} after the kill, before the lease could expire"
+        );
+        // The reaper ended it at or after the end of the last lease it saw (RFC 3339 UTC with
+        // milliseconds compares as text; both clocks are this host's).
+        let finished = text(&lost, "/finished_at");
+        ensure!(
+            !last_lease.is_empty() && finished >= last_lease,
+            "reaped at {finished}, before the lease ran out at {last_lease}"
         );
         // After: WORKER_LOST for the lease, the machine free.
         ensure!(text(&lost, "/status") == "interrupted", "{lost}");

@@ -2,8 +2,11 @@
 //! the reaper uses to tell whether an owner on this controller is still alive
 //! (`docs/contract.md#owners-and-the-reaper`).
 
-use testfleet_core::runner::{Liveness, OwnerProbe};
-use testfleet_core::{ControllerId, RunOwner};
+use std::sync::Arc;
+
+use testfleet_core::ports::{RunStore, StoreError};
+use testfleet_core::runner::{LeaseSettings, Liveness, OwnerProbe};
+use testfleet_core::{ControllerId, RunId, RunOwner};
 
 /// The start time of process `pid` in clock ticks since boot (field 22 of `/proc/PID/stat`),
 /// and whether it is a zombie. `None` when the process does not exist or the platform has no
@@ -45,6 +48,41 @@ pub fn of_pid(controller: &ControllerId, pid: u32) -> RunOwner {
         pid,
         start_time: start_time(pid),
     }
+}
+
+/// Renews `owner`'s leases of the runs `ids` every heartbeat, until each run ends or is taken
+/// over, or the task is aborted: for runs this process owns while no runner drives them yet (a
+/// run queued behind a full fan-out, a worker hashing its directory again). Once a runner
+/// executes a run, its own heartbeat renews it too.
+pub fn keep_leases(
+    store: Arc<dyn RunStore>,
+    mut ids: Vec<RunId>,
+    owner: RunOwner,
+    lease: LeaseSettings,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(lease.heartbeat);
+        while !ids.is_empty() {
+            ticks.tick().await;
+            let mut still_owned = Vec::with_capacity(ids.len());
+            for id in ids {
+                match store.renew_lease(&id, &owner, lease.duration).await {
+                    Ok(_) => still_owned.push(id),
+                    // Ended, or handed over: no longer ours to keep.
+                    Err(
+                        StoreError::Conflict { .. }
+                        | StoreError::OwnerChanged { .. }
+                        | StoreError::NotFound(_),
+                    ) => {}
+                    Err(error) => {
+                        tracing::warn!(run = %id, "failed to renew a lease: {error}");
+                        still_owned.push(id);
+                    }
+                }
+            }
+            ids = still_owned;
+        }
+    })
 }
 
 /// Whether process `pid` is alive: it exists, is not a zombie, and (where known) started at

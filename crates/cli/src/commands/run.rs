@@ -10,9 +10,7 @@ use std::sync::{Arc, Mutex};
 use futures::StreamExt as _;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{Value, json};
-use testfleet_core::ports::{
-    HostKeyPolicy, OutputStream, SshConnector, StoreError, TransferProgress,
-};
+use testfleet_core::ports::{HostKeyPolicy, OutputStream, SshConnector, TransferProgress};
 use testfleet_core::runner::{DispatchRequest, MachineSpec, Prepared, RunObserver, Runner};
 use testfleet_core::{
     ControllerId, DirManifest, DispatchError, DispatchedRun, ErrorCode, Run, RunId, RunOwner,
@@ -223,7 +221,7 @@ fn keep_queued_leases(
     prepared_runs: &[(DispatchRequest, Prepared)],
     me: &RunOwner,
 ) -> Option<tokio::task::JoinHandle<()>> {
-    let mut ids: Vec<RunId> = prepared_runs
+    let ids: Vec<RunId> = prepared_runs
         .iter()
         .filter(|(_, prepared)| prepared.needs_execution())
         .map(|(_, prepared)| prepared.run.id.clone())
@@ -231,32 +229,12 @@ fn keep_queued_leases(
     if ids.len() <= MAX_CONCURRENT_RUNS {
         return None;
     }
-    let store = Arc::clone(runner.store());
-    let lease = runner.config().lease;
-    let me = me.clone();
-    Some(tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(lease.heartbeat);
-        while !ids.is_empty() {
-            ticks.tick().await;
-            let mut still_active = Vec::with_capacity(ids.len());
-            for id in ids {
-                match store.renew_lease(&id, &me, lease.duration).await {
-                    Ok(_) => still_active.push(id),
-                    // Ended, or handed over: no longer this command's to keep.
-                    Err(
-                        StoreError::Conflict { .. }
-                        | StoreError::OwnerChanged { .. }
-                        | StoreError::NotFound(_),
-                    ) => {}
-                    Err(error) => {
-                        tracing::warn!(run = %id, "failed to renew the lease of a queued run: {error}");
-                        still_active.push(id);
-                    }
-                }
-            }
-            ids = still_active;
-        }
-    }))
+    Some(owner::keep_leases(
+        Arc::clone(runner.store()),
+        ids,
+        me.clone(),
+        runner.config().lease,
+    ))
 }
 
 /// Polls a run another process owns until it is terminal (or until we are interrupted).

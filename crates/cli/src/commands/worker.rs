@@ -41,6 +41,14 @@ pub async fn worker(
     }
     tracing::info!(run = %run.id, machine = %run.machine, "worker started");
     let runner = ctx.runner(store.clone())?;
+    // Until the runner's heartbeat starts, the lease is kept here: hashing a large directory
+    // again may take longer than a lease.
+    let keeper = owner::keep_leases(
+        store.clone(),
+        vec![run.id.clone()],
+        me.clone(),
+        runner.config().lease,
+    );
     let fleet = match ctx.fleet() {
         Ok(fleet) => fleet,
         Err(error) => return fail(&runner, &run, &error).await,
@@ -56,6 +64,7 @@ pub async fn worker(
     // Hashed again (with the digest cache) to check that the directory is still the one
     // claimed; when that fails, the runner hashes once more and records why.
     let manifest = ctx.hash_for_run(run.test_dir.clone()).await.ok();
+    keeper.abort();
     let run = runner
         .execute(run, &spec, manifest.as_ref(), &watch.signals, &NoObserver)
         .await?;

@@ -1,7 +1,11 @@
 //! testfleet's automation, run as `cargo xtask <task>`.
 //!
-//! - `ci`: exactly what `.ci/run` runs — the README's test command, fmt, clippy, docs, e2e.
-//! - `e2e`: the release binary against the testkit server and a real OpenSSH sshd.
+//! - `ci`: exactly what `.ci/run` runs — the README's test command (`test`), fmt, clippy, docs,
+//!   e2e.
+//! - `test`: installs what the tests need when it is missing (OpenSSH's sshd, PostgreSQL), then
+//!   `cargo test --workspace`.
+//! - `e2e`: the release binary against the testkit server and a real OpenSSH sshd, and two
+//!   controllers sharing a private PostgreSQL.
 //! - `demo`: the built-in SSH server, a temporary fleet, and two example runs.
 //! - `serve [N]`: N built-in SSH servers and a fleet file for them, for trying the CLI by hand.
 //! - `bench [hash|store|transfer|all]`: benchmarks that measure the reference tools in the same
@@ -23,7 +27,9 @@ const USAGE: &str = "usage: cargo xtask <task>
 
 tasks:
   ci                  everything CI runs: tests, fmt, clippy, docs, e2e
-  e2e                 end-to-end scenarios against the testkit server and a real OpenSSH sshd
+  test                install openssh-server and postgresql when missing, then cargo test --workspace
+  e2e [shared]        end-to-end scenarios against the testkit server, a real OpenSSH sshd and a
+                      private PostgreSQL shared by two controllers
   demo                dispatch examples/hello and examples/artifacts to the built-in SSH server
   serve [N]           start N built-in SSH servers and print a fleet file for them (Ctrl-C stops)
   bench [hash|store|transfer]
@@ -34,10 +40,15 @@ fn main() -> Result<()> {
     let task = args.first().map(String::as_str);
     match task {
         Some("ci") => ci(),
-        Some("e2e") => e2e(),
+        Some("test") => test(),
+        Some("e2e") => e2e(args.get(1).map(String::as_str)),
         Some("demo") => demo::run(&build_binary(Profile::Debug)?),
         Some("serve") => serve(args.get(1).map(String::as_str).unwrap_or("1")),
         Some("_bench-transfer") => bench::run(&build_binary(Profile::Release)?),
+        Some("_bench-store") => bench::store::run(),
+        Some("_bench-store-child") => {
+            bench::store::child(args.get(1).map(String::as_str).unwrap_or_default())
+        }
         Some("bench") => bench(args.get(1).map(String::as_str).unwrap_or("all")),
         Some("-h" | "--help" | "help") | None => {
             println!("{USAGE}");
@@ -73,10 +84,71 @@ fn cargo(args: &[&str], envs: &[(&str, &str)]) -> Result<()> {
     Ok(())
 }
 
+/// The README's test command: what the tests need, then `cargo test --workspace`.
+fn test() -> Result<()> {
+    ensure_installed()?;
+    cargo(&["test", "--workspace"], &[])
+}
+
+/// Installs Debian's `openssh-server`, `postgresql` and `openssl` when `sshd`, `initdb` or
+/// `openssl` is missing (as root, with apt-get); elsewhere says what to install.
+fn ensure_installed() -> Result<()> {
+    let mut missing = Vec::new();
+    if testfleet_testkit::sshd::find_sshd().is_none() {
+        missing.extend(["openssh-server", "openssh-client"]);
+    }
+    if testfleet_testkit::postgres::find_bin_dir().is_none() {
+        missing.push("postgresql");
+    }
+    // The TLS tests of the PostgreSQL store make their certificates with it.
+    let has_openssl = Command::new("openssl")
+        .arg("version")
+        .output()
+        .is_ok_and(|out| out.status.success());
+    if !has_openssl {
+        missing.push("openssl");
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0");
+    let has_apt = Path::new("/usr/bin/apt-get").is_file();
+    if !is_root || !has_apt {
+        bail!(
+            "the tests need {}: install them (on Debian/Ubuntu: `sudo apt-get update && sudo apt-get install -y {}`)",
+            missing.join(", "),
+            missing.join(" ")
+        );
+    }
+    eprintln!("==> installing {}", missing.join(" "));
+    let apt = |args: &[&str]| -> Result<()> {
+        let status = Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .context("failed to start apt-get")?;
+        if !status.success() {
+            bail!("apt-get {} failed ({status})", args.join(" "));
+        }
+        Ok(())
+    };
+    apt(&["update", "-q"])?;
+    let mut install = vec!["install", "-y", "-q", "--no-install-recommends"];
+    install.extend(missing.iter().copied());
+    apt(&install)?;
+    if testfleet_testkit::postgres::find_bin_dir().is_none() {
+        bail!("postgresql was installed, but no initdb was found");
+    }
+    Ok(())
+}
+
 fn ci() -> Result<()> {
     let started = Instant::now();
     // The README's test command comes first: it is the one contributors run.
-    cargo(&["test", "--workspace"], &[])?;
+    test()?;
     cargo(&["fmt", "--all", "--check"], &[])?;
     cargo(
         &[
@@ -93,7 +165,7 @@ fn ci() -> Result<()> {
         &["doc", "--workspace", "--no-deps"],
         &[("RUSTDOCFLAGS", "-D warnings")],
     )?;
-    e2e()?;
+    e2e(None)?;
     eprintln!("\nci passed in {:.0?}", started.elapsed());
     Ok(())
 }
@@ -112,11 +184,31 @@ fn serve(n_machines: &str) -> Result<()> {
     Ok(())
 }
 
-fn e2e() -> Result<()> {
+/// `e2e`, or with `shared` only the scenarios of two controllers sharing PostgreSQL.
+fn e2e(only: Option<&str>) -> Result<()> {
     if testfleet_testkit::sshd::find_sshd().is_none() {
         bail!("{}", testfleet_testkit::sshd::INSTALL_HINT);
     }
-    e2e::run(&build_binary(Profile::Release)?)
+    if testfleet_testkit::postgres::find_bin_dir().is_none() {
+        bail!("{}", testfleet_testkit::postgres::INSTALL_HINT);
+    }
+    let bin = build_binary(Profile::Release)?;
+    match only {
+        None => e2e::run(&bin),
+        Some("shared") => {
+            let (total, failures) = e2e::shared::run(&bin)?;
+            println!(
+                "e2e: {} passed, {} failed",
+                total - failures.len(),
+                failures.len()
+            );
+            if !failures.is_empty() {
+                bail!("e2e scenarios failed:\n  {}", failures.join("\n  "));
+            }
+            Ok(())
+        }
+        Some(other) => bail!("unknown e2e group {other:?}: give none, or `shared`"),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,8 +237,18 @@ fn build_binary(profile: Profile) -> Result<PathBuf> {
 fn bench(which: &str) -> Result<()> {
     match which {
         "hash" => cargo(&["bench", "-p", "testfleet-core", "--bench", "hash"], &[]),
+        // SQLite and PostgreSQL side by side, from several processes: xtask re-runs itself in
+        // the release profile, and its children are that binary too.
         "store" => cargo(
-            &["bench", "-p", "testfleet-store-sqlite", "--bench", "store"],
+            &[
+                "run",
+                "--release",
+                "-q",
+                "-p",
+                "xtask",
+                "--",
+                "_bench-store",
+            ],
             &[],
         ),
         // Transfers and whole runs are measured in-process by xtask itself, so it re-runs

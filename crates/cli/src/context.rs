@@ -5,14 +5,15 @@ use std::sync::Arc;
 
 use testfleet_core::hash::{DigestCache, DirManifest, hash_resolved, resolve_test_dir};
 use testfleet_core::ports::{RunStore, SshConnector, StoreError, SystemClock, UlidGenerator};
-use testfleet_core::runner::{ReapedRuns, Runner, RunnerConfig, Watch};
-use testfleet_core::{DispatchError, Run, RunId};
+use testfleet_core::runner::{LeaseSettings, ReapedRuns, Runner, RunnerConfig, Watch};
+use testfleet_core::{ControllerId, DispatchError, Run, RunId};
 use testfleet_ssh::RusshConnector;
+use testfleet_store_postgres::{PgConfig, PgEnv, PostgresStore};
 use testfleet_store_sqlite::{DATABASE_FILE, SqliteStore};
 
 use crate::cli::GlobalArgs;
 use crate::config::paths::absolute;
-use crate::config::{Env, Fleet};
+use crate::config::{Env, Fleet, StoreTable, load_store_table};
 use crate::error::CliError;
 use crate::output::Style;
 use crate::owner::ProcessProbe;
@@ -26,6 +27,21 @@ pub struct Context {
     pub style: Style,
     /// The store was opened read-only (a read-only state directory): nothing is reaped.
     pub read_only: std::sync::atomic::AtomicBool,
+}
+
+/// Where the runs are: SQLite in the state directory, or a PostgreSQL database that several
+/// controllers share.
+#[derive(Debug)]
+pub enum StoreLocation {
+    Sqlite(PathBuf),
+    Postgres(Box<PgConfig>),
+}
+
+/// The run store of this command and the owners' leases (`[store]`, `TESTFLEET_STORE_URL`).
+#[derive(Debug)]
+pub struct StoreChoice {
+    pub location: StoreLocation,
+    pub lease: LeaseSettings,
 }
 
 impl Context {
@@ -110,19 +126,95 @@ impl Context {
         Ok(hashed?)
     }
 
-    /// Opens (creating it if needed) the run database in the state directory.
+    /// This controller's id: `TESTFLEET_CONTROLLER_ID`, else the host name.
     ///
     /// # Errors
-    /// [`CliError::Io`] when the state directory cannot be created; [`CliError::Store`].
-    pub async fn open_store(&self) -> Result<Arc<SqliteStore>, CliError> {
-        let state_dir = self.state_dir()?;
-        std::fs::create_dir_all(&state_dir)
-            .map_err(|source| CliError::io("create the state directory", &state_dir, source))?;
-        let path = state_dir.join(DATABASE_FILE);
-        let store = tokio::task::spawn_blocking(move || SqliteStore::open(&path))
+    /// [`CliError::InvalidArgument`] for an invalid id (or a host name that is not one).
+    pub fn controller(&self) -> Result<ControllerId, CliError> {
+        let (text, source) = match &self.env.controller_id {
+            Some(id) => (id.clone(), "TESTFLEET_CONTROLLER_ID"),
+            None => (
+                nix::unistd::gethostname()
+                    .map(|name| name.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                "the host name",
+            ),
+        };
+        ControllerId::parse(&text).map_err(|error| {
+            CliError::invalid(format!(
+                "{error} (from {source}); set TESTFLEET_CONTROLLER_ID to a name unique among the controllers that share the run store"
+            ))
+        })
+    }
+
+    /// The probe of owners on this controller.
+    ///
+    /// # Errors
+    /// As [`Context::controller`].
+    pub fn probe(&self) -> Result<ProcessProbe, CliError> {
+        Ok(ProcessProbe {
+            controller: self.controller()?,
+        })
+    }
+
+    /// The run store and the leases: `TESTFLEET_STORE_URL`, else the fleet file's
+    /// `[store] url`, else SQLite in the state directory. A missing fleet file is no error here.
+    ///
+    /// # Errors
+    /// [`CliError::FleetConfig`] for a fleet file that cannot be read or parsed, or a bad
+    /// `[store]` table; [`CliError::InvalidArgument`] for a bad `TESTFLEET_STORE_URL`. No
+    /// message quotes the URL (it may hold a password).
+    pub fn store_choice(&self) -> Result<StoreChoice, CliError> {
+        let fleet_file = self.fleet_path().ok();
+        let table = match &fleet_file {
+            Some(file) => load_store_table(file)?,
+            None => StoreTable::default(),
+        };
+        let file = fleet_file.clone().unwrap_or_default();
+        let lease = table.lease_settings(&file)?;
+        let location = if let Some(url) = &self.env.store_url {
+            let config = PgConfig::parse(url, table.schema.as_deref(), &PgEnv::from_process())
+                .map_err(|error| CliError::invalid(format!("TESTFLEET_STORE_URL: {error}")))?;
+            StoreLocation::Postgres(Box::new(config))
+        } else if let Some(url) = &table.url {
+            let config = PgConfig::parse(url, table.schema.as_deref(), &PgEnv::from_process())
+                .map_err(|error| StoreTable::url_error(&file, error))?;
+            StoreLocation::Postgres(Box::new(config))
+        } else {
+            StoreLocation::Sqlite(self.state_dir()?.join(DATABASE_FILE))
+        };
+        Ok(StoreChoice { location, lease })
+    }
+
+    /// Opens the run store: the shared PostgreSQL database, or (creating it if needed) the
+    /// SQLite file in the state directory. An unreachable database creates nothing.
+    ///
+    /// # Errors
+    /// As [`Context::store_choice`]; [`CliError::Io`] when the state directory cannot be
+    /// created; [`CliError::Store`].
+    pub async fn open_store(&self) -> Result<Arc<dyn RunStore>, CliError> {
+        let choice = self.store_choice()?;
+        let opened: Result<Arc<dyn RunStore>, StoreError> = match choice.location {
+            StoreLocation::Sqlite(path) => {
+                let state_dir = self.state_dir()?;
+                std::fs::create_dir_all(&state_dir).map_err(|source| {
+                    CliError::io("create the state directory", &state_dir, source)
+                })?;
+                tokio::task::spawn_blocking(move || {
+                    SqliteStore::open(&path).map(|store| Arc::new(store) as Arc<dyn RunStore>)
+                })
+                .await
+                .map_err(|error| {
+                    CliError::Internal(format!("the store opener panicked: {error}"))
+                })?
+            }
+            StoreLocation::Postgres(config) => tokio::task::spawn_blocking(move || {
+                PostgresStore::open(&config).map(|store| Arc::new(store) as Arc<dyn RunStore>)
+            })
             .await
-            .map_err(|error| CliError::Internal(format!("the store opener panicked: {error}")))??;
-        Ok(Arc::new(store))
+            .map_err(|error| CliError::Internal(format!("the store opener panicked: {error}")))?,
+        };
+        Ok(opened?)
     }
 
     /// Opens the store and reaps runs whose owner is gone: what every command that reads runs
@@ -130,7 +222,7 @@ impl Context {
     ///
     /// # Errors
     /// As [`Context::open_store`]; [`CliError::Store`] when reaping fails.
-    pub async fn open_and_reap(&self) -> Result<Arc<SqliteStore>, CliError> {
+    pub async fn open_and_reap(&self) -> Result<Arc<dyn RunStore>, CliError> {
         let store = self.open_store().await?;
         self.reap(store.as_ref()).await?;
         Ok(store)
@@ -142,7 +234,7 @@ impl Context {
     ///
     /// # Errors
     /// As [`Context::open_store`], but for a read-only state directory.
-    pub async fn open_for_reading(&self) -> Result<Arc<SqliteStore>, CliError> {
+    pub async fn open_for_reading(&self) -> Result<Arc<dyn RunStore>, CliError> {
         match self.open_store().await {
             Ok(store) => {
                 self.reap(store.as_ref()).await?;
@@ -172,7 +264,7 @@ impl Context {
     ///
     /// # Errors
     /// As [`Context::state_dir`].
-    pub fn runner(&self, store: Arc<SqliteStore>) -> Result<Runner, CliError> {
+    pub fn runner(&self, store: Arc<dyn RunStore>) -> Result<Runner, CliError> {
         self.runner_with(store, Arc::new(RusshConnector::new()))
     }
 
@@ -182,11 +274,13 @@ impl Context {
     /// As [`Context::runner`].
     pub fn runner_with(
         &self,
-        store: Arc<SqliteStore>,
+        store: Arc<dyn RunStore>,
         connector: Arc<dyn SshConnector>,
     ) -> Result<Runner, CliError> {
         let mut config = RunnerConfig::new(self.state_dir()?);
         config.remedies = Arc::new(RunRemedies);
+        config.lease = self.store_choice()?.lease;
+        config.controller = Some(self.controller()?);
         Ok(Runner::new(
             store,
             connector,
@@ -201,26 +295,28 @@ impl Context {
 pub const POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl Context {
-    /// Reads runs from `store` as every command must: reaping runs whose owner died (they become
-    /// `interrupted`/`WORKER_LOST`) before each look, and starting a `_cleanup` for each run so
-    /// ended that had reached its machine.
-    pub fn watch<'a>(&'a self, store: &'a dyn RunStore) -> Watch<'a> {
+    /// Reads runs from `store` as every command must: reaping runs whose owner died, or whose
+    /// lease expired (they become `interrupted`/`WORKER_LOST`), before each look, and starting a
+    /// `_cleanup` for each run so ended that had reached its machine.
+    pub fn watch<'a>(&'a self, store: &'a dyn RunStore, probe: &'a ProcessProbe) -> Watch<'a> {
         Watch {
             store,
             clock: &SystemClock,
-            probe: &ProcessProbe,
+            probe,
             poll: POLL_INTERVAL,
             reaped: Some(self),
             reap: !self.read_only.load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 
-    /// Marks runs whose owner died `interrupted`/`WORKER_LOST` (see [`Context::watch`]).
+    /// Marks runs whose owner died, or whose lease expired, `interrupted`/`WORKER_LOST` (see
+    /// [`Context::watch`]).
     ///
     /// # Errors
-    /// [`CliError::Store`].
+    /// As [`Context::probe`]; [`CliError::Store`].
     pub async fn reap(&self, store: &dyn RunStore) -> Result<Vec<Run>, CliError> {
-        Ok(self.watch(store).reap().await?)
+        let probe = self.probe()?;
+        Ok(self.watch(store, &probe).reap().await?)
     }
 }
 

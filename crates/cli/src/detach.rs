@@ -37,6 +37,8 @@ pub fn spawn(ctx: &Context, run: &Run, args: &[&str]) -> Result<u32, CliError> {
         command.arg("-v");
     }
     command.args(args);
+    // It records itself (or acts) as this same controller.
+    command.env("TESTFLEET_CONTROLLER_ID", ctx.controller()?.as_str());
     let child = command
         .stdin(Stdio::null())
         .stdout(Stdio::from(log))

@@ -28,6 +28,16 @@ pub enum CliError {
     },
     #[error("run {id} not found; `testfleet list` shows the known runs")]
     RunNotFound { id: String },
+    /// `logs` of a run whose files another controller keeps.
+    #[error(
+        "the logs of run {id} are on controller {controller}, at {}; run `testfleet logs {id}` there",
+        path.display()
+    )]
+    LogsOnOtherController {
+        id: String,
+        controller: String,
+        path: PathBuf,
+    },
     #[error(transparent)]
     Dispatch(#[from] DispatchError),
     #[error(transparent)]
@@ -68,6 +78,7 @@ impl CliError {
             Self::FleetConfig { .. } => ErrorCode::FleetConfigInvalid,
             Self::UnknownMachine { .. } => ErrorCode::UnknownMachine,
             Self::RunNotFound { .. } => ErrorCode::RunNotFound,
+            Self::LogsOnOtherController { .. } => ErrorCode::LogsOnOtherController,
             Self::Dispatch(error) => error.code(),
             Self::Store(error) => error.code(),
             Self::Ssh(error) => error.code(),
@@ -102,6 +113,11 @@ impl CliError {
             } => json!({ "file": file, "line": line, "column": column }),
             Self::UnknownMachine { name, known, .. } => json!({ "name": name, "known": known }),
             Self::RunNotFound { id } => json!({ "id": id }),
+            Self::LogsOnOtherController {
+                id,
+                controller,
+                path,
+            } => json!({ "run": id, "controller": controller, "path": path }),
             Self::Dispatch(DispatchError::MachineBusy {
                 machine,
                 active_run,
@@ -170,7 +186,8 @@ impl Exit {
             | ErrorCode::MachineBusy
             | ErrorCode::InvalidArgument
             | ErrorCode::FleetConfigInvalid
-            | ErrorCode::RunNotFound => Self::Usage,
+            | ErrorCode::RunNotFound
+            | ErrorCode::LogsOnOtherController => Self::Usage,
             // Run-level codes reach the command level only from commands that dial a machine
             // themselves (`machines check`, `machines trust`): the machine failed, not testfleet.
             ErrorCode::HostKeyUnknown
@@ -206,7 +223,8 @@ mod tests {
                 | "MACHINE_BUSY"
                 | "INVALID_ARGUMENT"
                 | "FLEET_CONFIG_INVALID"
-                | "RUN_NOT_FOUND" => 2,
+                | "RUN_NOT_FOUND"
+                | "LOGS_ON_OTHER_CONTROLLER" => 2,
                 "STORE_ERROR" | "INTERNAL" => 3,
                 "INTERRUPTED" => 130,
                 _ => 1,

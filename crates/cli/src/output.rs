@@ -237,6 +237,16 @@ pub fn run_detail(style: Style, run: &Run) -> String {
     if let Some(pid) = run.worker_pid {
         field("owner pid", pid.to_string());
     }
+    if let Some(expires_at) = run.lease_expires_at {
+        field("lease until", expires_at.to_string());
+    }
+    if let Some(asked) = run.cancel_requested_at {
+        field("cancel asked", asked.to_string());
+    }
+    field(
+        "controller",
+        opt(run.controller.as_ref().map(ToString::to_string)),
+    );
     field("stdout", run.paths.stdout.display().to_string());
     field("stderr", run.paths.stderr.display().to_string());
     field(

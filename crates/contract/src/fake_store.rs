@@ -3,16 +3,21 @@
 //! Every operation holds one mutex for its whole duration, so a claim or a transition is as
 //! atomic here as an `IMMEDIATE` transaction is in SQLite. The fake passes the same contract
 //! suite ([`crate::run_store`]) as every real store.
+//!
+//! Its clock ([`RunStore::now`]) is the system clock plus a skew that tests can set and move
+//! ([`FakeStore::skew_clock`]), so that a test can show that leases follow the store's clock
+//! and not the caller's, and can expire a lease without sleeping.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use async_trait::async_trait;
-use testfleet_core::RunId;
 use testfleet_core::ports::{Claim, RunFilter, RunStore, StoreError};
 use testfleet_core::run::{
-    Amendment, NewRun, Run, RunEventRecord, RunOwner, RunStatus, Transition,
+    Amendment, ApplyError, NewRun, Run, RunEventRecord, RunOwner, Transition,
 };
+use testfleet_core::{RunId, Timestamp};
 
 /// An in-memory [`RunStore`].
 #[derive(Debug, Default)]
@@ -27,6 +32,8 @@ struct Inner {
     events: HashMap<RunId, Vec<RunEventRecord>>,
     /// When set, every operation fails with this backend message.
     broken: Option<String>,
+    /// Milliseconds added to the system clock to make this store's clock.
+    skew_ms: i64,
 }
 
 impl Inner {
@@ -38,6 +45,10 @@ impl Inner {
             }),
             None => Ok(()),
         }
+    }
+
+    fn now(&self) -> Timestamp {
+        Timestamp::from_unix_ms(Timestamp::now().unix_ms().saturating_add(self.skew_ms))
     }
 
     fn run_mut(&mut self, id: &RunId) -> Result<&mut Run, StoreError> {
@@ -58,9 +69,36 @@ impl FakeStore {
         self.lock().broken = message.map(str::to_owned);
     }
 
+    /// Moves this store's clock by `skew_ms` milliseconds more (negative: back) from the
+    /// system clock.
+    pub fn skew_clock(&self, skew_ms: i64) {
+        let mut inner = self.lock();
+        inner.skew_ms = inner.skew_ms.saturating_add(skew_ms);
+    }
+
+    /// Moves this store's clock forward by `by`: leases expire without waiting.
+    pub fn advance_clock(&self, by: Duration) {
+        self.skew_clock(i64::try_from(by.as_millis()).unwrap_or(i64::MAX));
+    }
+
     /// Every run, oldest first, whatever the broken state.
     pub fn all_runs(&self) -> Vec<Run> {
         self.lock().runs.values().cloned().collect()
+    }
+
+    /// Applies `change` at this store's now to the run `id`, under the lock; a refused change
+    /// writes nothing.
+    fn change(
+        &self,
+        id: &RunId,
+        change: impl FnOnce(&mut Run, Timestamp) -> Result<(), ApplyError>,
+    ) -> Result<Run, StoreError> {
+        let mut inner = self.lock();
+        inner.check_broken()?;
+        let now = inner.now();
+        let run = inner.run_mut(id)?;
+        change(run, now).map_err(|error| StoreError::refused(id, error))?;
+        Ok(run.clone())
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -71,6 +109,12 @@ impl FakeStore {
 
 #[async_trait]
 impl RunStore for FakeStore {
+    async fn now(&self) -> Result<Timestamp, StoreError> {
+        let inner = self.lock();
+        inner.check_broken()?;
+        Ok(inner.now())
+    }
+
     async fn claim(&self, new: NewRun) -> Result<Claim, StoreError> {
         let mut inner = self.lock();
         inner.check_broken()?;
@@ -87,7 +131,7 @@ impl RunStore for FakeStore {
                 source: None,
             });
         }
-        let run = Run::pending(new);
+        let run = Run::pending(new, inner.now());
         inner
             .events
             .insert(run.id.clone(), vec![RunEventRecord::created(&run)]);
@@ -104,11 +148,12 @@ impl RunStore for FakeStore {
     async fn transition(&self, id: &RunId, change: Transition) -> Result<Run, StoreError> {
         let mut inner = self.lock();
         inner.check_broken()?;
+        let now = inner.now();
         let run = inner.run_mut(id)?;
         // Apply to a copy so that a refused change leaves the stored run untouched.
         let mut updated = run.clone();
         let event = updated
-            .apply(&change)
+            .apply(&change, now)
             .map_err(|error| StoreError::refused(id, error))?;
         *run = updated.clone();
         inner.events.entry(id.clone()).or_default().push(event);
@@ -135,20 +180,29 @@ impl RunStore for FakeStore {
         Ok(updated)
     }
 
-    async fn set_owner(&self, id: &RunId, owner: RunOwner) -> Result<Run, StoreError> {
-        let mut inner = self.lock();
-        inner.check_broken()?;
-        let run = inner.run_mut(id)?;
-        if run.status.is_terminal() {
-            return Err(StoreError::Conflict {
-                id: id.clone(),
-                expected: RunStatus::Pending,
-                actual: run.status,
-            });
-        }
-        run.worker_pid = Some(owner.pid);
-        run.worker_start_time = owner.start_time;
-        Ok(run.clone())
+    async fn set_owner(
+        &self,
+        id: &RunId,
+        owner: &RunOwner,
+        lease: Duration,
+    ) -> Result<Run, StoreError> {
+        self.change(id, |run, now| run.hand_over(owner, lease, now))
+    }
+
+    async fn renew_lease(
+        &self,
+        id: &RunId,
+        owner: &RunOwner,
+        lease: Duration,
+    ) -> Result<Run, StoreError> {
+        self.change(id, |run, now| run.renew_lease(owner, lease, now))
+    }
+
+    async fn request_cancel(&self, id: &RunId) -> Result<Run, StoreError> {
+        self.change(id, |run, now| {
+            run.request_cancel(now);
+            Ok(())
+        })
     }
 
     async fn list(&self, filter: &RunFilter) -> Result<Vec<Run>, StoreError> {

@@ -5,7 +5,9 @@
 //!
 //! - [`run_store::run_store`] takes a factory of fresh stores and runs every case of the
 //!   [`RunStore`](testfleet_core::ports::RunStore) contract against each (the machine lock,
-//!   compare-and-set transitions, events, listing, owners, concurrent claims);
+//!   compare-and-set transitions, events, listing, owners, leases and cancel requests by the
+//!   store's own clock, concurrent claims, and claims from independent handles opened as other
+//!   processes would — see [`run_store::Subject::reopened_by`]);
 //! - [`ssh::ssh`] takes an [`SshConnector`](testfleet_core::ports::SshConnector) and a factory
 //!   of targets and checks exec (output, exit codes, signals, stdin, gated commands), directory
 //!   creation, an upload and download round trip, the kill of a running command and removal.

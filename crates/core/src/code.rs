@@ -60,6 +60,10 @@ pub enum ErrorCode {
     /// No run has this id in the store
     /// ([`StoreError::NotFound`](crate::ports::StoreError::NotFound)). Nothing is recorded.
     RunNotFound,
+    /// `logs` of a run whose local files (logs, artifacts) are kept by another controller that
+    /// shares the run store: the message names that controller and the path there. Nothing is
+    /// recorded. Core never produces it; the application does.
+    LogsOnOtherController,
     /// The host-key policy is [`Strict`](crate::ports::HostKeyPolicy::Strict) and known_hosts has
     /// no entry for the host
     /// ([`SshError::HostKeyUnknown`](crate::ports::SshError::HostKeyUnknown)); the message gives
@@ -120,13 +124,16 @@ pub enum ErrorCode {
     /// `running → interrupted`, whatever status the killed script ended with. In practice it is
     /// never the error of a whole command.
     Interrupted,
-    /// The process that owned an active run is gone. The reaper
+    /// The process that owned an active run is gone (it ran on this controller and its process
+    /// has exited), or its lease expired by the store's clock without renewal (any controller).
+    /// The reaper
     /// ([`reap_lost_runs`](crate::runner::reap_lost_runs)) finds it and records the run
     /// `pending → interrupted` or `running → interrupted`. The reaper does not contact the machine:
     /// the script may still be running there, and its remote folder stays behind.
     WorkerLost,
     /// The run store failed: a missing or unusable state directory, a file that is not a database,
-    /// a newer schema, a read-only file, an SQL error, or a lost compare-and-set that reached the
+    /// a newer schema, a read-only file, a database server that cannot be reached (the message
+    /// names its host and port, never a password), an SQL error, or a lost compare-and-set that reached the
     /// caller (every [`StoreError`](crate::ports::StoreError) but `NotFound`). The message keeps
     /// the source chain. A run records it only when recording its remote folder failed and the run
     /// could still be ended (`running → failed`).
@@ -143,7 +150,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in the order of the table in `docs/contract.md#error-codes`.
-    pub const ALL: [ErrorCode; 23] = [
+    pub const ALL: [ErrorCode; 24] = [
         Self::TestDirNotFound,
         Self::TestDirUnreadable,
         Self::MissingEntrypoint,
@@ -152,6 +159,7 @@ impl ErrorCode {
         Self::InvalidArgument,
         Self::FleetConfigInvalid,
         Self::RunNotFound,
+        Self::LogsOnOtherController,
         Self::HostKeyUnknown,
         Self::HostKeyMismatch,
         Self::AuthFailed,
@@ -180,6 +188,7 @@ impl ErrorCode {
             Self::InvalidArgument => "INVALID_ARGUMENT",
             Self::FleetConfigInvalid => "FLEET_CONFIG_INVALID",
             Self::RunNotFound => "RUN_NOT_FOUND",
+            Self::LogsOnOtherController => "LOGS_ON_OTHER_CONTROLLER",
             Self::HostKeyUnknown => "HOST_KEY_UNKNOWN",
             Self::HostKeyMismatch => "HOST_KEY_MISMATCH",
             Self::AuthFailed => "AUTH_FAILED",

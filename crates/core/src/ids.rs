@@ -128,6 +128,66 @@ impl fmt::Display for MachineName {
     }
 }
 
+/// The controller a run belongs to: the host (or, where several share one host, the
+/// installation) whose state directory holds the run's logs and artifacts, and whose processes
+/// own the run while it is active. Printable ASCII without spaces, 1 to 255 bytes (a host name,
+/// `host/instance`, `user@host` …).
+///
+/// Controllers that share one run store must have distinct ids: the reaper asks the local
+/// process table about an owner only when the owner's controller is its own.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ControllerId(String);
+
+impl ControllerId {
+    /// Takes `value` as a controller id, unchanged.
+    ///
+    /// # Errors
+    /// When `value` is empty, longer than 255 bytes, or holds a byte that is not printable
+    /// ASCII (a space, a control character, anything non-ASCII).
+    pub fn parse(value: &str) -> Result<Self, IdError> {
+        let refuse = |reason| IdError {
+            what: "controller id",
+            value: value.to_owned(),
+            reason,
+        };
+        if value.is_empty() {
+            return Err(refuse("it is empty"));
+        }
+        if value.len() > 255 {
+            return Err(refuse("it is longer than 255 bytes"));
+        }
+        if !value.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(refuse("only printable ASCII without spaces is allowed"));
+        }
+        Ok(Self(value.to_owned()))
+    }
+
+    /// The id, as it was parsed.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for ControllerId {
+    type Error = IdError;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::parse(&value)
+    }
+}
+
+impl From<ControllerId> for String {
+    fn from(id: ControllerId) -> Self {
+        id.0
+    }
+}
+
+impl fmt::Display for ControllerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// The hash of a test directory: 64 lowercase hex digits of a sha256.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]

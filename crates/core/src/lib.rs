@@ -20,7 +20,7 @@ pub use code::{ErrorCode, RunError, error_chain};
 pub use entrypoint::{EntrypointError, OsFamily, TargetOs};
 pub use error::DispatchError;
 pub use hash::{DirManifest, HashError, ManifestFile, RelPath, hash_dir};
-pub use ids::{IdError, MachineName, RunId, TestDirHash};
+pub use ids::{ControllerId, IdError, MachineName, RunId, TestDirHash};
 pub use run::{
     Amendment, ArtifactSummary, DispatchedRun, LifecycleEvent, NewRun, RemoteCleanup, Run,
     RunEventRecord, RunOwner, RunPaths, RunStatus, SkippedArtifact, Transition, transition,

@@ -5,12 +5,13 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::code::{ErrorCode, RunError};
 use crate::entrypoint::TargetOs;
-use crate::ids::{MachineName, RunId, TestDirHash};
+use crate::ids::{ControllerId, MachineName, RunId, TestDirHash};
 use crate::time::Timestamp;
 
 /// Where a run is in its lifecycle.
@@ -257,10 +258,14 @@ impl RemoteCleanup {
     }
 }
 
-/// The process that owns a non-terminal run: its pid, and its start time (in the platform's
-/// own unit) so that a reused pid is not mistaken for the owner.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// The process that owns a non-terminal run: the controller it runs on, its pid, and its start
+/// time (in the platform's own unit) so that a reused pid is not mistaken for the owner. While
+/// it owns the run it renews the run's lease ([`Run::lease_expires_at`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct RunOwner {
+    /// The controller the owner runs on; `None` only for owners recorded before owners named
+    /// their controller (they are taken to be on the controller that reads them).
+    pub host: Option<ControllerId>,
     /// The owner's process id.
     pub pid: u32,
     /// When that process started (on Linux, field 22 of `/proc/PID/stat`); `None` where the
@@ -321,6 +326,10 @@ pub struct Run {
     /// The owner's start time ([`RunOwner::start_time`]). Stored, not serialized.
     #[serde(skip)]
     pub worker_start_time: Option<u64>,
+    /// The owner's controller ([`RunOwner::host`]); while the run is active it is the run's
+    /// [`controller`](Run::controller). Stored, not serialized.
+    #[serde(skip)]
+    pub worker_host: Option<ControllerId>,
     /// Keep the remote run folder after the run (`--keep-remote`).
     #[serde(skip)]
     pub keep_remote: bool,
@@ -330,11 +339,23 @@ pub struct Run {
     /// `None` when no download took place (the run ended before its script ran, or the connection
     /// was lost).
     pub artifacts: Option<ArtifactSummary>,
+    /// The controller whose state directory holds the run's [`paths`](Run::paths) (logs and
+    /// artifacts); `None` for runs recorded before runs named their controller.
+    pub controller: Option<ControllerId>,
+    /// When the owner's lease ends unless it renews it, by the store's clock; `None` when no
+    /// owner holds a lease (no owner recorded, or the run is terminal). Once it has passed, any
+    /// controller's reaper may end the run as `WORKER_LOST`.
+    pub lease_expires_at: Option<Timestamp>,
+    /// When a cancel was requested through the store (by the store's clock), for the owner to see
+    /// at its next heartbeat; `None` when none was. It stays set once the run is terminal.
+    pub cancel_requested_at: Option<Timestamp>,
 }
 
 impl Run {
-    /// A new pending run.
-    pub fn pending(new: NewRun) -> Self {
+    /// A new pending run, claimed at `store_now` by the store's clock: its owner, if any, holds
+    /// a lease until `store_now + new.lease`.
+    pub fn pending(new: NewRun, store_now: Timestamp) -> Self {
+        let lease_expires_at = new.owner.as_ref().map(|_| store_now.after(new.lease));
         Self {
             id: new.id,
             machine: new.machine,
@@ -353,30 +374,116 @@ impl Run {
             timeout_ms: new.timeout_ms,
             remote_dir: None,
             remote_cleanup: None,
-            worker_pid: new.owner.map(|owner| owner.pid),
-            worker_start_time: new.owner.and_then(|owner| owner.start_time),
+            worker_pid: new.owner.as_ref().map(|owner| owner.pid),
+            worker_start_time: new.owner.as_ref().and_then(|owner| owner.start_time),
+            worker_host: new.owner.and_then(|owner| owner.host),
             keep_remote: new.keep_remote,
             paths: new.paths,
             artifacts: None,
+            controller: new.controller,
+            lease_expires_at,
+            cancel_requested_at: None,
         }
     }
 
-    /// The owner recorded in `worker_pid` and `worker_start_time`, or `None`.
+    /// The owner recorded in `worker_host`, `worker_pid` and `worker_start_time`, or `None`.
     pub fn owner(&self) -> Option<RunOwner> {
         self.worker_pid.map(|pid| RunOwner {
+            host: self.worker_host.clone(),
             pid,
             start_time: self.worker_start_time,
         })
     }
 
+    /// Hands the run to `owner` (a detached worker taking it over), with a lease until
+    /// `store_now + lease` by the store's clock: what [`RunStore::set_owner`] records.
+    ///
+    /// # Errors
+    /// [`ApplyError::StatusMismatch`] (`expected` pending) when the run is terminal.
+    ///
+    /// [`RunStore::set_owner`]: crate::ports::RunStore::set_owner
+    pub fn hand_over(
+        &mut self,
+        owner: &RunOwner,
+        lease: Duration,
+        store_now: Timestamp,
+    ) -> Result<(), ApplyError> {
+        self.refuse_terminal()?;
+        self.worker_host.clone_from(&owner.host);
+        self.worker_pid = Some(owner.pid);
+        self.worker_start_time = owner.start_time;
+        self.lease_expires_at = Some(store_now.after(lease));
+        Ok(())
+    }
+
+    /// The owner's heartbeat: extends the lease of `owner` to `store_now + lease`, also when
+    /// it has expired but nobody ended the run: what [`RunStore::renew_lease`] records.
+    ///
+    /// # Errors
+    /// [`ApplyError::StatusMismatch`] (`expected` pending) when the run is terminal;
+    /// [`ApplyError::OwnerChanged`] when `owner` no longer owns it.
+    ///
+    /// [`RunStore::renew_lease`]: crate::ports::RunStore::renew_lease
+    pub fn renew_lease(
+        &mut self,
+        owner: &RunOwner,
+        lease: Duration,
+        store_now: Timestamp,
+    ) -> Result<(), ApplyError> {
+        self.refuse_terminal()?;
+        if self.owner().as_ref() != Some(owner) {
+            return Err(ApplyError::OwnerChanged);
+        }
+        self.lease_expires_at = Some(store_now.after(lease));
+        Ok(())
+    }
+
+    /// Records a cancel request at `store_now`, unless the run is terminal or was asked
+    /// already (the first request's time stays): what [`RunStore::request_cancel`] records.
+    /// Returns whether anything changed.
+    ///
+    /// [`RunStore::request_cancel`]: crate::ports::RunStore::request_cancel
+    pub fn request_cancel(&mut self, store_now: Timestamp) -> bool {
+        if self.status.is_terminal() || self.cancel_requested_at.is_some() {
+            return false;
+        }
+        self.cancel_requested_at = Some(store_now);
+        true
+    }
+
+    fn refuse_terminal(&self) -> Result<(), ApplyError> {
+        if self.status.is_terminal() {
+            return Err(ApplyError::StatusMismatch {
+                expected: RunStatus::Pending,
+                actual: self.status,
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether the owner's lease has run out at `store_now` (the store's clock). A run with no
+    /// lease never expires this way.
+    pub fn lease_expired(&self, store_now: Timestamp) -> bool {
+        self.lease_expires_at
+            .is_some_and(|expires_at| expires_at <= store_now)
+    }
+
     /// Applies a transition whose `from` matches the current status, filling the fields the
     /// new status implies: `started_at` on start; `finished_at`, `duration_ms` and the outcome
-    /// on a terminal status (the owner is cleared then).
+    /// on a terminal status (the owner and its lease are cleared then). `store_now` is the
+    /// store's clock at the transaction, against which a [`OwnerGuard::LeaseExpired`] guard is
+    /// checked.
     ///
     /// # Errors
     /// [`ApplyError::StatusMismatch`] when the run is not in `from` (a lost compare-and-set);
-    /// [`ApplyError::NotAnEdge`] when the lifecycle has no edge `from → to`.
-    pub fn apply(&mut self, change: &Transition) -> Result<RunEventRecord, ApplyError> {
+    /// [`ApplyError::NotAnEdge`] when the lifecycle has no edge `from → to`;
+    /// [`ApplyError::OwnerChanged`] when the owner guard names another owner;
+    /// [`ApplyError::LeaseHeld`] when the guard needs an expired lease and it is not.
+    pub fn apply(
+        &mut self,
+        change: &Transition,
+        store_now: Timestamp,
+    ) -> Result<RunEventRecord, ApplyError> {
         if self.status != change.from {
             return Err(ApplyError::StatusMismatch {
                 expected: change.from,
@@ -389,10 +496,18 @@ impl Run {
                 to: change.to,
             });
         }
-        if let OwnerGuard::Exactly(expected) = change.owner_guard
-            && self.owner() != expected
-        {
-            return Err(ApplyError::OwnerChanged);
+        match &change.owner_guard {
+            OwnerGuard::Any => {}
+            OwnerGuard::Exactly(expected) | OwnerGuard::LeaseExpired(expected) => {
+                if self.owner() != *expected {
+                    return Err(ApplyError::OwnerChanged);
+                }
+                if matches!(change.owner_guard, OwnerGuard::LeaseExpired(_))
+                    && !self.lease_expired(store_now)
+                {
+                    return Err(ApplyError::LeaseHeld);
+                }
+            }
         }
         self.status = change.to;
         if change.to == RunStatus::Running {
@@ -414,6 +529,8 @@ impl Run {
             }
             self.worker_pid = None;
             self.worker_start_time = None;
+            self.worker_host = None;
+            self.lease_expires_at = None;
         }
         Ok(RunEventRecord {
             at: change.at,
@@ -501,17 +618,25 @@ pub enum ApplyError {
     /// [`StoreError::OwnerChanged`](crate::ports::StoreError::OwnerChanged).
     #[error("the run's owner changed")]
     OwnerChanged,
+    /// The transition is guarded on an expired lease ([`OwnerGuard::LeaseExpired`]) and the
+    /// owner's lease has not expired by the store's clock (it was renewed meanwhile). A store
+    /// reports it as [`StoreError::LeaseHeld`](crate::ports::StoreError::LeaseHeld).
+    #[error("the owner's lease has not expired")]
+    LeaseHeld,
 }
 
 /// Which owner a transition requires. A change decided from who owned the run (the reaper's
 /// "the owner is dead") must not land once another process has taken the run over.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum OwnerGuard {
     /// Whoever owns the run.
     #[default]
     Any,
     /// Only while the run's owner is exactly this (`None`: no owner recorded).
     Exactly(Option<RunOwner>),
+    /// Only while the run's owner is exactly this and its lease has expired by the store's clock
+    /// at the transaction: a renewal that came first wins.
+    LeaseExpired(Option<RunOwner>),
 }
 
 /// A run the store is asked to create.
@@ -542,6 +667,10 @@ pub struct NewRun {
     /// The process that owns the run from the claim on. With `None` no owner is recorded, and the
     /// next reaper pass ends the run as `WORKER_LOST`.
     pub owner: Option<RunOwner>,
+    /// How long the owner's first lease lasts, from the claim by the store's clock.
+    pub lease: Duration,
+    /// The controller whose state directory holds the run's files ([`Run::controller`]).
+    pub controller: Option<ControllerId>,
 }
 
 /// A compare-and-set status change and what it records.
@@ -609,6 +738,13 @@ impl Transition {
     /// Applies only while the run's owner is still `owner`.
     pub fn with_owner_guard(mut self, owner: Option<RunOwner>) -> Self {
         self.owner_guard = OwnerGuard::Exactly(owner);
+        self
+    }
+
+    /// Applies only while the run's owner is still `owner` and its lease has expired by the
+    /// store's clock.
+    pub fn with_expired_lease_guard(mut self, owner: Option<RunOwner>) -> Self {
+        self.owner_guard = OwnerGuard::LeaseExpired(owner);
         self
     }
 }

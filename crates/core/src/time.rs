@@ -36,6 +36,14 @@ impl Timestamp {
         self.unix_ms
     }
 
+    /// The instant `duration` after `self`, saturating.
+    pub fn after(self, duration: Duration) -> Self {
+        let ms = i64::try_from(duration.as_millis()).unwrap_or(i64::MAX);
+        Self {
+            unix_ms: self.unix_ms.saturating_add(ms),
+        }
+    }
+
     /// The time from `earlier` to `self`, zero when `earlier` is later.
     pub fn since(self, earlier: Timestamp) -> Duration {
         Duration::from_millis(u64::try_from(self.unix_ms - earlier.unix_ms).unwrap_or(0))

@@ -10,15 +10,19 @@ use rusqlite::{Row, Transaction, params};
 use testfleet_core::run::{
     ArtifactSummary, RemoteCleanup, Run, RunEventRecord, RunPaths, RunStatus, SkippedArtifact,
 };
-use testfleet_core::{ErrorCode, MachineName, RunError, RunId, TargetOs, TestDirHash, Timestamp};
+use testfleet_core::{
+    ControllerId, ErrorCode, MachineName, RunError, RunId, TargetOs, TestDirHash, Timestamp,
+};
 
 use crate::error::Error;
 
-/// The columns of `runs`, in the order [`run_from_row`] reads them.
+/// The columns of `runs`, in the order [`run_from_row`] reads them. New columns go at the end,
+/// each migration's after the previous one's.
 pub(crate) const RUN_COLUMNS: &str = "id, machine, os, test_dir, test_dir_hash, entrypoint, \
      status, error_code, error_message, exit_code, signal, created_at, started_at, finished_at, \
      duration_ms, timeout_ms, remote_dir, owner_pid, owner_start_time, keep_remote, local_dir, \
-     artifact_files, artifact_bytes, remote_cleanup, artifacts_skipped";
+     artifact_files, artifact_bytes, remote_cleanup, artifacts_skipped, owner_host, \
+     lease_expires_at, controller, cancel_requested_at";
 
 /// The columns of `run_events`, in the order [`event_from_row`] reads them.
 pub(crate) const EVENT_COLUMNS: &str = "at, from_status, to_status, code, detail";
@@ -100,6 +104,19 @@ fn parsed<T, E>(
     parse(&text).map_err(|_| bad_value(column_idx, column, &text, what))
 }
 
+fn controller_at(
+    row: &Row<'_>,
+    column_idx: usize,
+    column: &'static str,
+) -> rusqlite::Result<Option<ControllerId>> {
+    let text: Option<String> = row.get(column_idx)?;
+    text.map(|text| {
+        ControllerId::parse(&text)
+            .map_err(|_| bad_value(column_idx, column, &text, "controller id"))
+    })
+    .transpose()
+}
+
 fn timestamp_at(row: &Row<'_>, column_idx: usize) -> rusqlite::Result<Option<Timestamp>> {
     Ok(row
         .get::<_, Option<i64>>(column_idx)?
@@ -150,6 +167,7 @@ pub(crate) fn run_from_row(row: &Row<'_>) -> rusqlite::Result<Run> {
         remote_dir: row.get(16)?,
         worker_pid,
         worker_start_time: u64_at(row, 18)?,
+        worker_host: controller_at(row, 25, "owner_host")?,
         keep_remote: row.get(19)?,
         paths: RunPaths::new(path_from_sql(row.get(20)?)),
         artifacts: match (artifact_files, artifact_bytes) {
@@ -167,6 +185,9 @@ pub(crate) fn run_from_row(row: &Row<'_>) -> rusqlite::Result<Run> {
                     .ok_or_else(|| bad_value(23, "remote_cleanup", &text, "remote cleanup"))
             })
             .transpose()?,
+        lease_expires_at: timestamp_at(row, 26)?,
+        controller: controller_at(row, 27, "controller")?,
+        cancel_requested_at: timestamp_at(row, 28)?,
     })
 }
 
@@ -214,7 +235,7 @@ pub(crate) fn insert_run(tx: &Transaction<'_>, run: &Run) -> rusqlite::Result<()
     let sql = format!(
         "INSERT INTO runs ({RUN_COLUMNS}) VALUES \
          (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, \
-          ?20, ?21, ?22, ?23, ?24, ?25)"
+          ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29)"
     );
     tx.prepare_cached(&sql)?.execute(params![
         run.id.as_str(),
@@ -246,6 +267,10 @@ pub(crate) fn insert_run(tx: &Transaction<'_>, run: &Run) -> rusqlite::Result<()
             .map(|summary| u64_to_sql(summary.bytes)),
         run.remote_cleanup.map(RemoteCleanup::as_str),
         skipped_to_sql(run),
+        run.worker_host.as_ref().map(ControllerId::as_str),
+        run.lease_expires_at.map(Timestamp::unix_ms),
+        run.controller.as_ref().map(ControllerId::as_str),
+        run.cancel_requested_at.map(Timestamp::unix_ms),
     ])?;
     Ok(())
 }
@@ -262,7 +287,8 @@ pub(crate) fn update_run(
             "UPDATE runs SET status = ?1, error_code = ?2, error_message = ?3, exit_code = ?4, \
              signal = ?5, started_at = ?6, finished_at = ?7, duration_ms = ?8, remote_dir = ?9, \
              owner_pid = ?10, owner_start_time = ?11, artifact_files = ?12, artifact_bytes = ?13, \
-             remote_cleanup = ?14, artifacts_skipped = ?15 \
+             remote_cleanup = ?14, artifacts_skipped = ?15, owner_host = ?18, \
+             lease_expires_at = ?19, cancel_requested_at = ?20 \
              WHERE id = ?16 AND status = ?17",
         )?
         .execute(params![
@@ -287,6 +313,9 @@ pub(crate) fn update_run(
             skipped_to_sql(run),
             run.id.as_str(),
             expected.as_str(),
+            run.worker_host.as_ref().map(ControllerId::as_str),
+            run.lease_expires_at.map(Timestamp::unix_ms),
+            run.cancel_requested_at.map(Timestamp::unix_ms),
         ])?;
     Ok(updated == 1)
 }

@@ -18,6 +18,7 @@ use crate::retry::{is_busy, retry_busy};
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_runs.sql"),
     include_str!("../migrations/0002_remote_cleanup.sql"),
+    include_str!("../migrations/0003_leases.sql"),
 ];
 
 /// The schema version this build writes.

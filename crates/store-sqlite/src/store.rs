@@ -16,11 +16,11 @@ use rusqlite::types::Value;
 use rusqlite::{
     Connection, OptionalExtension, Transaction, TransactionBehavior, params, params_from_iter,
 };
-use testfleet_core::RunId;
 use testfleet_core::ports::{Claim, RunFilter, RunStore, StoreError};
 use testfleet_core::run::{
-    Amendment, NewRun, Run, RunEventRecord, RunOwner, RunStatus, Transition,
+    Amendment, ApplyError, NewRun, Run, RunEventRecord, RunOwner, Transition,
 };
+use testfleet_core::{RunId, Timestamp};
 
 use crate::codec::{
     EVENT_COLUMNS, RUN_COLUMNS, event_from_row, insert_event, insert_run, run_from_row, update_run,
@@ -221,6 +221,34 @@ fn read_only_uri(path: &Path) -> String {
     uri
 }
 
+impl SqliteStore {
+    /// Applies `change` (owner, lease or cancel request; no event) at SQLite's now to the run
+    /// `id` in one write transaction; `change` says whether there is anything to write.
+    async fn change<F>(
+        &self,
+        action: &'static str,
+        id: &RunId,
+        change: F,
+    ) -> Result<Run, StoreError>
+    where
+        F: Fn(&mut Run, Timestamp) -> Result<bool, ApplyError> + Send + 'static,
+    {
+        let id = id.clone();
+        self.blocking(action, Access::Write, move |conn| {
+            let tx = begin(conn)?;
+            let mut run = load_run(&tx, &id)?;
+            let changed = change(&mut run, store_now(&tx)?)
+                .map_err(|error| StoreError::refused(&id, error))?;
+            if changed {
+                update_run(&tx, &run, run.status)?;
+                tx.commit()?;
+            }
+            Ok(run)
+        })
+        .await
+    }
+}
+
 /// Why one attempt of an operation failed: SQLite (perhaps busy, then retried), or a verdict
 /// of the store itself.
 enum OpError {
@@ -251,6 +279,13 @@ fn load_run(conn: &Connection, id: &RunId) -> Result<Run, OpError> {
         .ok_or_else(|| OpError::Store(StoreError::NotFound(id.clone())))
 }
 
+/// SQLite's own clock, in milliseconds since the Unix epoch: the clock of leases.
+fn store_now(conn: &Connection) -> rusqlite::Result<Timestamp> {
+    conn.prepare_cached("SELECT CAST(unixepoch('subsec') * 1000 AS INTEGER)")?
+        .query_row([], |row| row.get(0))
+        .map(Timestamp::from_unix_ms)
+}
+
 fn load_active_run(conn: &Connection, machine: &str) -> rusqlite::Result<Option<Run>> {
     conn.prepare_cached(&format!(
         "SELECT {RUN_COLUMNS} FROM runs WHERE machine = ?1 AND status IN ('pending', 'running')"
@@ -261,10 +296,17 @@ fn load_active_run(conn: &Connection, machine: &str) -> rusqlite::Result<Option<
 
 #[async_trait]
 impl RunStore for SqliteStore {
+    async fn now(&self) -> Result<Timestamp, StoreError> {
+        self.blocking("read the store's clock", Access::Read, move |conn| {
+            Ok(store_now(conn)?)
+        })
+        .await
+    }
+
     async fn claim(&self, new: NewRun) -> Result<Claim, StoreError> {
-        let run = Run::pending(new);
         self.blocking("claim a machine", Access::Write, move |conn| {
             let tx = begin(conn)?;
+            let run = Run::pending(new.clone(), store_now(&tx)?);
             match insert_run(&tx, &run) {
                 Ok(()) => {
                     insert_event(&tx, &run.id, &RunEventRecord::created(&run))?;
@@ -297,9 +339,10 @@ impl RunStore for SqliteStore {
         let id = id.clone();
         self.blocking("record a run's transition", Access::Write, move |conn| {
             let tx = begin(conn)?;
+            let now = store_now(&tx)?;
             let mut run = load_run(&tx, &id)?;
             let event = run
-                .apply(&change)
+                .apply(&change, now)
                 .map_err(|error| StoreError::refused(&id, error))?;
             if !update_run(&tx, &run, change.from)? {
                 // Unreachable under the write lock, but never write the event of a lost race.
@@ -349,24 +392,35 @@ impl RunStore for SqliteStore {
         .await
     }
 
-    async fn set_owner(&self, id: &RunId, owner: RunOwner) -> Result<Run, StoreError> {
-        let id = id.clone();
-        self.blocking("record a run's owner", Access::Write, move |conn| {
-            let tx = begin(conn)?;
-            let mut run = load_run(&tx, &id)?;
-            if run.status.is_terminal() {
-                return Err(StoreError::Conflict {
-                    id: id.clone(),
-                    expected: RunStatus::Pending,
-                    actual: run.status,
-                }
-                .into());
-            }
-            run.worker_pid = Some(owner.pid);
-            run.worker_start_time = owner.start_time;
-            update_run(&tx, &run, run.status)?;
-            tx.commit()?;
-            Ok(run)
+    async fn set_owner(
+        &self,
+        id: &RunId,
+        owner: &RunOwner,
+        lease: Duration,
+    ) -> Result<Run, StoreError> {
+        let owner = owner.clone();
+        self.change("record a run's owner", id, move |run, now| {
+            run.hand_over(&owner, lease, now).map(|()| true)
+        })
+        .await
+    }
+
+    async fn renew_lease(
+        &self,
+        id: &RunId,
+        owner: &RunOwner,
+        lease: Duration,
+    ) -> Result<Run, StoreError> {
+        let owner = owner.clone();
+        self.change("renew a run's lease", id, move |run, now| {
+            run.renew_lease(&owner, lease, now).map(|()| true)
+        })
+        .await
+    }
+
+    async fn request_cancel(&self, id: &RunId) -> Result<Run, StoreError> {
+        self.change("record a cancel request", id, |run, now| {
+            Ok(run.request_cancel(now))
         })
         .await
     }

@@ -3,14 +3,16 @@
 //! The lock makes each operation atomic, which is what the port asks: a claim either creates
 //! the run or returns the machine's active one, and a transition is a compare-and-set whose
 //! event is appended in the same step. The core decides what a transition records
-//! ([`Run::apply`]); the store only keeps the result.
+//! ([`Run::apply`]); the store only keeps the result. Its clock, which leases follow, is the
+//! system clock.
 
 use std::sync::Mutex;
+use std::time::Duration;
 
 use async_trait::async_trait;
-use testfleet_core::RunId;
 use testfleet_core::ports::{Claim, RunFilter, RunStore, StoreError};
 use testfleet_core::run::{Amendment, NewRun, Run, RunEventRecord, RunOwner, Transition};
+use testfleet_core::{RunId, Timestamp};
 
 /// Runs in memory, oldest first, each with its event history.
 #[derive(Debug, Default)]
@@ -38,6 +40,10 @@ impl MemoryStore {
 
 #[async_trait]
 impl RunStore for MemoryStore {
+    async fn now(&self) -> Result<Timestamp, StoreError> {
+        Ok(Timestamp::now())
+    }
+
     async fn claim(&self, new: NewRun) -> Result<Claim, StoreError> {
         let mut runs = self.0.lock().unwrap_or_else(|poison| poison.into_inner());
         let held = runs
@@ -46,7 +52,7 @@ impl RunStore for MemoryStore {
         if let Some((active, _)) = held {
             return Ok(Claim::Active(active.clone()));
         }
-        let run = Run::pending(new);
+        let run = Run::pending(new, Timestamp::now());
         runs.push((run.clone(), vec![RunEventRecord::created(&run)]));
         Ok(Claim::Created(run))
     }
@@ -59,7 +65,7 @@ impl RunStore for MemoryStore {
         self.with_run(id, |(run, events)| {
             let mut next = run.clone();
             let event = next
-                .apply(&change)
+                .apply(&change, Timestamp::now())
                 .map_err(|e| StoreError::refused(id, e))?;
             events.push(event);
             *run = next.clone();
@@ -86,17 +92,35 @@ impl RunStore for MemoryStore {
         })
     }
 
-    async fn set_owner(&self, id: &RunId, owner: RunOwner) -> Result<Run, StoreError> {
+    async fn set_owner(
+        &self,
+        id: &RunId,
+        owner: &RunOwner,
+        lease: Duration,
+    ) -> Result<Run, StoreError> {
         self.with_run(id, |(run, _)| {
-            if run.status.is_terminal() {
-                let (expected, actual) = (testfleet_core::RunStatus::Pending, run.status);
-                return Err(StoreError::Conflict {
-                    id: id.clone(),
-                    expected,
-                    actual,
-                });
-            }
-            (run.worker_pid, run.worker_start_time) = (Some(owner.pid), owner.start_time);
+            run.hand_over(owner, lease, Timestamp::now())
+                .map_err(|e| StoreError::refused(id, e))?;
+            Ok(run.clone())
+        })
+    }
+
+    async fn renew_lease(
+        &self,
+        id: &RunId,
+        owner: &RunOwner,
+        lease: Duration,
+    ) -> Result<Run, StoreError> {
+        self.with_run(id, |(run, _)| {
+            run.renew_lease(owner, lease, Timestamp::now())
+                .map_err(|e| StoreError::refused(id, e))?;
+            Ok(run.clone())
+        })
+    }
+
+    async fn request_cancel(&self, id: &RunId) -> Result<Run, StoreError> {
+        self.with_run(id, |(run, _)| {
+            run.request_cancel(Timestamp::now());
             Ok(run.clone())
         })
     }

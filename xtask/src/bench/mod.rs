@@ -14,6 +14,7 @@ mod fan_out;
 mod openssh;
 mod process;
 mod runs;
+pub(crate) mod store;
 mod table;
 
 use std::path::{Path, PathBuf};

@@ -6,6 +6,7 @@
 //! the host.
 
 mod basics;
+pub mod shared;
 mod survive;
 
 use std::path::{Path, PathBuf};
@@ -112,6 +113,10 @@ pub fn run(bin: &Path) -> Result<()> {
             }
         }
     }
+    // Two controllers sharing one PostgreSQL store (shared.rs).
+    let (shared_total, shared_failures) = shared::run(bin)?;
+    passed += shared_total - shared_failures.len();
+    failures.extend(shared_failures);
     println!("e2e: {passed} passed, {} failed", failures.len());
     eprintln!("e2e finished in {:.1?}", started.elapsed());
     if !failures.is_empty() {
@@ -255,7 +260,7 @@ fn read(path: &Path) -> Result<String> {
 }
 
 /// Waits until every pid in the record is gone.
-fn all_dead(record: &Path, limit: Duration) -> Result<()> {
+pub(crate) fn all_dead(record: &Path, limit: Duration) -> Result<()> {
     let pids = read_pids(record);
     ensure!(
         !pids.is_empty(),
@@ -271,7 +276,7 @@ fn all_dead(record: &Path, limit: Duration) -> Result<()> {
 }
 
 /// Kills processes a scenario started and left behind on purpose (by pid, never by name).
-fn kill_recorded(record: &Path) {
+pub(crate) fn kill_recorded(record: &Path) {
     for pid in read_pids(record).into_iter().filter(|pid| is_alive(*pid)) {
         testfleet_testkit::process::kill_pid(pid);
     }

@@ -11,7 +11,9 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{Value, json};
 use testfleet_core::ports::{HostKeyPolicy, OutputStream, SshConnector, TransferProgress};
 use testfleet_core::runner::{DispatchRequest, MachineSpec, Prepared, RunObserver, Runner};
-use testfleet_core::{DirManifest, DispatchError, DispatchedRun, ErrorCode, Run, RunId, RunStatus};
+use testfleet_core::{
+    DirManifest, DispatchError, DispatchedRun, ErrorCode, Run, RunId, RunOwner, RunStatus,
+};
 use testfleet_ssh::RusshConnector;
 
 use crate::cli::RunArgs;
@@ -21,7 +23,7 @@ use crate::config::FleetMachine;
 use crate::context::{Context, get_run};
 use crate::error::{CliError, Exit};
 use crate::output::{self, Report};
-use crate::owner;
+use crate::owner::{self, ProcessProbe};
 use crate::predial::Predialer;
 
 /// Runs executed at the same time by one foreground command.
@@ -89,7 +91,8 @@ async fn dispatch(
 
     let store = ctx.open_and_reap().await?;
     let runner = ctx.runner_with(store.clone(), connector)?;
-    let me = owner::current();
+    let controller = ctx.controller()?;
+    let me = owner::current(&controller);
     let single = selected.len() == 1;
     let mut prepared_runs: Vec<(DispatchRequest, Prepared)> = Vec::new();
     let mut errors: Vec<MachineError> = Vec::new();
@@ -98,7 +101,7 @@ async fn dispatch(
             machine: run_spec(machine, args.accept_new_host_key),
             timeout: args.timeout.or(machine.timeout),
             keep_remote: args.keep_remote,
-            owner: Some(me),
+            owner: Some(me.clone()),
         };
         match runner.prepare(&manifest, &request).await {
             Ok(prepared) => prepared_runs.push((request, prepared)),
@@ -118,8 +121,12 @@ async fn dispatch(
         detach_all(ctx, &runner, prepared_runs, args.accept_new_host_key).await?
     } else {
         let watch = SignalWatch::install(!ctx.style.json)?;
-        let results =
-            foreground_all(ctx, &runner, &manifest, prepared_runs, &watch, !single).await?;
+        let queued = keep_queued_leases(&runner, &prepared_runs, &me);
+        let results = foreground_all(ctx, &runner, &manifest, prepared_runs, &watch, !single).await;
+        if let Some(keeper) = queued {
+            keeper.abort();
+        }
+        let results = results?;
         if watch.interrupted() {
             return Ok(report(ctx, &results, &errors, Exit::Interrupted));
         }
@@ -203,6 +210,31 @@ async fn foreground_all(
     results.into_iter().map(|(_, result)| result).collect()
 }
 
+/// Runs beyond the [`MAX_CONCURRENT_RUNS`] executing at once wait for a slot, and nothing
+/// renews their leases meanwhile: this task renews the leases of every new run of the command
+/// each heartbeat until it ends (the runner's own heartbeat takes over once a run executes), so
+/// that a queued run keeps its machine.
+fn keep_queued_leases(
+    runner: &Runner,
+    prepared_runs: &[(DispatchRequest, Prepared)],
+    me: &RunOwner,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let ids: Vec<RunId> = prepared_runs
+        .iter()
+        .filter(|(_, prepared)| prepared.needs_execution())
+        .map(|(_, prepared)| prepared.run.id.clone())
+        .collect();
+    if ids.len() <= MAX_CONCURRENT_RUNS {
+        return None;
+    }
+    Some(owner::keep_leases(
+        Arc::clone(runner.store()),
+        ids,
+        me.clone(),
+        runner.config().lease,
+    ))
+}
+
 /// Polls a run another process owns until it is terminal (or until we are interrupted).
 async fn wait_for(
     ctx: &Context,
@@ -211,8 +243,15 @@ async fn wait_for(
     watch_signals: &SignalWatch,
 ) -> Result<Run, CliError> {
     let ids = [id.clone()];
+    let probe = ProcessProbe {
+        controller: runner
+            .config()
+            .controller
+            .clone()
+            .ok_or_else(|| CliError::Internal("the runner names no controller".to_owned()))?,
+    };
     let runs = ctx
-        .watch(runner.store().as_ref())
+        .watch(runner.store().as_ref(), &probe)
         .until_terminal(&ids, watch_signals.signals.cancel.cancelled())
         .await?;
     runs.into_iter()
@@ -228,6 +267,8 @@ async fn detach_all(
     accept_new_host_key: bool,
 ) -> Result<Vec<DispatchedRun>, CliError> {
     let store = runner.store().as_ref();
+    let controller = ctx.controller()?;
+    let lease = runner.config().lease.duration;
     let mut results = Vec::with_capacity(prepared_runs.len());
     for (_, prepared) in prepared_runs {
         if !prepared.needs_execution() {
@@ -238,7 +279,10 @@ async fn detach_all(
             continue;
         }
         let run = match spawn_worker(ctx, &prepared.run, accept_new_host_key) {
-            Ok(pid) => match store.set_owner(&prepared.run.id, owner::of_pid(pid)).await {
+            Ok(pid) => match store
+                .set_owner(&prepared.run.id, &owner::of_pid(&controller, pid), lease)
+                .await
+            {
                 Ok(run) => run,
                 // The worker already finished it.
                 Err(testfleet_core::ports::StoreError::Conflict { .. }) => {

@@ -6,13 +6,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::json;
-use testfleet_core::ports::{RunFilter, RunStore};
+use testfleet_core::ports::{RunFilter, StoreError};
 use testfleet_core::{MachineName, Run, RunStatus, Timestamp};
 
 use crate::context::{Context, POLL_INTERVAL, get_run, parse_run_id};
 use crate::error::{CliError, Exit};
 use crate::output::{self, Report};
-use crate::owner::ProcessProbe;
 /// How long `cancel` waits for the owner to record the run's end.
 const CANCEL_DEADLINE: Duration = Duration::from_secs(90);
 
@@ -91,8 +90,9 @@ pub async fn wait(
             None => std::future::pending().await,
         }
     };
+    let probe = ctx.probe()?;
     let runs = ctx
-        .watch(store.as_ref())
+        .watch(store.as_ref(), &probe)
         .until_terminal(&ids, give_up)
         .await?;
     let human: String = runs
@@ -116,12 +116,20 @@ pub async fn logs(
 ) -> Result<Report, CliError> {
     let id = parse_run_id(run_id)?;
     let store = ctx.open_for_reading().await?;
+    let probe = ctx.probe()?;
     let mut run = get_run(store.as_ref(), &id).await?;
     let path = if stderr {
         run.paths.stderr.clone()
     } else {
         run.paths.stdout.clone()
     };
+    if let Some(controller) = run.controller.as_ref().filter(|c| **c != probe.controller) {
+        return Err(CliError::LogsOnOtherController {
+            id: run.id.to_string(),
+            controller: controller.to_string(),
+            path,
+        });
+    }
     let stream = if stderr { "stderr" } else { "stdout" };
     let mut offset = 0u64;
     let mut collected = Vec::new();
@@ -170,21 +178,32 @@ fn read_from(path: &Path, offset: u64) -> Result<Vec<u8>, CliError> {
     Ok(bytes)
 }
 
-/// `cancel RUN_ID`: SIGTERM to the live owner, then wait for the run to be terminal. A run
-/// without a live owner was already reaped when the store was opened.
+/// `cancel RUN_ID`: records a cancel request in the store (the owner acts on it at its next
+/// heartbeat, on whatever controller it runs) and sends SIGTERM to a live owner on this
+/// controller at once, then waits for the run to be terminal. A run without a live owner was
+/// already reaped when the store was opened.
 ///
 /// # Errors
 /// `INVALID_ARGUMENT`, `RUN_NOT_FOUND`, `STORE_ERROR`, `INTERNAL` (the owner cannot be
 /// signalled).
 pub async fn cancel(ctx: &Context, run_id: &str) -> Result<Report, CliError> {
-    use testfleet_core::runner::OwnerProbe as _;
+    use testfleet_core::runner::{Liveness, OwnerProbe as _};
 
     let id = parse_run_id(run_id)?;
     let store = ctx.open_and_reap().await?;
+    let probe = ctx.probe()?;
     let mut run = get_run(store.as_ref(), &id).await?;
     let mut exit = Exit::Ok;
     if run.status.is_active() {
-        if let Some(owner) = run.owner().filter(|owner| ProcessProbe.is_alive(*owner)) {
+        run = match store.request_cancel(&id).await {
+            Ok(run) => run,
+            Err(StoreError::NotFound(id)) => return Err(id.into()),
+            Err(error) => return Err(error.into()),
+        };
+        if let Some(owner) = run
+            .owner()
+            .filter(|owner| probe.liveness(owner) == Liveness::Alive)
+        {
             let pid = i32::try_from(owner.pid)
                 .map_err(|_| CliError::Internal(format!("pid {} out of range", owner.pid)))?;
             match nix::sys::signal::kill(
@@ -201,7 +220,7 @@ pub async fn cancel(ctx: &Context, run_id: &str) -> Result<Report, CliError> {
         }
         let ids = [id.clone()];
         let runs = ctx
-            .watch(store.as_ref())
+            .watch(store.as_ref(), &probe)
             .until_terminal(&ids, tokio::time::sleep(CANCEL_DEADLINE))
             .await?;
         if let Some(current) = runs.into_iter().next() {
@@ -227,6 +246,7 @@ pub async fn cancel(ctx: &Context, run_id: &str) -> Result<Report, CliError> {
 /// `STORE_ERROR`; `INTERNAL` when a folder cannot be removed.
 pub async fn gc(ctx: &Context, older_than: Duration) -> Result<Report, CliError> {
     let store = ctx.open_and_reap().await?;
+    let here = ctx.controller()?;
     let runs = store.list(&RunFilter::default()).await?;
     let now = Timestamp::now();
     let mut removed = Vec::new();
@@ -234,7 +254,12 @@ pub async fn gc(ctx: &Context, older_than: Duration) -> Result<Report, CliError>
         let old_enough = run
             .finished_at
             .is_some_and(|finished| now.since(finished) >= older_than);
-        if run.status.is_terminal() && old_enough && run.paths.dir.exists() {
+        // Only this controller's folders: another controller's runs name paths on its host.
+        let ours = run
+            .controller
+            .as_ref()
+            .is_none_or(|controller| *controller == here);
+        if ours && run.status.is_terminal() && old_enough && run.paths.dir.exists() {
             std::fs::remove_dir_all(&run.paths.dir)
                 .map_err(|error| CliError::io("remove", &run.paths.dir, error))?;
             removed.push(run.id);

@@ -3,7 +3,7 @@
 //! run); `_cleanup RUN_ID` finishes a run the reaper ended because its owner died.
 
 use serde_json::json;
-use testfleet_core::ports::{HostKeyPolicy, RunStore as _, StoreError};
+use testfleet_core::ports::{HostKeyPolicy, StoreError};
 use testfleet_core::runner::{NoObserver, Runner};
 use testfleet_core::{Run, RunStatus};
 
@@ -30,7 +30,9 @@ pub async fn worker(
     let watch = SignalWatch::install(false)?;
     let id = parse_run_id(run_id)?;
     let store = ctx.open_store().await?;
-    let run = match store.set_owner(&id, owner::current()).await {
+    let lease = ctx.store_choice()?.lease.duration;
+    let me = owner::current(&ctx.controller()?);
+    let run = match store.set_owner(&id, &me, lease).await {
         Ok(run) => run,
         Err(StoreError::Conflict { .. }) => return Ok(done(get_run(store.as_ref(), &id).await?)),
         Err(error) => return Err(error.into()),
@@ -40,6 +42,14 @@ pub async fn worker(
     }
     tracing::info!(run = %run.id, machine = %run.machine, "worker started");
     let runner = ctx.runner(store.clone())?;
+    // Until the runner's heartbeat starts, the lease is kept here: hashing a large directory
+    // again may take longer than a lease.
+    let keeper = owner::keep_leases(
+        store.clone(),
+        vec![run.id.clone()],
+        me.clone(),
+        runner.config().lease,
+    );
     let fleet = match ctx.fleet() {
         Ok(fleet) => fleet,
         Err(error) => return fail(&runner, &run, &error).await,
@@ -55,6 +65,7 @@ pub async fn worker(
     // Hashed again (with the digest cache) to check that the directory is still the one
     // claimed; when that fails, the runner hashes once more and records why.
     let manifest = ctx.hash_for_run(run.test_dir.clone()).await.ok();
+    keeper.abort();
     let run = runner
         .execute(run, &spec, manifest.as_ref(), &watch.signals, &NoObserver)
         .await?;

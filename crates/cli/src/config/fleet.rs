@@ -14,7 +14,7 @@ use testfleet_core::MachineName;
 use testfleet_core::TargetOs;
 use testfleet_core::ports::{HostKeyPolicy, SshTarget};
 use testfleet_core::remote::WindowsShell;
-use testfleet_core::runner::MachineSpec;
+use testfleet_core::runner::{LeaseSettings, MachineSpec};
 
 use super::paths::Env;
 use crate::error::CliError;
@@ -70,6 +70,24 @@ struct FleetFile {
     defaults: Defaults,
     #[serde(default)]
     machines: BTreeMap<MachineName, MachineEntry>,
+    #[serde(default)]
+    store: StoreTable,
+}
+
+/// `[store]`: which run store the controllers share, and the owners' leases.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreTable {
+    /// `postgres://user@host:5432/db`; absent: SQLite in the state directory.
+    pub url: Option<String>,
+    /// The PostgreSQL schema (default `testfleet`), unless the URL names one.
+    pub schema: Option<String>,
+    /// How long an owner's lease lasts.
+    #[serde(default, deserialize_with = "duration")]
+    pub lease: Option<Duration>,
+    /// How often an owner renews its lease.
+    #[serde(default, deserialize_with = "duration")]
+    pub heartbeat: Option<Duration>,
 }
 
 fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
@@ -147,6 +165,72 @@ pub struct Fleet {
     pub file: PathBuf,
     /// The machines, sorted by name.
     pub machines: Vec<FleetMachine>,
+    /// The `[store]` table.
+    pub store: StoreTable,
+}
+
+impl StoreTable {
+    /// The owners' lease: `lease` (default 30 s) renewed every `heartbeat` (default 10 s, and
+    /// never more than a third of the lease when only `lease` is given).
+    ///
+    /// # Errors
+    /// [`CliError::FleetConfig`] for a zero duration, or a heartbeat not shorter than the lease.
+    pub fn lease_settings(&self, file: &Path) -> Result<LeaseSettings, CliError> {
+        let duration = self.lease.unwrap_or(LeaseSettings::DEFAULT_DURATION);
+        let heartbeat = self
+            .heartbeat
+            .unwrap_or_else(|| LeaseSettings::DEFAULT_HEARTBEAT.min(duration / 3));
+        if duration.is_zero() || heartbeat.is_zero() || heartbeat >= duration {
+            return Err(fleet_error(
+                file,
+                None,
+                format!(
+                    "[store]: the heartbeat ({}) must be shorter than the lease ({}), and neither zero",
+                    humantime::format_duration(heartbeat),
+                    humantime::format_duration(duration)
+                ),
+            ));
+        }
+        Ok(LeaseSettings {
+            duration,
+            heartbeat,
+        })
+    }
+
+    /// A message about the `[store] url` of `file`.
+    pub fn url_error(file: &Path, message: impl std::fmt::Display) -> CliError {
+        fleet_error(file, None, format!("[store] url: {message}"))
+    }
+}
+
+/// The `[store]` table of the fleet file at `file`, parsed as strictly as the whole file; the
+/// empty table when the file does not exist (commands that only read runs work without a
+/// fleet file).
+///
+/// # Errors
+/// [`CliError::FleetConfig`] when the file exists but cannot be read or parsed.
+pub fn load_store_table(file: &Path) -> Result<StoreTable, CliError> {
+    let text = match std::fs::read_to_string(file) {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(StoreTable::default());
+        }
+        Err(error) => {
+            return Err(fleet_error(
+                file,
+                None,
+                format!("cannot read fleet file {}: {error}", file.display()),
+            ));
+        }
+    };
+    Ok(parse_file(&text, file)?.store)
+}
+
+fn parse_file(text: &str, file: &Path) -> Result<FleetFile, CliError> {
+    toml::from_str(text).map_err(|error| {
+        let position = error.span().map(|span| line_column(text, span.start));
+        fleet_error(file, position, error.message().trim().to_owned())
+    })
 }
 
 impl Fleet {
@@ -178,10 +262,7 @@ impl Fleet {
         env: &Env,
         ssh_config: Option<&SshConfig>,
     ) -> Result<Self, CliError> {
-        let parsed: FleetFile = toml::from_str(text).map_err(|error| {
-            let position = error.span().map(|span| line_column(text, span.start));
-            fleet_error(file, position, error.message().trim().to_owned())
-        })?;
+        let parsed = parse_file(text, file)?;
         let mut machines = Vec::with_capacity(parsed.machines.len());
         for (name, entry) in parsed.machines {
             machines.push(
@@ -193,6 +274,7 @@ impl Fleet {
         Ok(Self {
             file: file.to_path_buf(),
             machines,
+            store: parsed.store,
         })
     }
 
@@ -434,6 +516,7 @@ mod tests {
             user: Some("me".into()),
             xdg_config_home: None,
             xdg_state_home: None,
+            ..Env::default()
         }
     }
 

@@ -3,5 +3,5 @@
 pub mod fleet;
 pub mod paths;
 
-pub use fleet::{Fleet, FleetMachine, parse_duration};
+pub use fleet::{Fleet, FleetMachine, StoreTable, load_store_table, parse_duration};
 pub use paths::Env;

@@ -11,6 +11,10 @@ pub struct Env {
     pub user: Option<String>,
     pub xdg_config_home: Option<PathBuf>,
     pub xdg_state_home: Option<PathBuf>,
+    /// `TESTFLEET_STORE_URL`: the run store, overriding the fleet file's `[store] url`.
+    pub store_url: Option<String>,
+    /// `TESTFLEET_CONTROLLER_ID`: this controller's id, instead of the host name.
+    pub controller_id: Option<String>,
 }
 
 impl Env {
@@ -30,6 +34,12 @@ impl Env {
                 .filter(|user| !user.is_empty()),
             xdg_config_home: path_var("XDG_CONFIG_HOME"),
             xdg_state_home: path_var("XDG_STATE_HOME"),
+            store_url: std::env::var("TESTFLEET_STORE_URL")
+                .ok()
+                .filter(|url| !url.is_empty()),
+            controller_id: std::env::var("TESTFLEET_CONTROLLER_ID")
+                .ok()
+                .filter(|id| !id.is_empty()),
         }
     }
 
@@ -86,6 +96,7 @@ mod tests {
             user: Some("ci".into()),
             xdg_config_home: None,
             xdg_state_home: None,
+            ..Env::default()
         }
     }
 

@@ -24,8 +24,15 @@ fn check(name: &str, env: &Env, args: &[&str], code: &str) {
         &format!("bad_input__{name}"),
         &format!("{}\n--- human stderr ---\n{}", out.stdout, human.stderr),
     );
-    // Nothing persisted.
+    // Nothing persisted (a broken fleet file is set aside: `list` reads its `[store]` too).
+    let fleet = std::fs::read(env.fleet_file()).ok();
+    if fleet.is_some() {
+        std::fs::remove_file(env.fleet_file()).expect("rm");
+    }
     let runs = env.json(&["list"]).data()["runs"].clone();
+    if let Some(fleet) = fleet {
+        std::fs::write(env.fleet_file(), fleet).expect("restore the fleet file");
+    }
     assert_eq!(runs, serde_json::json!([]), "{name}");
 }
 

@@ -5,4 +5,5 @@ mod bad_input;
 mod faults;
 mod offline;
 mod remote;
+mod shared_store;
 mod support;

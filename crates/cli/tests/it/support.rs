@@ -10,6 +10,9 @@ use testfleet_testkit::server::{ServerConfig, TestServer};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_testfleet");
 
+/// The controller id of every test installation.
+pub const CONTROLLER: &str = "ctl-test";
+
 /// One isolated testfleet installation.
 pub struct Env {
     pub dir: tempfile::TempDir,
@@ -104,6 +107,7 @@ impl Env {
             .env("HOME", self.root().join("home"))
             .env("USER", "tester")
             .env("NO_COLOR", "1")
+            .env("TESTFLEET_CONTROLLER_ID", CONTROLLER)
             .stdin(Stdio::null());
         command
     }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use testfleet_core::TargetOs;
 use testfleet_core::ports::{Claim, RunFilter, RunStore, StoreError};
-use testfleet_core::run::{RunEventRecord, RunOwner, RunPaths, RunStatus};
+use testfleet_core::run::{RunEventRecord, RunPaths, RunStatus};
 
 use super::*;
 
@@ -82,10 +82,7 @@ pub(super) async fn claim_records_every_field(store: &Arc<dyn RunStore>) {
     new.timeout_ms = Some(u64::MAX);
     new.keep_remote = true;
     new.paths = RunPaths::new(PathBuf::from("/state/runs/odd dir 'quoted'"));
-    new.owner = Some(RunOwner {
-        pid: u32::MAX,
-        start_time: Some(u64::MAX),
-    });
+    new.owner = Some(owner(u32::MAX, Some(u64::MAX)));
     let run = claim_new(store, new).await;
     assert_eq!(must_get(store, &run.id).await, run);
 
@@ -96,18 +93,9 @@ pub(super) async fn claim_records_every_field(store: &Arc<dyn RunStore>) {
     assert_eq!(must_get(store, &bare_run.id).await, bare_run);
 
     let mut no_start_time = new_run("linux-2", 0, 2, 3);
-    no_start_time.owner = Some(RunOwner {
-        pid: 1,
-        start_time: None,
-    });
+    no_start_time.owner = Some(owner(1, None));
     let run = claim_new(store, no_start_time).await;
-    assert_eq!(
-        must_get(store, &run.id).await.owner(),
-        Some(RunOwner {
-            pid: 1,
-            start_time: None
-        })
-    );
+    assert_eq!(must_get(store, &run.id).await.owner(), Some(owner(1, None)));
 
     #[cfg(unix)]
     {

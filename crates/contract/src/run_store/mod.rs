@@ -7,8 +7,19 @@
 //!
 //! The concurrency cases spawn tokio tasks; call the suite from a multi-threaded runtime
 //! (`#[tokio::test(flavor = "multi_thread")]`) so that the races are real.
+//!
+//! Leases are checked against the store's own clock ([`RunStore::now`]), never the caller's:
+//! a lease set at a claim, a renewal or a hand-over must end between the store's now before
+//! and after the call, plus the lease; the lease cases wait, by the store's clock, for a short
+//! lease to run out.
+//!
+//! A [`Subject`] can also open further, independent handles on the same store
+//! ([`Subject::reopened_by`]), as other processes would: for a database a new connection pool,
+//! for an in-memory store the same memory. The case `claims_from_independent_handles_have_one_winner`
+//! claims one machine from 16 handles, each on its own thread and runtime.
 
 mod claims;
+mod leases;
 mod records;
 mod transitions;
 
@@ -16,14 +27,19 @@ use std::any::Any;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use testfleet_core::ports::{Claim, RunFilter, RunStore};
 use testfleet_core::run::{NewRun, Run, RunEventRecord, RunOwner, RunPaths, RunStatus, Transition};
-use testfleet_core::{MachineName, RunId, TargetOs, TestDirHash, Timestamp};
+use testfleet_core::{ControllerId, MachineName, RunId, TargetOs, TestDirHash, Timestamp};
+
+/// Opens another, independent handle on the same store.
+pub type Reopen = Arc<dyn Fn() -> Arc<dyn RunStore> + Send + Sync>;
 
 /// A store under test, and whatever must stay alive as long as it does (a temp dir …).
 pub struct Subject {
     pub store: Arc<dyn RunStore>,
+    reopen: Reopen,
     _guard: Box<dyn Any + Send>,
 }
 
@@ -34,12 +50,27 @@ impl Subject {
     }
 
     /// A store whose backing resources `guard` owns; the guard is dropped after the store's
-    /// last case.
+    /// last case. Until [`Subject::reopened_by`] says otherwise, another handle on it is the
+    /// same store (right for a store in memory).
     pub fn with_guard(store: impl RunStore + 'static, guard: impl Any + Send) -> Self {
+        let store: Arc<dyn RunStore> = Arc::new(store);
+        let same = Arc::clone(&store);
         Self {
-            store: Arc::new(store),
+            store,
+            reopen: Arc::new(move || Arc::clone(&same)),
             _guard: Box::new(guard),
         }
+    }
+
+    /// How another process would open the same store: `reopen` is called once per handle, on
+    /// a thread of its own outside any async runtime, and must return a handle that shares
+    /// nothing in memory with the others (a new connection pool on the same database).
+    pub fn reopened_by<S: RunStore + 'static>(
+        mut self,
+        reopen: impl Fn() -> S + Send + Sync + 'static,
+    ) -> Self {
+        self.reopen = Arc::new(move || Arc::new(reopen()) as Arc<dyn RunStore>);
+        self
     }
 }
 
@@ -66,8 +97,14 @@ pub async fn run_store(make_store: impl Fn() -> Subject) {
         )*};
     }
     use claims::*;
+    use leases::*;
     use records::*;
     use transitions::*;
+    {
+        let subject = make_store();
+        eprintln!("run_store contract: claims_from_independent_handles_have_one_winner");
+        claims_from_independent_handles_have_one_winner(&subject).await;
+    }
     cases!(
         claim_creates_a_pending_run,
         claim_returns_the_active_run,
@@ -86,6 +123,11 @@ pub async fn run_store(make_store: impl Fn() -> Subject) {
         unknown_ids_are_not_found,
         concurrent_claims_have_one_winner,
         amendments_record_what_was_learnt_after_the_end,
+        claims_start_the_owners_lease_by_the_store_clock,
+        renewals_extend_the_lease_by_the_store_clock,
+        renewals_are_refused_after_a_takeover,
+        an_expired_lease_lets_the_reaper_in,
+        cancel_requests_are_recorded_for_the_owner,
     );
 }
 
@@ -101,6 +143,50 @@ pub(super) fn at(offset_ms: i64) -> Timestamp {
 
 pub(super) fn machine(name: &str) -> MachineName {
     MachineName::parse(name).expect("contract machine names are valid")
+}
+
+/// The lease of the contract's owners: long enough never to expire during a case.
+pub(super) const LEASE: Duration = Duration::from_secs(600);
+
+/// The controller of the contract's runs and owners.
+pub(super) fn controller() -> ControllerId {
+    ControllerId::parse("ctl-1.example").expect("a valid controller id")
+}
+
+/// An owner on [`controller`].
+pub(super) fn owner(pid: u32, start_time: Option<u64>) -> RunOwner {
+    RunOwner {
+        host: Some(controller()),
+        pid,
+        start_time,
+    }
+}
+
+/// The store's own clock.
+pub(super) async fn store_now(store: &Arc<dyn RunStore>) -> Timestamp {
+    match store.now().await {
+        Ok(now) => now,
+        Err(error) => panic!("the store's clock: {error:?}"),
+    }
+}
+
+/// Checks that `run`'s lease ends `lease` after a store time between `before` and `after`.
+pub(super) fn check_lease(
+    run: &Run,
+    before: Timestamp,
+    after: Timestamp,
+    lease: Duration,
+    what: &str,
+) {
+    let Some(expires_at) = run.lease_expires_at else {
+        panic!("{what}: run {} holds no lease: {run:?}", run.id);
+    };
+    assert!(
+        before.after(lease) <= expires_at && expires_at <= after.after(lease),
+        "{what}: the lease of run {} ends at {expires_at}, not {lease:?} after the store's clock \
+         between {before} and {after}",
+        run.id
+    );
 }
 
 pub(super) fn hash(byte: u8) -> TestDirHash {
@@ -124,21 +210,26 @@ pub(super) fn new_run(machine_name: &str, hash_byte: u8, offset_ms: i64, serial:
         created_at: at(offset_ms),
         timeout_ms: None,
         keep_remote: false,
-        owner: Some(RunOwner {
-            pid: 4242,
-            start_time: Some(77),
-        }),
+        owner: Some(owner(4242, Some(77))),
+        lease: LEASE,
+        controller: Some(controller()),
     }
 }
 
+/// Claims `new` on an idle machine and checks the run: exactly [`Run::pending`], with a lease
+/// by the store's clock.
 pub(super) async fn claim_new(store: &Arc<dyn RunStore>, new: NewRun) -> Run {
-    match store.claim(new.clone()).await {
+    let before = store_now(store).await;
+    let claimed = store.claim(new.clone()).await;
+    let after = store_now(store).await;
+    match claimed {
         Ok(Claim::Created(run)) => {
-            assert_eq!(
-                run,
-                Run::pending(new),
-                "claim must return the run it created"
-            );
+            let mut expected = Run::pending(new.clone(), before);
+            if new.owner.is_some() {
+                check_lease(&run, before, after, new.lease, "claim");
+                expected.lease_expires_at = run.lease_expires_at;
+            }
+            assert_eq!(run, expected, "claim must return the run it created");
             run
         }
         other => panic!(
@@ -157,7 +248,7 @@ pub(super) async fn apply_and_check(
     change: Transition,
 ) {
     let event = expected
-        .apply(&change)
+        .apply(&change, store_now(store).await)
         .expect("the contract only applies valid changes");
     expected_events.push(event);
     let returned = store.transition(&expected.id, change.clone()).await;

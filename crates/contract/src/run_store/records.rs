@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use testfleet_core::ports::{RunFilter, RunStore, StoreError};
 use testfleet_core::run::{
-    Amendment, ArtifactSummary, RemoteCleanup, RunOwner, RunStatus, SkippedArtifact, Transition,
+    Amendment, ArtifactSummary, RemoteCleanup, RunStatus, SkippedArtifact, Transition,
 };
 use testfleet_core::{ErrorCode, RunId};
 
@@ -118,10 +118,7 @@ pub(super) async fn active_runs_are_oldest_first_with_owners(store: &Arc<dyn Run
     for idx in 0..5_u8 {
         let offset = i64::from(idx) * 10;
         let mut new = new_run(&format!("m-{idx}"), idx, offset, u128::from(idx));
-        new.owner = Some(RunOwner {
-            pid: 100 + u32::from(idx),
-            start_time: Some(u64::from(idx) << 40),
-        });
+        new.owner = Some(owner(100 + u32::from(idx), Some(u64::from(idx) << 40)));
         let run = claim_new(store, new).await;
         let run = match idx {
             1 => finish(store, &run.id, RunStatus::Completed, offset + 1).await,
@@ -147,19 +144,20 @@ pub(super) async fn set_owner_and_remote_dir(store: &Arc<dyn RunStore>) {
     let run = claim_new(store, new_run("linux-1", 1, 0, 1)).await;
     let events_before = must_events(store, &run.id).await;
 
-    let worker = RunOwner {
-        pid: 31_337,
-        start_time: Some(123_456_789),
-    };
-    let owned = store.set_owner(&run.id, worker).await;
+    let worker = owner(31_337, Some(123_456_789));
+    let before = store_now(store).await;
+    let owned = store.set_owner(&run.id, &worker, LEASE).await;
+    let after = store_now(store).await;
     let mut expected = run.clone();
-    expected.worker_pid = Some(worker.pid);
-    expected.worker_start_time = worker.start_time;
-    assert_eq!(
-        owned.as_ref().ok(),
-        Some(&expected),
-        "set_owner returns the updated run"
-    );
+    expected
+        .hand_over(&worker, LEASE, before)
+        .expect("a pending run takes an owner");
+    let Ok(owned) = owned else {
+        panic!("set_owner of a pending run: {owned:?}");
+    };
+    check_lease(&owned, before, after, LEASE, "set_owner");
+    expected.lease_expires_at = owned.lease_expires_at;
+    assert_eq!(owned, expected, "set_owner returns the updated run");
     assert_eq!(must_get(store, &run.id).await, expected);
 
     let remote = "/home/ci/.testfleet/runs/it's \"odd\"";
@@ -169,16 +167,13 @@ pub(super) async fn set_owner_and_remote_dir(store: &Arc<dyn RunStore>) {
 
     // Still allowed while running; the owner survives the start.
     let running = finish(store, &run.id, RunStatus::Running, 10).await;
-    assert_eq!(running.owner(), Some(worker));
-    let no_start_time = RunOwner {
-        pid: 7,
-        start_time: None,
-    };
+    assert_eq!(running.owner(), Some(worker.clone()));
+    let no_start_time = owner(7, None);
     let owned = store
-        .set_owner(&run.id, no_start_time)
+        .set_owner(&run.id, &no_start_time, LEASE)
         .await
         .expect("a running run takes an owner");
-    assert_eq!(owned.owner(), Some(no_start_time));
+    assert_eq!(owned.owner(), Some(no_start_time.clone()));
     assert_eq!(owned.remote_dir.as_deref(), Some(remote));
     assert!(store.set_remote_dir(&run.id, "/tmp/other").await.is_ok());
     assert_eq!(
@@ -198,12 +193,9 @@ pub(super) async fn set_owner_and_remote_dir(store: &Arc<dyn RunStore>) {
 pub(super) async fn owner_guarded_transitions_need_the_same_owner(store: &Arc<dyn RunStore>) {
     let run = claim_new(store, new_run("linux-1", 1, 0, 1)).await;
     let claimer = run.owner();
-    let worker = RunOwner {
-        pid: 4242,
-        start_time: Some(99),
-    };
+    let worker = owner(4242, Some(99));
     let handed_over = store
-        .set_owner(&run.id, worker)
+        .set_owner(&run.id, &worker, LEASE)
         .await
         .expect("the run takes a new owner");
     let events_before = must_events(store, &run.id).await;
@@ -226,7 +218,9 @@ pub(super) async fn owner_guarded_transitions_need_the_same_owner(store: &Arc<dy
         .with_error(ErrorCode::WorkerLost, "owner gone")
         .with_owner_guard(Some(worker));
     let mut expected = handed_over.clone();
-    expected.apply(&current).expect("the guard matches");
+    expected
+        .apply(&current, store_now(store).await)
+        .expect("the guard matches");
     let reaped = store
         .transition(&run.id, current)
         .await
@@ -256,16 +250,21 @@ pub(super) async fn unknown_ids_are_not_found(store: &Arc<dyn RunStore>) {
     is_not_found(store.set_remote_dir(&unknown, "/x").await, "set_remote_dir");
     is_not_found(
         store
-            .set_owner(
-                &unknown,
-                RunOwner {
-                    pid: 1,
-                    start_time: None,
-                },
-            )
+            .set_owner(&unknown, &owner(1, None), LEASE)
             .await
             .map(drop),
         "set_owner",
+    );
+    is_not_found(
+        store
+            .renew_lease(&unknown, &owner(1, None), LEASE)
+            .await
+            .map(drop),
+        "renew_lease",
+    );
+    is_not_found(
+        store.request_cancel(&unknown).await.map(drop),
+        "request_cancel",
     );
     assert_eq!(
         must_list(store, RunFilter::default()).await.len(),

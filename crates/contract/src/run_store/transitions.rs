@@ -5,8 +5,7 @@ use std::sync::Arc;
 use testfleet_core::ErrorCode;
 use testfleet_core::ports::{RunStore, StoreError};
 use testfleet_core::run::{
-    ArtifactSummary, RemoteCleanup, RunEventRecord, RunOwner, RunStatus, SkippedArtifact,
-    Transition,
+    ArtifactSummary, RemoteCleanup, RunEventRecord, RunStatus, SkippedArtifact, Transition,
 };
 
 use super::*;
@@ -166,11 +165,8 @@ pub(super) async fn terminal_runs_never_change(store: &Arc<dyn RunStore>) {
                 );
             }
         }
-        let owner = RunOwner {
-            pid: 9,
-            start_time: Some(9),
-        };
-        match store.set_owner(&done.id, owner).await {
+        let taker = owner(9, Some(9));
+        match store.set_owner(&done.id, &taker, LEASE).await {
             Err(StoreError::Conflict {
                 expected: RunStatus::Pending,
                 actual,
@@ -256,6 +252,7 @@ pub(super) async fn outcome_fields_follow_run_apply(store: &Arc<dyn RunStore>) {
     assert_eq!(run.finished_at, Some(at(2_600)));
     assert_eq!(run.duration_ms, Some(2_500));
     assert_eq!(run.owner(), None, "a terminal run has no owner");
+    assert_eq!(run.lease_expires_at, None, "a terminal run holds no lease");
 
     // timeout, killed by a signal, no artifacts
     let mut run = claim_new(store, new_run("linux-2", 1, 0, 2)).await;

@@ -9,6 +9,20 @@ async fn fake_store_passes_the_run_store_contract() {
     run_store(|| Subject::new(FakeStore::new())).await;
 }
 
+/// Leases follow the store's clock, not the caller's: the suite passes with the fake's clock an
+/// hour ahead of, or behind, the system clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fake_store_with_a_skewed_clock_passes_the_contract() {
+    for skew_ms in [3_600_000, -3_600_000] {
+        run_store(|| {
+            let store = FakeStore::new();
+            store.skew_clock(skew_ms);
+            Subject::new(store)
+        })
+        .await;
+    }
+}
+
 #[tokio::test]
 async fn a_broken_fake_store_fails_every_call_until_healed() {
     let store = FakeStore::default();

@@ -141,8 +141,8 @@ pub enum SshError {
         source: Option<SharedError>,
     },
     /// An SFTP request or a local file operation failed while downloading a folder. Code
-    /// `DOWNLOAD_FAILED`. A refused name is not this error but a [`RefusedEntry`] of the
-    /// [`DownloadReport`].
+    /// `DOWNLOAD_FAILED`. An entry that is refused or cannot be read is not this error but a
+    /// [`SkippedArtifact`](crate::run::SkippedArtifact) of the [`DownloadReport`].
     #[error("download failed at {path}: {reason}")]
     DownloadFailed {
         /// The path at fault: the remote path for an SFTP failure, the local path for a local one.

@@ -3,12 +3,14 @@
 use std::error::Error as StdError;
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
 use crate::code::ErrorCode;
 use crate::ids::{MachineName, RunId};
 use crate::run::{Amendment, NewRun, Run, RunEventRecord, RunOwner, RunStatus, Transition};
+use crate::time::Timestamp;
 
 use super::SharedError;
 
@@ -65,7 +67,14 @@ pub enum StoreError {
         /// The run.
         id: RunId,
     },
-    /// The backend failed (I/O, SQL, a newer schema, a corrupt file …).
+    /// A transition guarded on an expired lease lost: the owner renewed its lease first
+    /// (nothing written).
+    #[error("the lease of run {id}'s owner has not expired")]
+    LeaseHeld {
+        /// The run.
+        id: RunId,
+    },
+    /// The backend failed (I/O, SQL, a newer schema, a corrupt file, an unreachable server …).
     #[error("{message}")]
     Backend {
         /// What failed, in words; it names the file when there is one.
@@ -103,6 +112,7 @@ impl StoreError {
                 to,
             },
             ApplyError::OwnerChanged => Self::OwnerChanged { id: id.clone() },
+            ApplyError::LeaseHeld => Self::LeaseHeld { id: id.clone() },
         }
     }
 
@@ -114,6 +124,7 @@ impl StoreError {
             Self::Conflict { .. }
             | Self::InvalidTransition { .. }
             | Self::OwnerChanged { .. }
+            | Self::LeaseHeld { .. }
             | Self::Backend { .. } => ErrorCode::StoreError,
         }
     }
@@ -121,11 +132,23 @@ impl StoreError {
 
 /// Durable record of runs and their events. The machine lock lives here: at most one pending
 /// or running run per machine, enforced atomically by the store itself.
+///
+/// Leases are kept by **the store's own clock** ([`RunStore::now`]): a lease is set and
+/// renewed to the store's "now" plus its duration, and a transition guarded on an expired
+/// lease is checked against the store's "now" inside its transaction, so clock skew between
+/// the controllers that share a store does not matter.
 #[async_trait]
 pub trait RunStore: Send + Sync + fmt::Debug {
+    /// The store's own clock: the time the store sets and compares leases with.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    async fn now(&self) -> Result<Timestamp, StoreError>;
+
     /// Atomically records `new` as a pending run unless another run is pending or running on
     /// the same machine, in which case that run is returned and nothing is written. The
-    /// creation is appended to the run's events (an event with no `from`).
+    /// creation is appended to the run's events (an event with no `from`). The run is
+    /// [`Run::pending`] at the store's now, so an owner's lease lasts `new.lease` from the claim.
     ///
     /// # Errors
     /// [`StoreError::Backend`] on any backend failure; never a duplicate of an active run.
@@ -137,15 +160,16 @@ pub trait RunStore: Send + Sync + fmt::Debug {
     /// [`StoreError::NotFound`] for an unknown id; [`StoreError::Backend`].
     async fn get(&self, id: &RunId) -> Result<Run, StoreError>;
 
-    /// Compare-and-set: applies `change` (with [`Run::apply`]) only if the run's status is
-    /// `change.from` (and its owner matches `change.owner_guard`), and appends the event,
-    /// atomically. Returns the updated run.
+    /// Compare-and-set: applies `change` (with [`Run::apply`], at the store's now) only if the
+    /// run's status is `change.from` (and its owner, and lease, match `change.owner_guard`), and
+    /// appends the event, atomically. Returns the updated run.
     ///
     /// # Errors
     /// [`StoreError::NotFound`]; [`StoreError::Conflict`] when the status is not `change.from`
     /// (nothing written); [`StoreError::InvalidTransition`] when the lifecycle has no edge
     /// `from → to`; [`StoreError::OwnerChanged`] when the owner guard fails (nothing
-    /// written); [`StoreError::Backend`].
+    /// written); [`StoreError::LeaseHeld`] when the guard needs an expired lease and the lease
+    /// has not expired by the store's clock (nothing written); [`StoreError::Backend`].
     async fn transition(&self, id: &RunId, change: Transition) -> Result<Run, StoreError>;
 
     /// Records an [`Amendment`] to a terminal run (applied with [`Run::amend`]) and appends its
@@ -162,12 +186,41 @@ pub trait RunStore: Send + Sync + fmt::Debug {
     /// [`StoreError::NotFound`]; [`StoreError::Backend`].
     async fn set_remote_dir(&self, id: &RunId, remote_dir: &str) -> Result<(), StoreError>;
 
-    /// Makes `owner` the owner of a non-terminal run (a detached worker taking it over).
+    /// Makes `owner` the owner of a non-terminal run (a detached worker taking it over), holding
+    /// a lease until the store's now plus `lease`. A pending cancel request stays.
     ///
     /// # Errors
     /// [`StoreError::NotFound`]; [`StoreError::Conflict`] when the run is already terminal
     /// (`expected` is then `pending`); [`StoreError::Backend`].
-    async fn set_owner(&self, id: &RunId, owner: RunOwner) -> Result<Run, StoreError>;
+    async fn set_owner(
+        &self,
+        id: &RunId,
+        owner: &RunOwner,
+        lease: Duration,
+    ) -> Result<Run, StoreError>;
+
+    /// The owner's heartbeat: extends the lease of an active run that `owner` still owns to the
+    /// store's now plus `lease` (also when it has expired but nobody ended the run yet), and
+    /// returns the run, so that the owner sees a cancel request. No event is written.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`]; [`StoreError::Conflict`] when the run is terminal (`expected` is
+    /// then `pending`); [`StoreError::OwnerChanged`] when another process owns it now (both:
+    /// nothing written, and the caller must stop driving the run); [`StoreError::Backend`].
+    async fn renew_lease(
+        &self,
+        id: &RunId,
+        owner: &RunOwner,
+        lease: Duration,
+    ) -> Result<Run, StoreError>;
+
+    /// Records a request to cancel an active run, at the store's now, for its owner to act on
+    /// at its next heartbeat. A run already asked keeps its first request time; a terminal run
+    /// is returned unchanged. No event is written. Returns the run.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`]; [`StoreError::Backend`].
+    async fn request_cancel(&self, id: &RunId) -> Result<Run, StoreError>;
 
     /// Runs matching `filter`, newest first.
     ///

@@ -11,37 +11,28 @@ use crate::ports::{SshError, SshSession, StoreError};
 use crate::run::{Run, RunStatus, Transition};
 
 use super::execution::Execution;
+use super::lease::HeldLease;
 use super::recover::Recovery;
 use super::{MachineSpec, RunObserver, Runner, StopSignals};
 
 impl Runner {
-    /// Carries out a pending run: dial, start, upload, exec (with the timeout and stop
-    /// signals), download the artifacts, clean up, and record the final status. A run that is
-    /// no longer pending is returned as it is.
-    ///
-    /// `manifest` is the one the run was claimed with; when `None` (a detached worker) the test
-    /// directory is hashed again and must still match.
-    ///
-    /// # Errors
-    /// [`DispatchError::Store`] when the store fails; every other failure is recorded in the
-    /// returned run.
-    pub async fn execute(
+    /// [`Runner::execute`] under `lease`: every change is guarded on the lease's owner.
+    pub(super) async fn execute_leased(
         &self,
         run: Run,
         machine: &MachineSpec,
         manifest: Option<&DirManifest>,
-        signals: &StopSignals,
+        lease: &HeldLease,
         observer: &dyn RunObserver,
     ) -> Result<Run, DispatchError> {
-        if run.status != RunStatus::Pending {
-            return Ok(run);
-        }
+        let signals = lease.signals();
         let manifest = match checked_manifest(&run, manifest) {
             Ok(manifest) => manifest,
             Err(message) => {
                 let ended = self
-                    .end_pending(
-                        &run.id,
+                    .end_owned_pending(
+                        lease,
+                        &run,
                         RunStatus::Failed,
                         ErrorCode::TestDirChanged,
                         message,
@@ -54,19 +45,27 @@ impl Runner {
         let session = match self.dial(&run, machine, signals).await {
             Ok(session) => session,
             Err((status, code, message)) => {
-                let ended = self.end_pending(&run.id, status, code, message).await?;
+                let ended = self
+                    .end_owned_pending(lease, &run, status, code, message)
+                    .await?;
                 observer.status(&ended);
                 return Ok(ended);
             }
         };
-        let start = Transition::new(RunStatus::Pending, RunStatus::Running, self.clock.now());
+        let start = lease.guard(Transition::new(
+            RunStatus::Pending,
+            RunStatus::Running,
+            self.clock.now(),
+        ));
         let run = match self.store.transition(&run.id, start).await {
             Ok(run) => run,
             Err(error) => {
                 close_quietly(session.as_ref()).await;
                 return match error {
                     // Cancelled or reaped meanwhile: leave the machine alone.
-                    StoreError::Conflict { .. } => Ok(self.store.get(&run.id).await?),
+                    StoreError::Conflict { .. } | StoreError::OwnerChanged { .. } => {
+                        Ok(self.store.get(&run.id).await?)
+                    }
                     error => Err(error.into()),
                 };
             }
@@ -92,7 +91,7 @@ impl Runner {
             why: "the connection could not be trusted to the end",
         };
         let reconnect = outcome.link_down && !signals.abandon.is_cancelled();
-        let mut change = outcome.into_transition(self.clock.now());
+        let mut change = lease.guard(outcome.into_transition(self.clock.now()));
         if reconnect {
             // Unknown until the recovery has looked: a null `remote_cleanup` on an ended run
             // says that testfleet is still finishing the job.
@@ -100,8 +99,11 @@ impl Runner {
         }
         let (ended, ours) = match self.store.transition(&run.id, change).await {
             Ok(ended) => (ended, true),
-            // Another process ended it meanwhile (a reaper): the stored run wins.
-            Err(StoreError::Conflict { .. }) => (self.store.get(&run.id).await?, false),
+            // Another process ended it meanwhile (a reaper) or took it over: the stored run
+            // wins, and what is left on the machine is the new owner's to deal with.
+            Err(StoreError::Conflict { .. } | StoreError::OwnerChanged { .. }) => {
+                (self.store.get(&run.id).await?, false)
+            }
             Err(error) => return Err(error.into()),
         };
         observer.status(&ended);
@@ -186,7 +188,7 @@ impl Runner {
     }
 
     /// Applies a final transition; when another process already ended the run (a lost
-    /// compare-and-set), the stored run wins and is returned.
+    /// compare-and-set) or took it over, the stored run wins and is returned.
     pub(super) async fn finish_with(
         &self,
         id: &RunId,
@@ -194,7 +196,9 @@ impl Runner {
     ) -> Result<Run, StoreError> {
         match self.store.transition(id, change).await {
             Ok(run) => Ok(run),
-            Err(StoreError::Conflict { .. }) => self.store.get(id).await,
+            Err(StoreError::Conflict { .. } | StoreError::OwnerChanged { .. }) => {
+                self.store.get(id).await
+            }
             Err(error) => Err(error),
         }
     }

@@ -13,6 +13,7 @@
 
 mod execute;
 mod execution;
+mod lease;
 mod logs;
 mod outcome;
 mod prepare;
@@ -30,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use crate::entrypoint::TargetOs;
 use crate::error::DispatchError;
 use crate::hash::hash_dir;
-use crate::ids::MachineName;
+use crate::ids::{ControllerId, MachineName};
 use crate::ports::{
     Clock, OutputStream, RunIdGenerator, RunStore, SshConnector, SshError, SshTarget,
     TransferProgress,
@@ -38,7 +39,8 @@ use crate::ports::{
 use crate::remote::{RemoteShell, WindowsShell};
 use crate::run::{DispatchedRun, Run, RunOwner};
 
-pub use reaper::{OwnerProbe, reap_lost_runs};
+pub use lease::LeaseSettings;
+pub use reaper::{Liveness, OwnerProbe, reap_lost_runs};
 pub use wait::{ReapedRuns, Watch};
 
 /// Settings of the runner itself.
@@ -52,6 +54,10 @@ pub struct RunnerConfig {
     pub kill_wait: Duration,
     /// What the application tells its users to do about a failure.
     pub remedies: Arc<dyn Remedies>,
+    /// The owner's lease and heartbeat.
+    pub lease: LeaseSettings,
+    /// The controller the runs it claims belong to ([`Run::controller`]).
+    pub controller: Option<ControllerId>,
 }
 
 impl RunnerConfig {
@@ -65,6 +71,8 @@ impl RunnerConfig {
             kill_grace: Self::DEFAULT_KILL_GRACE,
             kill_wait: Self::DEFAULT_KILL_GRACE + Duration::from_secs(10),
             remedies: Arc::new(NoRemedies),
+            lease: LeaseSettings::default(),
+            controller: None,
         }
     }
 }

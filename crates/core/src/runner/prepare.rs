@@ -39,7 +39,9 @@ impl Runner {
                 .timeout
                 .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
             keep_remote: request.keep_remote,
-            owner: request.owner,
+            owner: request.owner.clone(),
+            lease: self.config.lease.duration,
+            controller: self.config.controller.clone(),
         };
         match self.store.claim(new).await? {
             Claim::Active(run) if run.test_dir_hash == manifest.hash => {

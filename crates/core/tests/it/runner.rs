@@ -15,17 +15,17 @@ use testfleet_core::ports::{
 };
 use testfleet_core::remote::{RemoteShell, RunScript, WindowsShell};
 use testfleet_core::runner::{
-    DispatchRequest, MachineSpec, NoObserver, OwnerProbe, Runner, RunnerConfig, StopSignals,
-    reap_lost_runs,
+    DispatchRequest, LeaseSettings, Liveness, MachineSpec, NoObserver, OwnerProbe, Runner,
+    RunnerConfig, StopSignals, reap_lost_runs,
 };
 use testfleet_core::{
-    DispatchedRun, ErrorCode, MachineName, RunId, RunOwner, RunStatus, SkippedArtifact, TargetOs,
-    Timestamp,
+    ControllerId, DispatchedRun, ErrorCode, MachineName, RunId, RunOwner, RunStatus,
+    SkippedArtifact, TargetOs, Timestamp,
 };
 
 /// A clock that advances one second per reading, from a fixed start.
 #[derive(Debug, Default)]
-struct StepClock {
+pub(crate) struct StepClock {
     ticks: AtomicI64,
 }
 
@@ -52,21 +52,30 @@ impl RunIdGenerator for SeqIds {
     }
 }
 
-struct Harness {
-    store: Arc<FakeStore>,
-    ssh: FakeSsh,
-    runner: Runner,
-    state: tempfile::TempDir,
-    test_dir: tempfile::TempDir,
+pub(crate) struct Harness {
+    pub(crate) store: Arc<FakeStore>,
+    pub(crate) ssh: FakeSsh,
+    pub(crate) runner: Runner,
+    pub(crate) state: tempfile::TempDir,
+    pub(crate) test_dir: tempfile::TempDir,
 }
 
-fn harness(script: FakeScript) -> Harness {
+pub(crate) fn harness(script: FakeScript) -> Harness {
+    harness_with(script, |_| {})
+}
+
+/// A harness whose runner settings `configure` adjusts.
+pub(crate) fn harness_with(
+    script: FakeScript,
+    configure: impl FnOnce(&mut RunnerConfig),
+) -> Harness {
     let store = Arc::new(FakeStore::new());
     let ssh = FakeSsh::with_script(script);
     let state = tempfile::tempdir().expect("temp dir");
     let mut config = RunnerConfig::new(state.path().to_path_buf());
     config.kill_grace = Duration::from_millis(50);
     config.kill_wait = Duration::from_secs(5);
+    configure(&mut config);
     let runner = Runner::new(
         store.clone(),
         Arc::new(ssh.clone()),
@@ -91,7 +100,7 @@ fn write_test_dir(dir: &Path, script: &str) {
     std::fs::write(dir.join("data/input.txt"), "42\n").expect("write");
 }
 
-fn machine(name: &str, os: &str) -> MachineSpec {
+pub(crate) fn machine(name: &str, os: &str) -> MachineSpec {
     MachineSpec {
         name: MachineName::parse(name).expect("valid name"),
         os: TargetOs::new(os),
@@ -111,7 +120,7 @@ fn machine(name: &str, os: &str) -> MachineSpec {
     }
 }
 
-fn request(machine: MachineSpec) -> DispatchRequest {
+pub(crate) fn request(machine: MachineSpec) -> DispatchRequest {
     DispatchRequest {
         machine,
         timeout: None,
@@ -140,7 +149,7 @@ impl Harness {
     }
 
     /// The run's events as `from>to:CODE` strings.
-    async fn event_trail(&self, id: &RunId) -> Vec<String> {
+    pub(crate) async fn event_trail(&self, id: &RunId) -> Vec<String> {
         let events = self.store.events(id).await.expect("the run exists");
         events
             .iter()
@@ -1044,8 +1053,21 @@ async fn a_broken_store_is_a_store_error() {
 struct DeadOwners;
 
 impl OwnerProbe for DeadOwners {
-    fn is_alive(&self, owner: RunOwner) -> bool {
-        owner.pid == 1
+    fn liveness(&self, owner: &RunOwner) -> Liveness {
+        if owner.pid == 1 {
+            Liveness::Alive
+        } else {
+            Liveness::Dead
+        }
+    }
+}
+
+/// An owner on this test's own controller.
+pub(crate) fn local_owner(pid: u32, start_time: Option<u64>) -> RunOwner {
+    RunOwner {
+        host: Some(ControllerId::parse("ctl-here").expect("a valid id")),
+        pid,
+        start_time,
     }
 }
 
@@ -1055,10 +1077,7 @@ async fn the_reaper_interrupts_runs_whose_owner_is_gone() {
     let manifest = testfleet_core::hash::hash_dir(h.test_dir.path()).expect("hashes");
     let claim = |name: &'static str, pid: u32| {
         let mut req = request(machine(name, "linux"));
-        req.owner = Some(RunOwner {
-            pid,
-            start_time: Some(7),
-        });
+        req.owner = Some(local_owner(pid, Some(7)));
         let runner = h.runner.clone();
         let manifest = manifest.clone();
         async move { runner.prepare(&manifest, &req).await.expect("claims").run }
@@ -1126,7 +1145,7 @@ struct HandOverWhileProbing {
 }
 
 impl OwnerProbe for HandOverWhileProbing {
-    fn is_alive(&self, _owner: RunOwner) -> bool {
+    fn liveness(&self, _owner: &RunOwner) -> Liveness {
         let store = self.store.clone();
         let id = self.id.clone();
         std::thread::spawn(move || {
@@ -1135,16 +1154,14 @@ impl OwnerProbe for HandOverWhileProbing {
                 .expect("runtime");
             runtime.block_on(store.set_owner(
                 &id,
-                RunOwner {
-                    pid: 1,
-                    start_time: Some(1),
-                },
+                &local_owner(1, Some(1)),
+                LeaseSettings::DEFAULT_DURATION,
             ))
         })
         .join()
         .expect("the hand-over thread ran")
         .expect("the hand-over succeeds");
-        false
+        Liveness::Dead
     }
 }
 
@@ -1153,10 +1170,7 @@ async fn the_reaper_does_not_reap_a_run_handed_over_while_it_looked() {
     let h = harness(FakeScript::default());
     let manifest = testfleet_core::hash::hash_dir(h.test_dir.path()).expect("hashes");
     let mut req = request(machine("m-1", "linux"));
-    req.owner = Some(RunOwner {
-        pid: 4_000_000,
-        start_time: Some(7),
-    });
+    req.owner = Some(local_owner(4_000_000, Some(7)));
     let run = h.runner.prepare(&manifest, &req).await.expect("claims").run;
 
     let probe = HandOverWhileProbing {

@@ -22,9 +22,12 @@ pub fn new_run(machine: &str, hash_byte: u8, unix_ms: u64, serial: u128) -> NewR
         timeout_ms: Some(60_000),
         keep_remote: false,
         owner: Some(RunOwner {
+            host: None,
             pid: std::process::id(),
             start_time: None,
         }),
+        lease: std::time::Duration::from_secs(30),
+        controller: None,
     }
 }
 

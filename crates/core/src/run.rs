@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::code::{ErrorCode, RunError};
 use crate::entrypoint::TargetOs;
 use crate::ids::{MachineName, RunId, TestDirHash};
+use crate::summary::TestSummary;
 use crate::time::Timestamp;
 
 /// Where a run is in its lifecycle.
@@ -265,6 +266,9 @@ pub struct Run {
     /// `None` when no download took place (the run ended before its script ran, or the connection
     /// was lost).
     pub artifacts: Option<ArtifactSummary>,
+    /// What the test reports among the downloaded artifacts said; `None` when no report was
+    /// found (or none was looked for: the download did not happen).
+    pub tests: Option<TestSummary>,
 }
 
 impl Run {
@@ -292,6 +296,7 @@ impl Run {
             keep_remote: new.keep_remote,
             paths: new.paths,
             artifacts: None,
+            tests: None,
         }
     }
 
@@ -342,6 +347,9 @@ impl Run {
             self.signal = change.signal.clone();
             if change.artifacts.is_some() {
                 self.artifacts = change.artifacts;
+            }
+            if change.tests.is_some() {
+                self.tests.clone_from(&change.tests);
             }
             self.worker_pid = None;
             self.worker_start_time = None;
@@ -452,6 +460,9 @@ pub struct Transition {
     /// What was downloaded. On a terminal status `Some` replaces [`Run::artifacts`], and `None`
     /// leaves it as it is.
     pub artifacts: Option<ArtifactSummary>,
+    /// What the test reports said. On a terminal status `Some` replaces [`Run::tests`], and
+    /// `None` leaves it as it is.
+    pub tests: Option<TestSummary>,
     /// Extra words for the event history; the error message when absent.
     pub detail: Option<String>,
     /// The owner the run must still have for the change to apply.
@@ -469,6 +480,7 @@ impl Transition {
             exit_code: None,
             signal: None,
             artifacts: None,
+            tests: None,
             detail: None,
             owner_guard: OwnerGuard::Any,
         }

@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use rusqlite::types::Type;
 use rusqlite::{Row, Transaction, params};
 use testfleet_core::run::{ArtifactSummary, Run, RunEventRecord, RunPaths, RunStatus};
-use testfleet_core::{ErrorCode, MachineName, RunError, RunId, TargetOs, TestDirHash, Timestamp};
+use testfleet_core::{
+    ErrorCode, MachineName, RunError, RunId, TargetOs, TestDirHash, TestSummary, Timestamp,
+};
 
 use crate::error::Error;
 
@@ -16,7 +18,7 @@ use crate::error::Error;
 pub(crate) const RUN_COLUMNS: &str = "id, machine, os, test_dir, test_dir_hash, entrypoint, \
      status, error_code, error_message, exit_code, signal, created_at, started_at, finished_at, \
      duration_ms, timeout_ms, remote_dir, owner_pid, owner_start_time, keep_remote, local_dir, \
-     artifact_files, artifact_bytes";
+     artifact_files, artifact_bytes, tests";
 
 /// The columns of `run_events`, in the order [`event_from_row`] reads them.
 pub(crate) const EVENT_COLUMNS: &str = "at, from_status, to_status, code, detail";
@@ -108,6 +110,21 @@ fn u64_at(row: &Row<'_>, column_idx: usize) -> rusqlite::Result<Option<u64>> {
     Ok(row.get::<_, Option<i64>>(column_idx)?.map(u64_from_sql))
 }
 
+/// The `tests` column: the run record's `tests` object as JSON text, or NULL.
+fn tests_at(row: &Row<'_>, column_idx: usize) -> rusqlite::Result<Option<TestSummary>> {
+    let text: Option<String> = row.get(column_idx)?;
+    text.map(|text| {
+        serde_json::from_str(&text)
+            .map_err(|_| bad_value(column_idx, "tests", &text, "test summary"))
+    })
+    .transpose()
+}
+
+fn tests_to_sql(tests: Option<&TestSummary>) -> Option<String> {
+    // Serializing plain strings and integers cannot fail.
+    tests.and_then(|tests| serde_json::to_string(tests).ok())
+}
+
 /// Reads a row selected with [`RUN_COLUMNS`].
 pub(crate) fn run_from_row(row: &Row<'_>) -> rusqlite::Result<Run> {
     let error_code = code_at(row, 7, "error_code")?;
@@ -154,6 +171,7 @@ pub(crate) fn run_from_row(row: &Row<'_>) -> rusqlite::Result<Run> {
             (Some(files), Some(bytes)) => Some(ArtifactSummary { files, bytes }),
             _ => None,
         },
+        tests: tests_at(row, 23)?,
     })
 }
 
@@ -180,7 +198,7 @@ pub(crate) fn insert_run(tx: &Transaction<'_>, run: &Run) -> rusqlite::Result<()
     let sql = format!(
         "INSERT INTO runs ({RUN_COLUMNS}) VALUES \
          (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, \
-          ?20, ?21, ?22, ?23)"
+          ?20, ?21, ?22, ?23, ?24)"
     );
     tx.prepare_cached(&sql)?.execute(params![
         run.id.as_str(),
@@ -206,6 +224,7 @@ pub(crate) fn insert_run(tx: &Transaction<'_>, run: &Run) -> rusqlite::Result<()
         path_to_sql(&run.paths.dir),
         run.artifacts.map(|summary| u64_to_sql(summary.files)),
         run.artifacts.map(|summary| u64_to_sql(summary.bytes)),
+        tests_to_sql(run.tests.as_ref()),
     ])?;
     Ok(())
 }
@@ -221,8 +240,8 @@ pub(crate) fn update_run(
         .prepare_cached(
             "UPDATE runs SET status = ?1, error_code = ?2, error_message = ?3, exit_code = ?4, \
              signal = ?5, started_at = ?6, finished_at = ?7, duration_ms = ?8, remote_dir = ?9, \
-             owner_pid = ?10, owner_start_time = ?11, artifact_files = ?12, artifact_bytes = ?13 \
-             WHERE id = ?14 AND status = ?15",
+             owner_pid = ?10, owner_start_time = ?11, artifact_files = ?12, artifact_bytes = ?13, \
+             tests = ?14 WHERE id = ?15 AND status = ?16",
         )?
         .execute(params![
             run.status.as_str(),
@@ -238,6 +257,7 @@ pub(crate) fn update_run(
             run.worker_start_time.map(u64_to_sql),
             run.artifacts.map(|summary| u64_to_sql(summary.files)),
             run.artifacts.map(|summary| u64_to_sql(summary.bytes)),
+            tests_to_sql(run.tests.as_ref()),
             run.id.as_str(),
             expected.as_str(),
         ])?;

@@ -15,7 +15,10 @@ use crate::error::Error;
 use crate::retry::{is_busy, retry_busy};
 
 /// The migrations, in order; the schema version is the number applied.
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_runs.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/0001_runs.sql"),
+    include_str!("../migrations/0002_tests.sql"),
+];
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -354,6 +354,7 @@ fn resolve(
             os: TargetOs::new(&os),
             windows_shell: entry.shell.or(defaults.shell).unwrap_or_default(),
             remote_root,
+            results: Vec::new(),
             ssh: SshTarget {
                 host,
                 port,

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use testfleet_core::ports::{RunFilter, RunStore, StoreError};
-use testfleet_core::run::{RunOwner, RunStatus, Transition};
-use testfleet_core::{ErrorCode, RunId};
+use testfleet_core::run::{RunEventRecord, RunOwner, RunStatus, Transition};
+use testfleet_core::{ErrorCode, FailedCase, FailureKind, RunId, TestSummary, UnreadableReport};
 
 use super::*;
 
@@ -270,4 +270,76 @@ pub(super) async fn unknown_ids_are_not_found(store: &Arc<dyn RunStore>) {
         1,
         "nothing was created"
     );
+}
+
+/// What a run's test reports said (`tests`) is recorded by the final transition and read back
+/// whole by `get` and `list`: every count at its extremes, odd strings, optional fields empty
+/// and set.
+pub(super) async fn tests_round_trip(store: &Arc<dyn RunStore>) {
+    let summary = TestSummary {
+        total: u64::MAX,
+        passed: u64::MAX - 3,
+        failed: 2,
+        skipped: 0,
+        errors: 1,
+        duration_ms: 86_400_000,
+        failures: vec![
+            FailedCase {
+                suite: "suite \"quoted\" ünïcode".to_owned(),
+                classname: Some("pkg.Class$Inner".to_owned()),
+                name: "it's <odd> & 'quoted'".to_owned(),
+                kind: FailureKind::Failure,
+                message: "expected 4, got 5 \\ 😀".to_owned(),
+            },
+            FailedCase {
+                suite: String::new(),
+                classname: None,
+                name: "errs".to_owned(),
+                kind: FailureKind::Error,
+                message: String::new(),
+            },
+        ],
+        failures_omitted: 1,
+        reports: vec!["junit.xml".to_owned(), "nested/dir/report.xml".to_owned()],
+        unreadable: vec![UnreadableReport {
+            path: "broken.xml".to_owned(),
+            reason: "not well-formed XML at byte 12".to_owned(),
+        }],
+    };
+
+    let mut run = claim_new(store, new_run("linux-1", 1, 0, 1)).await;
+    assert_eq!(run.tests, None, "a new run has no tests");
+    let mut events = vec![RunEventRecord::created(&run)];
+    apply_and_check(
+        store,
+        &mut run,
+        &mut events,
+        Transition::new(RunStatus::Pending, RunStatus::Running, at(1)),
+    )
+    .await;
+    let mut done = Transition::new(RunStatus::Running, RunStatus::Failed, at(2))
+        .with_error(ErrorCode::NonzeroExit, "run.sh exited with status 1");
+    done.exit_code = Some(1);
+    done.tests = Some(summary.clone());
+    apply_and_check(store, &mut run, &mut events, done).await;
+    assert_eq!(run.tests.as_ref(), Some(&summary));
+
+    // An empty summary (reports found, no case in them) is not the same as none.
+    let mut other = claim_new(store, new_run("linux-2", 1, 10, 2)).await;
+    let mut other_events = vec![RunEventRecord::created(&other)];
+    let mut empty = Transition::new(RunStatus::Pending, RunStatus::Running, at(11));
+    apply_and_check(store, &mut other, &mut other_events, empty.clone()).await;
+    empty = Transition::new(RunStatus::Running, RunStatus::Completed, at(12));
+    empty.exit_code = Some(0);
+    empty.tests = Some(TestSummary::default());
+    apply_and_check(store, &mut other, &mut other_events, empty).await;
+    assert_eq!(other.tests, Some(TestSummary::default()));
+
+    let listed = store
+        .list(&RunFilter::default())
+        .await
+        .expect("listing works");
+    let by_id = |id: &RunId| listed.iter().find(|listed| &listed.id == id).cloned();
+    assert_eq!(by_id(&run.id), Some(run), "list returns the tests too");
+    assert_eq!(by_id(&other.id), Some(other));
 }

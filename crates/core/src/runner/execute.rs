@@ -83,9 +83,12 @@ impl Runner {
         };
         let outcome = execution.drive(&manifest).await;
         close_quietly(session.as_ref()).await;
-        let run = self
-            .finish_with(&run.id, outcome.into_transition(self.clock.now()))
-            .await?;
+        let tests = self
+            .read_test_reports(&run, machine, &outcome, signals)
+            .await;
+        let mut change = outcome.into_transition(self.clock.now());
+        change.tests = tests;
+        let run = self.finish_with(&run.id, change).await?;
         observer.status(&run);
         Ok(run)
     }

@@ -17,6 +17,7 @@ mod logs;
 mod outcome;
 mod prepare;
 mod reaper;
+mod reports;
 mod wait;
 
 use std::fmt;
@@ -38,6 +39,7 @@ use crate::remote::{RemoteShell, WindowsShell};
 use crate::run::{DispatchedRun, Run, RunOwner};
 
 pub use reaper::{OwnerProbe, reap_lost_runs};
+pub use reports::ReportReader;
 pub use wait::Watch;
 
 /// Settings of the runner itself.
@@ -51,6 +53,9 @@ pub struct RunnerConfig {
     pub kill_wait: Duration,
     /// What the application tells its users to do about a failure.
     pub remedies: Arc<dyn Remedies>,
+    /// Reads the test reports among a run's artifacts into [`Run::tests`]; none by default,
+    /// and then no run records tests.
+    pub reports: Option<Arc<dyn ReportReader>>,
 }
 
 impl RunnerConfig {
@@ -64,6 +69,7 @@ impl RunnerConfig {
             kill_grace: Self::DEFAULT_KILL_GRACE,
             kill_wait: Self::DEFAULT_KILL_GRACE + Duration::from_secs(10),
             remedies: Arc::new(NoRemedies),
+            reports: None,
         }
     }
 }
@@ -97,6 +103,9 @@ pub struct MachineSpec {
     pub windows_shell: WindowsShell,
     /// The remote root, relative to the login directory unless absolute.
     pub remote_root: String,
+    /// Where the test reports of its runs are: `/`-separated glob patterns relative to the
+    /// run's artifacts folder, handed to the [`ReportReader`]; empty: the reader's default.
+    pub results: Vec<String>,
     /// How to reach it.
     pub ssh: SshTarget,
 }

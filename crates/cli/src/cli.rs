@@ -95,6 +95,9 @@ pub enum Command {
         run_id: String,
         #[arg(long)]
         accept_new_host_key: bool,
+        /// The run's `--results` patterns, as `run --detach` was given them
+        #[arg(long = "results", value_name = "GLOB")]
+        results: Vec<String>,
     },
 }
 
@@ -120,6 +123,10 @@ pub struct RunArgs {
     /// Record an unknown host key in known_hosts (like OpenSSH's accept-new)
     #[arg(long)]
     pub accept_new_host_key: bool,
+    /// Where the JUnit reports are among the artifacts (repeatable) [default: the fleet
+    /// file's results, else **/*.xml]
+    #[arg(long = "results", value_name = "GLOB")]
+    pub results: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]

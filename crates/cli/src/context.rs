@@ -7,6 +7,7 @@ use testfleet_core::hash::{DigestCache, DirManifest, hash_resolved, resolve_test
 use testfleet_core::ports::{RunStore, SshConnector, StoreError, SystemClock, UlidGenerator};
 use testfleet_core::runner::{Runner, RunnerConfig, Watch};
 use testfleet_core::{DispatchError, Run, RunId};
+use testfleet_results::JunitReports;
 use testfleet_ssh::RusshConnector;
 use testfleet_store_sqlite::{DATABASE_FILE, SqliteStore};
 
@@ -153,6 +154,7 @@ impl Context {
     ) -> Result<Runner, CliError> {
         let mut config = RunnerConfig::new(self.state_dir()?);
         config.remedies = Arc::new(RunRemedies);
+        config.reports = Some(Arc::new(JunitReports::default()));
         Ok(Runner::new(
             store,
             connector,

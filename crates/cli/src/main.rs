@@ -155,7 +155,8 @@ async fn execute(ctx: &Context, command: Command) -> Result<Report, CliError> {
         Command::Worker {
             run_id,
             accept_new_host_key,
-        } => commands::worker::worker(ctx, &run_id, accept_new_host_key).await,
+            results,
+        } => commands::worker::worker(ctx, &run_id, accept_new_host_key, &results).await,
     }
 }
 

@@ -22,5 +22,5 @@ pub mod read;
 pub use find::{GlobError, ResultGlobs};
 pub use limits::Limits;
 
-pub use parse::{CaseOutcome, CaseResult};
+pub use parse::{CaseOutcome, CaseResult, case_label};
 pub use read::{JunitReports, RunReports, read_reports, summarize};

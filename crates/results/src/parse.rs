@@ -50,6 +50,16 @@ impl CaseOutcome {
     }
 }
 
+/// How a case is named to people: `classname::name`, or `suite::name` when the report gives
+/// no classname (CI servers list cases by class and name).
+pub fn case_label(suite: &str, classname: Option<&str>, name: &str) -> String {
+    match classname.filter(|c| !c.is_empty()) {
+        Some(classname) => format!("{classname}::{name}"),
+        None if !suite.is_empty() => format!("{suite}::{name}"),
+        None => name.to_owned(),
+    }
+}
+
 /// One test case of a report.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CaseResult {

@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use testfleet_core::ports::{HostKeyPolicy, OutputStream, SshConnector, TransferProgress};
 use testfleet_core::runner::{DispatchRequest, MachineSpec, Prepared, RunObserver, Runner};
 use testfleet_core::{DirManifest, DispatchError, DispatchedRun, ErrorCode, Run, RunId, RunStatus};
+use testfleet_results::ResultGlobs;
 use testfleet_ssh::RusshConnector;
 
 use crate::cli::RunArgs;
@@ -49,6 +50,7 @@ impl MachineError {
 /// `UNKNOWN_MACHINE`, `FLEET_CONFIG_INVALID`, `INVALID_ARGUMENT`; `MACHINE_BUSY` for a single
 /// machine; `STORE_ERROR`.
 pub async fn run(ctx: &Context, args: RunArgs) -> Result<Report, CliError> {
+    ResultGlobs::new(&args.results).map_err(|error| CliError::invalid(error.to_string()))?;
     let fleet = ctx.fleet()?;
     let selected = fleet.select(&args.machines, &args.labels)?;
     // A foreground run logs in while the directory is hashed and the machines are claimed (a
@@ -56,7 +58,7 @@ pub async fn run(ctx: &Context, args: RunArgs) -> Result<Report, CliError> {
     let predialer = Arc::new(Predialer::new(Arc::new(RusshConnector::new())));
     if !args.detach && args.dir.is_dir() {
         for machine in &selected {
-            predialer.dial(run_spec(machine, args.accept_new_host_key).ssh);
+            predialer.dial(run_spec(machine, &args).ssh);
         }
     }
     let dispatched = dispatch(ctx, args, &selected, predialer.clone()).await;
@@ -64,11 +66,15 @@ pub async fn run(ctx: &Context, args: RunArgs) -> Result<Report, CliError> {
     dispatched
 }
 
-/// The machine as a run sees it: the fleet's, with `--accept-new-host-key` applied.
-fn run_spec(machine: &FleetMachine, accept_new_host_key: bool) -> MachineSpec {
+/// The machine as a run sees it: the fleet's, with `--accept-new-host-key` and `--results`
+/// applied.
+fn run_spec(machine: &FleetMachine, args: &RunArgs) -> MachineSpec {
     let mut spec = machine.spec.clone();
-    if accept_new_host_key {
+    if args.accept_new_host_key {
         spec.ssh.host_key_policy = HostKeyPolicy::AcceptNew;
+    }
+    if !args.results.is_empty() {
+        spec.results.clone_from(&args.results);
     }
     spec
 }
@@ -96,7 +102,7 @@ async fn dispatch(
     let mut errors: Vec<MachineError> = Vec::new();
     for machine in selected {
         let request = DispatchRequest {
-            machine: run_spec(machine, args.accept_new_host_key),
+            machine: run_spec(machine, &args),
             timeout: args.timeout.or(machine.timeout),
             keep_remote: args.keep_remote,
             owner: Some(me),
@@ -116,7 +122,7 @@ async fn dispatch(
     }
 
     let results = if args.detach {
-        detach_all(ctx, &runner, prepared_runs, args.accept_new_host_key).await?
+        detach_all(ctx, &runner, prepared_runs, &args).await?
     } else {
         let watch = SignalWatch::install(!ctx.style.json)?;
         let results =
@@ -224,7 +230,7 @@ async fn detach_all(
     ctx: &Context,
     runner: &Runner,
     prepared_runs: Vec<(DispatchRequest, Prepared)>,
-    accept_new_host_key: bool,
+    args: &RunArgs,
 ) -> Result<Vec<DispatchedRun>, CliError> {
     let store = runner.store().as_ref();
     let mut results = Vec::with_capacity(prepared_runs.len());
@@ -236,7 +242,7 @@ async fn detach_all(
             });
             continue;
         }
-        let run = match spawn_worker(ctx, &prepared.run, accept_new_host_key) {
+        let run = match spawn_worker(ctx, &prepared.run, args) {
             Ok(pid) => match store.set_owner(&prepared.run.id, owner::of_pid(pid)).await {
                 Ok(run) => run,
                 // The worker already finished it.
@@ -262,7 +268,7 @@ async fn detach_all(
 }
 
 /// Starts `testfleet _worker RUN_ID` with its output in the run's `worker.log`.
-fn spawn_worker(ctx: &Context, run: &Run, accept_new_host_key: bool) -> Result<u32, CliError> {
+fn spawn_worker(ctx: &Context, run: &Run, args: &RunArgs) -> Result<u32, CliError> {
     let exe = std::env::current_exe()
         .map_err(|error| CliError::io("find the testfleet executable", "current_exe", error))?;
     let log_path = run.paths.worker_log();
@@ -284,8 +290,11 @@ fn spawn_worker(ctx: &Context, run: &Run, accept_new_host_key: bool) -> Result<u
         command.arg("-v");
     }
     command.arg("_worker").arg(run.id.as_str());
-    if accept_new_host_key {
+    if args.accept_new_host_key {
         command.arg("--accept-new-host-key");
+    }
+    for pattern in &args.results {
+        command.arg("--results").arg(pattern);
     }
     let child = command
         .stdin(Stdio::null())

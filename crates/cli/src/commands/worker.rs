@@ -21,6 +21,7 @@ pub async fn worker(
     ctx: &Context,
     run_id: &str,
     accept_new_host_key: bool,
+    results: &[String],
 ) -> Result<Report, CliError> {
     // A session of our own: the terminal's Ctrl-C and hangup no longer reach us.
     if let Err(error) = nix::unistd::setsid() {
@@ -50,6 +51,9 @@ pub async fn worker(
     let mut spec = machine.spec.clone();
     if accept_new_host_key {
         spec.ssh.host_key_policy = HostKeyPolicy::AcceptNew;
+    }
+    if !results.is_empty() {
+        spec.results = results.to_vec();
     }
     // Hashed again (with the digest cache) to check that the directory is still the one
     // claimed; when that fails, the runner hashes once more and records why.

@@ -4,4 +4,5 @@
 mod bad_input;
 mod offline;
 mod remote;
+mod reports;
 mod support;

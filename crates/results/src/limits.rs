@@ -22,7 +22,7 @@ pub struct Limits {
     pub max_listed_failures: usize,
     /// Characters kept of a failure's first message line.
     pub max_message_chars: usize,
-    /// Bytes kept of a failure's whole text (message and body), for the HTML report.
+    /// Bytes kept of a failure's text (the element's body), for the merged JUnit and HTML.
     pub max_detail_bytes: usize,
 }
 

@@ -75,8 +75,8 @@ pub struct CaseResult {
     pub duration_ms: Option<u64>,
     /// The first line of its failure, error or skip message; empty when there is none.
     pub message: String,
-    /// The message and the element's text, bounded by [`Limits::max_detail_bytes`]; empty for
-    /// a passed case.
+    /// The text of its `<failure>`, `<error>` or `<skipped>` element (a stack trace, say),
+    /// bounded by [`Limits::max_detail_bytes`]; empty when there is none.
     pub detail: String,
 }
 
@@ -383,7 +383,7 @@ fn cases_of(report: &Report, limits: &Limits) -> ParsedReport {
                 outcome,
                 duration_ms,
                 message: first_line(message, description, limits.max_message_chars),
-                detail: detail(message, description, limits.max_detail_bytes),
+                detail: detail(description, limits.max_detail_bytes),
             });
         }
         suites_ms = suites_ms.saturating_add(suite.time.map_or(cases_ms, millis));
@@ -412,16 +412,9 @@ fn truncate_chars(text: &str, max_chars: usize) -> String {
     }
 }
 
-/// The message, then the text when it adds something, at most `max_bytes` bytes.
-fn detail(message: &str, description: &str, max_bytes: usize) -> String {
-    let mut text = message.trim().to_owned();
-    let description = description.trim();
-    if !description.is_empty() && description != text {
-        if !text.is_empty() {
-            text.push('\n');
-        }
-        text.push_str(description);
-    }
+/// The element's text (a stack trace, an assertion's diff), at most `max_bytes` bytes.
+fn detail(description: &str, max_bytes: usize) -> String {
+    let mut text = description.trim().to_owned();
     if text.len() > max_bytes {
         let mut cut = max_bytes;
         while !text.is_char_boundary(cut) {

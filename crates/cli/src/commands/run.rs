@@ -128,7 +128,12 @@ async fn dispatch(
         let results =
             foreground_all(ctx, &runner, &manifest, prepared_runs, &watch, !single).await?;
         if watch.interrupted() {
-            return Ok(report(ctx, &results, &errors, Exit::Interrupted));
+            return Ok(with_report(
+                report(ctx, &results, &errors, Exit::Interrupted),
+                &args,
+                &results,
+            )
+            .await);
         }
         results
     };
@@ -143,7 +148,20 @@ async fn dispatch(
     } else {
         Exit::Ok
     };
-    Ok(report(ctx, &results, &errors, exit))
+    Ok(with_report(report(ctx, &results, &errors, exit), &args, &results).await)
+}
+
+/// `--report FILE.html`: the HTML test report of the runs, written once they ended.
+async fn with_report(mut output: Report, args: &RunArgs, results: &[DispatchedRun]) -> Report {
+    let Some(path) = &args.report else {
+        return output;
+    };
+    let runs = results.iter().map(|result| result.run.clone()).collect();
+    let (line, exit) =
+        crate::commands::report::report_for_runs(runs, path, &mut output.data, output.exit).await;
+    output.human.push_str(&line);
+    output.exit = exit;
+    output
 }
 
 fn report(ctx: &Context, results: &[DispatchedRun], errors: &[MachineError], exit: Exit) -> Report {

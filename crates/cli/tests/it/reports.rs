@@ -173,3 +173,137 @@ fn results_on_the_command_line_replace_the_fleet_file_s() {
         Some(3)
     );
 }
+
+#[test]
+fn report_merges_runs_into_a_matrix_table_json_junit_and_html() {
+    let servers = Servers::start(3);
+    let env = env_with_reports(&servers);
+    let dir = env.test_dir("junit", SCRIPT);
+    let page = env.root().join("fan-out.html");
+    let out = env.json(&[
+        "run",
+        str(&dir),
+        "-m",
+        "m1",
+        "-m",
+        "m2",
+        "-m",
+        "m3",
+        "--report",
+        str(&page),
+    ]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert_eq!(out.data()["report"], json!(str(&page)));
+    let html = std::fs::read_to_string(&page).expect("run --report wrote the page");
+    assert!(html.contains(
+        r#"data-case="unit.core::test_locale" data-platform-specific="true" data-failed-on="m2""#
+    ));
+    let ids: Vec<String> = out.data()["runs"]
+        .as_array()
+        .expect("runs")
+        .iter()
+        .map(|run| run["id"].as_str().expect("id").to_owned())
+        .collect();
+
+    let mut args: Vec<&str> = vec!["report"];
+    args.extend(ids.iter().map(String::as_str));
+    let table = env.run(&args);
+    assert_eq!(table.code, 0, "{}", table.stderr);
+    assert!(
+        table
+            .stdout
+            .contains("unit.core::test_locale  pass   FAIL   pass   platform-specific\n"),
+        "{}",
+        table.stdout
+    );
+    snapshot(&env, "report_table", &table.stdout);
+
+    let junit = env.root().join("merged.xml");
+    let html = env.root().join("report.html");
+    let mut json_args = args.clone();
+    json_args.extend(["--junit", str(&junit), "--html", str(&html)]);
+    let report = env.json(&json_args);
+    assert_eq!(report.code, 0, "{}", report.stderr);
+    let data = report.data();
+    assert_eq!(data["summary"]["platform_specific"], 1);
+    assert_eq!(data["cases"][1]["label"], "unit.core::test_locale");
+    assert_eq!(data["cases"][1]["failed_on"], json!(["m2"]));
+    assert_eq!(data["cases"][1]["results"]["m2"]["status"], "failed");
+    assert_eq!(data["cases"][1]["results"]["m1"]["status"], "passed");
+    assert_eq!(data["junit"], json!(str(&junit)));
+    snapshot(&env, "report_json", &report.stdout);
+    let xml = std::fs::read_to_string(&junit).expect("the merged JUnit");
+    let checked = testfleet_results::merged::check(&xml).expect("GitLab and Jenkins accept it");
+    assert_eq!(checked.suites, ["m1", "m2", "m3"]);
+    assert_eq!((checked.cases, checked.failures), (9, 1));
+    assert!(html.is_file());
+
+    // The same runs, chosen by count and by label.
+    for selection in [
+        &["report", "--last", "3", "--json"][..],
+        &["report", "--label", "all", "--json"][..],
+    ] {
+        let other = env.run(selection);
+        assert_eq!(other.code, 0, "{}", other.stderr);
+        assert_eq!(other.data()["cases"], data["cases"], "{selection:?}");
+    }
+
+    // wait --report writes the page of the runs it waited for.
+    let waited_page = env.root().join("waited.html");
+    let mut wait_args: Vec<&str> = vec!["wait"];
+    wait_args.extend(ids.iter().map(String::as_str));
+    wait_args.extend(["--report", str(&waited_page)]);
+    let waited = env.json(&wait_args);
+    assert_eq!(waited.code, 1, "m2 failed");
+    assert_eq!(waited.data()["report"], json!(str(&waited_page)));
+    assert!(waited_page.is_file());
+
+    // A page that cannot be written: a warning, report null, and exit 3 where it was 0.
+    let nowhere = env.root().join("missing-dir/page.html");
+    let m1 = ids[0].as_str();
+    let waited = env.json(&["wait", m1, "--report", str(&nowhere)]);
+    assert_eq!(waited.code, 3, "{}", waited.stderr);
+    assert_eq!(waited.data()["report"], Value::Null);
+    assert!(
+        waited
+            .stderr
+            .contains("warning: the report was not written"),
+        "{}",
+        waited.stderr
+    );
+}
+
+#[test]
+fn report_refuses_what_it_cannot_select() {
+    let servers = Servers::start(1);
+    let env = servers.env();
+    for (args, code) in [
+        (&["report"][..], "INVALID_ARGUMENT"),
+        (&["report", "--last", "0"][..], "INVALID_ARGUMENT"),
+        (
+            &["report", "--last", "2", "--label", "all"][..],
+            "INVALID_ARGUMENT",
+        ),
+        (&["report", "not-a-run-id"][..], "INVALID_ARGUMENT"),
+        (
+            &["report", "01JD0000000000000000000000"][..],
+            "RUN_NOT_FOUND",
+        ),
+        (&["report", "--label", "nope"][..], "UNKNOWN_MACHINE"),
+    ] {
+        let out = env.json(args);
+        assert_eq!(
+            (out.code, out.error_code()),
+            (2, code.to_owned()),
+            "{args:?}: {}",
+            out.stdout
+        );
+    }
+    let empty = env.json(&["report", "--last", "5"]);
+    assert_eq!(empty.code, 0);
+    assert_eq!(empty.data()["runs"], json!([]));
+    assert_eq!(
+        env.run(&["report", "--last", "5"]).stdout,
+        "no runs to report\n"
+    );
+}

@@ -4,4 +4,5 @@
 
 mod bad_reports;
 mod good_reports;
+mod matrix;
 mod support;

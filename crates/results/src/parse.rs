@@ -1,6 +1,6 @@
 //! Reading one JUnit XML report within the [`Limits`].
 //!
-//! Two passes over the bytes. The first, with quick-xml, checks and normalizes: the root must
+//! Two passes, streamed one into the other. The first, with quick-xml, checks and normalizes: the root must
 //! be `<testsuites>` or `<testsuite>` (a lone `<testsuite>` is wrapped), a DTD is refused (so no
 //! entity is ever defined, let alone expanded), nesting and the number of cases are bounded,
 //! and the attributes that only restate what the elements say (`tests`, `failures`,
@@ -11,7 +11,7 @@
 use std::io::BufRead;
 use std::time::Duration;
 
-use quick_junit::{NonSuccessKind, Report, TestCaseStatus};
+use quick_junit::{NonSuccessKind, Report, TestCaseStatus, XmlString};
 use quick_xml::escape::resolve_predefined_entity;
 use quick_xml::events::{BytesStart, Event};
 use quick_xml::{Reader, Writer};
@@ -113,13 +113,31 @@ pub fn parse_report(
     limits: &Limits,
     max_cases: usize,
 ) -> Result<Parsed, String> {
-    let Some(normalized) = normalize(input, explicit, limits, max_cases)? else {
-        return Ok(Parsed::NotAReport);
-    };
-    let report = Report::deserialize(normalized.as_slice())
-        .map_err(|error| format!("not a valid JUnit report: {error}"))?;
-    drop(normalized);
-    Ok(Parsed::Report(cases_of(&report, limits)))
+    Ok(match parse_junit(input, explicit, limits, max_cases)? {
+        Some(report) => Parsed::Report(cases_of(&report, limits)),
+        None => Parsed::NotAReport,
+    })
+}
+
+/// The quick-junit report of `input`, read through the normalizing pass; `None` when its root
+/// is not a JUnit element and that is allowed.
+pub(crate) fn parse_junit(
+    input: impl BufRead,
+    explicit: bool,
+    limits: &Limits,
+    max_cases: usize,
+) -> Result<Option<Report>, String> {
+    let mut normalizer = Normalizer::new(input, explicit, limits, max_cases);
+    let deserialized = Report::deserialize(&mut normalizer);
+    // The normalizer's own verdict comes first: quick-junit only saw where it stopped.
+    match normalizer.verdict.take() {
+        Some(Verdict::NotAReport) => return Ok(None),
+        Some(Verdict::Refused(reason)) => return Err(reason),
+        None => {}
+    }
+    deserialized
+        .map(Some)
+        .map_err(|error| format!("not a valid JUnit report: {error}"))
 }
 
 /// Which JUnit element the document's root is.
@@ -129,140 +147,213 @@ enum Root {
     Suite,
 }
 
-/// The first pass: the document checked and rewritten for quick-junit, or `None` when its
-/// root is not a JUnit element and that is allowed.
-fn normalize(
-    input: impl BufRead,
+/// Why the normalizing pass stopped before the end of the document.
+#[derive(Debug)]
+enum Verdict {
+    NotAReport,
+    Refused(String),
+}
+
+/// The first pass, as a [`BufRead`] that quick-junit reads from: the document is checked and
+/// rewritten event by event, so that only one event's bytes are held beside quick-junit's
+/// report. When it stops (a limit, a DTD, not a report) it ends the stream with an error and
+/// keeps the reason in `verdict`.
+struct Normalizer<'l, R> {
+    reader: Reader<R>,
+    /// What quick-junit reads next, from `pos`.
+    writer: Writer<Vec<u8>>,
+    pos: usize,
+    buf: Vec<u8>,
     explicit: bool,
-    limits: &Limits,
+    limits: &'l Limits,
     max_cases: usize,
-) -> Result<Option<Vec<u8>>, String> {
-    let mut reader = Reader::from_reader(input);
-    let mut writer = Writer::new(Vec::new());
-    let mut buf = Vec::new();
-    let mut root: Option<Root> = None;
-    let mut depth = 0_usize;
-    let mut n_cases = 0_usize;
-    let write_error = |error: std::io::Error| format!("failed to buffer the report: {error}");
-    loop {
-        let event = reader.read_event_into(&mut buf).map_err(|error| {
-            format!(
-                "not well-formed XML at byte {}: {error}",
-                reader.error_position()
-            )
-        })?;
+    root: Option<Root>,
+    depth: usize,
+    n_cases: usize,
+    finished: bool,
+    verdict: Option<Verdict>,
+}
+
+impl<'l, R: BufRead> Normalizer<'l, R> {
+    fn new(input: R, explicit: bool, limits: &'l Limits, max_cases: usize) -> Self {
+        Self {
+            reader: Reader::from_reader(input),
+            writer: Writer::new(Vec::with_capacity(8 * 1024)),
+            pos: 0,
+            buf: Vec::new(),
+            explicit,
+            limits,
+            max_cases,
+            root: None,
+            depth: 0,
+            n_cases: 0,
+            finished: false,
+            verdict: None,
+        }
+    }
+
+    /// Reads one event and writes what quick-junit should see of it. `Ok(false)` at the end.
+    fn step(&mut self) -> Result<bool, Verdict> {
+        let refused = |reason: String| Verdict::Refused(reason);
+        let write_error = |error: std::io::Error| {
+            Verdict::Refused(format!("failed to buffer the report: {error}"))
+        };
+        self.buf.clear();
+        let event = match self.reader.read_event_into(&mut self.buf) {
+            Ok(event) => event,
+            Err(error) => {
+                return Err(refused(format!(
+                    "not well-formed XML at byte {}: {error}",
+                    self.reader.error_position()
+                )));
+            }
+        };
         match event {
             Event::DocType(_) => {
-                return Err(
+                return Err(refused(
                     "has a DTD (<!DOCTYPE>); DTDs are refused, so no entity is ever expanded"
                         .to_owned(),
-                );
+                ));
             }
             Event::Decl(_) | Event::PI(_) | Event::Comment(_) => {}
             Event::Start(ref element) | Event::Empty(ref element) => {
                 let is_empty = matches!(event, Event::Empty(_));
                 let name = element.name();
-                if root.is_none() {
-                    root = Some(match name.as_ref() {
+                if self.root.is_none() {
+                    self.root = Some(match name.as_ref() {
                         b"testsuites" => Root::Suites,
                         b"testsuite" => {
-                            writer
+                            self.writer
                                 .write_event(Event::Start(BytesStart::new("testsuites")))
                                 .map_err(write_error)?;
                             Root::Suite
                         }
-                        other if explicit => {
-                            return Err(format!(
+                        other if self.explicit => {
+                            return Err(refused(format!(
                                 "not a JUnit report: the root element is <{}>, not <testsuites> or <testsuite>",
                                 String::from_utf8_lossy(other)
-                            ));
+                            )));
                         }
-                        _ => return Ok(None),
+                        _ => return Err(Verdict::NotAReport),
                     });
                 }
                 if name.as_ref() == b"testcase" {
-                    n_cases += 1;
-                    if n_cases > max_cases {
-                        return Err(format!(
-                            "holds more test cases than the {max_cases} left of the limit of {} per run",
-                            limits.max_cases
-                        ));
+                    self.n_cases += 1;
+                    if self.n_cases > self.max_cases {
+                        return Err(refused(format!(
+                            "holds more test cases than the {} left of the limit of {} per run",
+                            self.max_cases, self.limits.max_cases
+                        )));
                     }
                 }
-                let cleaned = clean_attributes(element)?;
+                let cleaned = clean_attributes(element).map_err(refused)?;
                 if is_empty {
-                    writer
+                    self.writer
                         .write_event(Event::Empty(cleaned))
                         .map_err(write_error)?;
-                } else {
-                    depth += 1;
-                    if depth > limits.max_depth {
-                        return Err(format!(
-                            "nests elements deeper than the limit of {}",
-                            limits.max_depth
-                        ));
+                    if self.depth == 0 {
+                        return self.finish();
                     }
-                    writer
+                } else {
+                    self.depth += 1;
+                    if self.depth > self.limits.max_depth {
+                        return Err(refused(format!(
+                            "nests elements deeper than the limit of {}",
+                            self.limits.max_depth
+                        )));
+                    }
+                    self.writer
                         .write_event(Event::Start(cleaned))
                         .map_err(write_error)?;
                 }
-                if is_empty && depth == 0 {
-                    return finish(writer, root);
-                }
             }
             Event::End(element) => {
-                writer
+                self.writer
                     .write_event(Event::End(element))
                     .map_err(write_error)?;
-                depth = depth.saturating_sub(1);
-                if depth == 0 {
-                    return finish(writer, root);
+                self.depth = self.depth.saturating_sub(1);
+                if self.depth == 0 {
+                    return self.finish();
                 }
             }
             Event::GeneralRef(reference) => {
-                if root.is_none() {
-                    continue;
-                }
-                if reference.is_char_ref() {
-                    reference
-                        .resolve_char_ref()
-                        .map_err(|error| format!("has a bad character reference: {error}"))?;
-                } else {
-                    let entity = String::from_utf8_lossy(reference.as_ref()).into_owned();
-                    if resolve_predefined_entity(&entity).is_none() {
-                        return Err(format!(
-                            "uses the entity &{entity}; which nothing defines (DTDs are refused, entities never expanded)"
-                        ));
+                if self.root.is_some() {
+                    if reference.is_char_ref() {
+                        reference.resolve_char_ref().map_err(|error| {
+                            refused(format!("has a bad character reference: {error}"))
+                        })?;
+                    } else {
+                        let entity = String::from_utf8_lossy(reference.as_ref()).into_owned();
+                        if resolve_predefined_entity(&entity).is_none() {
+                            return Err(refused(format!(
+                                "uses the entity &{entity}; which nothing defines (DTDs are refused, entities never expanded)"
+                            )));
+                        }
                     }
+                    self.writer
+                        .write_event(Event::GeneralRef(reference))
+                        .map_err(write_error)?;
                 }
-                writer
-                    .write_event(Event::GeneralRef(reference))
-                    .map_err(write_error)?;
             }
-            Event::Text(_) | Event::CData(_) if root.is_none() => {}
+            Event::Text(_) | Event::CData(_) if self.root.is_none() => {}
             event @ (Event::Text(_) | Event::CData(_)) => {
-                writer.write_event(event).map_err(write_error)?;
+                self.writer.write_event(event).map_err(write_error)?;
             }
             Event::Eof => {
-                return match root {
-                    None if explicit => Err("holds no XML element".to_owned()),
-                    None => Ok(None),
-                    Some(_) => Err("ends before its root element is closed".to_owned()),
+                return match self.root {
+                    None if self.explicit => Err(refused("holds no XML element".to_owned())),
+                    None => Err(Verdict::NotAReport),
+                    Some(_) => Err(refused("ends before its root element is closed".to_owned())),
                 };
             }
         }
-        buf.clear();
+        Ok(true)
+    }
+
+    /// The root closed: the wrapper a lone `<testsuite>` got is closed, and nothing after the
+    /// root is read.
+    fn finish(&mut self) -> Result<bool, Verdict> {
+        if self.root == Some(Root::Suite) {
+            self.writer
+                .write_event(Event::End(quick_xml::events::BytesEnd::new("testsuites")))
+                .map_err(|error| {
+                    Verdict::Refused(format!("failed to buffer the report: {error}"))
+                })?;
+        }
+        self.finished = true;
+        Ok(false)
     }
 }
 
-/// Closes the wrapper a lone `<testsuite>` got.
-fn finish(mut writer: Writer<Vec<u8>>, root: Option<Root>) -> Result<Option<Vec<u8>>, String> {
-    if root == Some(Root::Suite) {
-        writer
-            .write_event(Event::End(quick_xml::events::BytesEnd::new("testsuites")))
-            .map_err(|error| format!("failed to buffer the report: {error}"))?;
+impl<R: BufRead> std::io::Read for Normalizer<'_, R> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        let available = self.fill_buf()?;
+        let n = available.len().min(out.len());
+        out[..n].copy_from_slice(&available[..n]);
+        self.consume(n);
+        Ok(n)
     }
-    Ok(Some(writer.into_inner()))
+}
+
+impl<R: BufRead> BufRead for Normalizer<'_, R> {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+        while self.pos >= self.writer.get_ref().len() && !self.finished {
+            if self.verdict.is_some() {
+                return Err(std::io::Error::other("the report was refused"));
+            }
+            self.writer.get_mut().clear();
+            self.pos = 0;
+            if let Err(verdict) = self.step() {
+                self.verdict = Some(verdict);
+                return Err(std::io::Error::other("the report was refused"));
+            }
+        }
+        Ok(&self.writer.get_ref()[self.pos..])
+    }
+
+    fn consume(&mut self, amount: usize) {
+        self.pos = (self.pos + amount).min(self.writer.get_ref().len());
+    }
 }
 
 /// Attributes that only restate what the elements say (or that testfleet does not use), which
@@ -345,52 +436,80 @@ fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// The cases of a deserialized report.
-fn cases_of(report: &Report, limits: &Limits) -> ParsedReport {
-    let mut cases = Vec::with_capacity(report.test_suites.iter().map(|s| s.test_cases.len()).sum());
-    let mut suites_ms = 0_u64;
-    for suite in &report.test_suites {
-        let mut cases_ms = 0_u64;
-        for case in &suite.test_cases {
-            let duration_ms = case.time.map(millis);
-            cases_ms = cases_ms.saturating_add(duration_ms.unwrap_or(0));
-            let (outcome, message, description) = match &case.status {
-                TestCaseStatus::Success { .. } => (CaseOutcome::Passed, None, None),
-                TestCaseStatus::NonSuccess {
-                    kind,
-                    message,
-                    description,
-                    ..
-                } => {
-                    let outcome = match kind {
-                        NonSuccessKind::Failure => CaseOutcome::Failed,
-                        NonSuccessKind::Error => CaseOutcome::Error,
-                    };
-                    (outcome, message.as_ref(), description.as_ref())
-                }
-                TestCaseStatus::Skipped {
-                    message,
-                    description,
-                    ..
-                } => (CaseOutcome::Skipped, message.as_ref(), description.as_ref()),
+/// How a case of a quick-junit report ended, its message and its element's text.
+pub(crate) fn outcome_of(
+    status: &TestCaseStatus,
+) -> (CaseOutcome, Option<&XmlString>, Option<&XmlString>) {
+    match status {
+        TestCaseStatus::Success { .. } => (CaseOutcome::Passed, None, None),
+        TestCaseStatus::NonSuccess {
+            kind,
+            message,
+            description,
+            ..
+        } => {
+            let outcome = match kind {
+                NonSuccessKind::Failure => CaseOutcome::Failed,
+                NonSuccessKind::Error => CaseOutcome::Error,
             };
-            let message = message.map(|m| m.as_str()).unwrap_or_default();
-            let description = description.map(|d| d.as_str()).unwrap_or_default();
+            (outcome, message.as_ref(), description.as_ref())
+        }
+        TestCaseStatus::Skipped {
+            message,
+            description,
+            ..
+        } => (CaseOutcome::Skipped, message.as_ref(), description.as_ref()),
+    }
+}
+
+/// The time a report says its tests took: the root's `time`, else the sum of its suites' (a
+/// suite without one counts the sum of its cases').
+pub(crate) fn duration_of(report: &Report) -> u64 {
+    report.time.map_or_else(
+        || {
+            report.test_suites.iter().fold(0_u64, |total, suite| {
+                let suite_ms = suite.time.map_or_else(
+                    || {
+                        suite.test_cases.iter().fold(0_u64, |sum, case| {
+                            sum.saturating_add(case.time.map_or(0, millis))
+                        })
+                    },
+                    millis,
+                );
+                total.saturating_add(suite_ms)
+            })
+        },
+        millis,
+    )
+}
+
+/// The number of cases of a report.
+pub(crate) fn n_cases(report: &Report) -> usize {
+    report.test_suites.iter().map(|s| s.test_cases.len()).sum()
+}
+
+/// The cases of a deserialized report.
+pub(crate) fn cases_of(report: &Report, limits: &Limits) -> ParsedReport {
+    let mut cases = Vec::with_capacity(n_cases(report));
+    for suite in &report.test_suites {
+        for case in &suite.test_cases {
+            let (outcome, message, description) = outcome_of(&case.status);
+            let message = message.map(XmlString::as_str).unwrap_or_default();
+            let description = description.map(XmlString::as_str).unwrap_or_default();
             cases.push(CaseResult {
                 suite: suite.name.as_str().to_owned(),
                 classname: case.classname.as_ref().map(|c| c.as_str().to_owned()),
                 name: case.name.as_str().to_owned(),
                 outcome,
-                duration_ms,
+                duration_ms: case.time.map(millis),
                 message: first_line(message, description, limits.max_message_chars),
                 detail: detail(description, limits.max_detail_bytes),
             });
         }
-        suites_ms = suites_ms.saturating_add(suite.time.map_or(cases_ms, millis));
     }
     ParsedReport {
         cases,
-        duration_ms: report.time.map_or(suites_ms, millis),
+        duration_ms: duration_of(report),
     }
 }
 

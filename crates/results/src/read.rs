@@ -7,12 +7,16 @@ use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use quick_junit::Report;
 use testfleet_core::runner::ReportReader;
 use testfleet_core::{FailedCase, FailureKind, TestSummary, UnreadableReport};
 
 use crate::find::ResultGlobs;
 use crate::limits::Limits;
-use crate::parse::{CaseOutcome, CaseResult, Parsed, ParsedReport, parse_report};
+use crate::parse::{
+    CaseOutcome, CaseResult, ParsedReport, cases_of, duration_of, first_line, n_cases, outcome_of,
+    parse_junit,
+};
 
 /// What one run's reports hold.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -41,52 +45,81 @@ impl RunReports {
         if !self.found_any() {
             return None;
         }
-        let mut summary = TestSummary {
-            reports: self.files.iter().map(|(path, _)| path.clone()).collect(),
-            unreadable: self.unreadable.clone(),
-            ..TestSummary::default()
-        };
-        for (_, report) in &self.files {
-            summary.duration_ms = summary.duration_ms.saturating_add(report.duration_ms);
-        }
-        for case in self.cases() {
-            summary.total += 1;
-            let kind = match case.outcome {
-                CaseOutcome::Passed => {
-                    summary.passed += 1;
-                    continue;
-                }
-                CaseOutcome::Skipped => {
-                    summary.skipped += 1;
-                    continue;
-                }
-                CaseOutcome::Failed => {
-                    summary.failed += 1;
-                    FailureKind::Failure
-                }
-                CaseOutcome::Error => {
-                    summary.errors += 1;
-                    FailureKind::Error
-                }
-            };
-            if summary.failures.len() < limits.max_listed_failures {
-                summary.failures.push(FailedCase {
+        let mut tally = Tally::new(limits);
+        for (path, report) in &self.files {
+            tally.file(path, report.duration_ms);
+            for case in &report.cases {
+                tally.case(case.outcome, || FailedCase {
                     suite: case.suite.clone(),
                     classname: case.classname.clone(),
                     name: case.name.clone(),
-                    kind,
+                    kind: FailureKind::Failure,
                     message: case.message.clone(),
                 });
-            } else {
-                summary.failures_omitted += 1;
             }
         }
-        Some(summary)
+        Some(tally.finish(self.unreadable.clone()))
+    }
+}
+
+/// A summary being added up, case by case.
+struct Tally<'l> {
+    limits: &'l Limits,
+    summary: TestSummary,
+}
+
+impl<'l> Tally<'l> {
+    fn new(limits: &'l Limits) -> Self {
+        Self {
+            limits,
+            summary: TestSummary::default(),
+        }
+    }
+
+    fn file(&mut self, path: &str, duration_ms: u64) {
+        self.summary.reports.push(path.to_owned());
+        self.summary.duration_ms = self.summary.duration_ms.saturating_add(duration_ms);
+    }
+
+    /// Counts a case; `failed` builds its entry (its kind is set here) only when it is listed.
+    fn case(&mut self, outcome: CaseOutcome, failed: impl FnOnce() -> FailedCase) {
+        let summary = &mut self.summary;
+        summary.total += 1;
+        let kind = match outcome {
+            CaseOutcome::Passed => {
+                summary.passed += 1;
+                return;
+            }
+            CaseOutcome::Skipped => {
+                summary.skipped += 1;
+                return;
+            }
+            CaseOutcome::Failed => {
+                summary.failed += 1;
+                FailureKind::Failure
+            }
+            CaseOutcome::Error => {
+                summary.errors += 1;
+                FailureKind::Error
+            }
+        };
+        if summary.failures.len() < self.limits.max_listed_failures {
+            let mut entry = failed();
+            entry.kind = kind;
+            summary.failures.push(entry);
+        } else {
+            summary.failures_omitted += 1;
+        }
+    }
+
+    fn finish(mut self, unreadable: Vec<UnreadableReport>) -> TestSummary {
+        self.summary.unreadable = unreadable;
+        self.summary
     }
 }
 
 /// Reads the reports under `artifacts_dir` that `globs` match, or only the files `only` names
-/// (relative paths, as a summary's `reports` lists them) when given.
+/// (relative paths, as a summary's `reports` lists them) when given, keeping every case.
 ///
 /// Never fails: every file that cannot be read is listed with why. The folder itself missing
 /// means no report.
@@ -96,10 +129,71 @@ pub fn read_reports(
     only: Option<&[String]>,
     limits: &Limits,
 ) -> RunReports {
-    let mut reports = RunReports::default();
+    let mut files = Vec::new();
+    let unreadable = visit_reports(artifacts_dir, globs, only, limits, |path, report| {
+        files.push((path.to_owned(), cases_of(report, limits)));
+    });
+    RunReports { files, unreadable }
+}
+
+/// The summary of the reports under `artifacts_dir` matching `patterns` (see [`read_reports`]),
+/// added up while each report is read, so that no case outlives its report. Patterns that do
+/// not compile are listed as unreadable rather than read.
+pub fn summarize(
+    artifacts_dir: &Path,
+    patterns: &[String],
+    limits: &Limits,
+) -> Option<TestSummary> {
+    let globs = match ResultGlobs::new(patterns) {
+        Ok(globs) => globs,
+        Err(error) => {
+            return Some(TestSummary {
+                unreadable: vec![UnreadableReport {
+                    path: error.pattern.clone(),
+                    reason: error.to_string(),
+                }],
+                ..TestSummary::default()
+            });
+        }
+    };
+    let mut tally = Tally::new(limits);
+    let mut any = false;
+    let unreadable = visit_reports(artifacts_dir, &globs, None, limits, |path, report| {
+        any = true;
+        tally.file(path, duration_of(report));
+        for suite in &report.test_suites {
+            for case in &suite.test_cases {
+                let (outcome, message, description) = outcome_of(&case.status);
+                tally.case(outcome, || FailedCase {
+                    suite: suite.name.as_str().to_owned(),
+                    classname: case.classname.as_ref().map(|c| c.as_str().to_owned()),
+                    name: case.name.as_str().to_owned(),
+                    kind: FailureKind::Failure,
+                    message: first_line(
+                        message.map(|m| m.as_str()).unwrap_or_default(),
+                        description.map(|d| d.as_str()).unwrap_or_default(),
+                        limits.max_message_chars,
+                    ),
+                });
+            }
+        }
+    });
+    (any || !unreadable.is_empty()).then(|| tally.finish(unreadable))
+}
+
+/// Walks the artifacts folder and hands each report read to `visit`, in path order; returns
+/// the files that matched but could not be read.
+fn visit_reports(
+    artifacts_dir: &Path,
+    globs: &ResultGlobs,
+    only: Option<&[String]>,
+    limits: &Limits,
+    mut visit: impl FnMut(&str, &Report),
+) -> Vec<UnreadableReport> {
+    let mut unreadable = Vec::new();
     match std::fs::symlink_metadata(artifacts_dir) {
         Ok(meta) if meta.is_dir() => {}
-        _ => return reports,
+        _ => return unreadable,
     }
     let mut budget = Budget {
         bytes: limits.max_total_bytes,
@@ -113,7 +207,7 @@ pub fn read_reports(
         .sort_by_file_name();
     for (entry_idx, entry) in walk.into_iter().enumerate() {
         if entry_idx >= limits.max_entries {
-            reports.unreadable.push(UnreadableReport {
+            unreadable.push(UnreadableReport {
                 path: ".".to_owned(),
                 reason: format!(
                     "the artifacts folder has more than {} entries; the rest were not looked at",
@@ -142,20 +236,18 @@ pub fn read_reports(
             reason,
         };
         if file_type.is_symlink() {
-            reports.unreadable.push(refuse(
+            unreadable.push(refuse(
                 "is a symlink; reports are read only from regular files inside the artifacts folder"
                     .to_owned(),
             ));
             continue;
         }
         if !file_type.is_file() {
-            reports
-                .unreadable
-                .push(refuse("is not a regular file".to_owned()));
+            unreadable.push(refuse("is not a regular file".to_owned()));
             continue;
         }
         if budget.files == 0 {
-            reports.unreadable.push(refuse(format!(
+            unreadable.push(refuse(format!(
                 "not read: the limit of {} report files per run was reached",
                 limits.max_files
             )));
@@ -163,35 +255,16 @@ pub fn read_reports(
         }
         let explicit = only.is_some() || globs.is_explicit();
         match read_one(entry.path(), explicit, limits, &mut budget) {
-            Ok(Parsed::Report(report)) => {
+            Ok(Some(report)) => {
                 budget.files -= 1;
-                budget.cases = budget.cases.saturating_sub(report.cases.len());
-                reports.files.push((rel, report));
+                budget.cases = budget.cases.saturating_sub(n_cases(&report));
+                visit(&rel, &report);
             }
-            Ok(Parsed::NotAReport) => {}
-            Err(reason) => reports.unreadable.push(refuse(reason)),
+            Ok(None) => {}
+            Err(reason) => unreadable.push(refuse(reason)),
         }
     }
-    reports
-}
-
-/// The summary of the reports under `artifacts_dir` matching `patterns` (see [`read_reports`]).
-/// Patterns that do not compile are listed as unreadable rather than read.
-pub fn summarize(
-    artifacts_dir: &Path,
-    patterns: &[String],
-    limits: &Limits,
-) -> Option<TestSummary> {
-    match ResultGlobs::new(patterns) {
-        Ok(globs) => read_reports(artifacts_dir, &globs, None, limits).summary(limits),
-        Err(error) => Some(TestSummary {
-            unreadable: vec![UnreadableReport {
-                path: error.pattern.clone(),
-                reason: error.to_string(),
-            }],
-            ..TestSummary::default()
-        }),
-    }
+    unreadable
 }
 
 /// What is left of the run's limits.
@@ -215,7 +288,7 @@ fn read_one(
     explicit: bool,
     limits: &Limits,
     budget: &mut Budget,
-) -> Result<Parsed, String> {
+) -> Result<Option<Report>, String> {
     let seen =
         std::fs::symlink_metadata(path).map_err(|error| format!("cannot be read: {error}"))?;
     let file = File::open(path).map_err(|error| format!("cannot be read: {error}"))?;
@@ -243,7 +316,7 @@ fn read_one(
     let input = BufReader::new(file.take(limits.max_file_bytes));
     let max_cases = budget.cases;
     let parsed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        parse_report(input, explicit, limits, max_cases)
+        parse_junit(input, explicit, limits, max_cases)
     }));
     match parsed {
         Ok(parsed) => parsed,

@@ -71,7 +71,18 @@ pub fn run(bin: &Path) -> Result<()> {
             }
         }
     }
-    let total = SCENARIOS.len() * 2;
+    let mut total = SCENARIOS.len() * 2;
+    eprintln!("\n== e2e: test reports, against the OpenSSH sshd");
+    for (name, result) in crate::e2e_report::run(bin)? {
+        total += 1;
+        match result {
+            Ok(()) => eprintln!("  ok   {name}"),
+            Err(error) => {
+                eprintln!("  FAIL {name}: {error:#}");
+                failures.push(format!("test reports: {name}"));
+            }
+        }
+    }
     println!(
         "e2e: {} passed, {} failed",
         total - failures.len(),

@@ -2,14 +2,15 @@
 //!
 //! - `ci`: exactly what `.ci/run` runs — the README's test command, fmt, clippy, docs, e2e.
 //! - `e2e`: the release binary against the testkit server and a real OpenSSH sshd.
-//! - `demo`: the built-in SSH server, a temporary fleet, and two example runs.
+//! - `demo`: built-in SSH servers, a temporary fleet, the example runs and a test report.
 //! - `serve [N]`: N built-in SSH servers and a fleet file for them, for trying the CLI by hand.
-//! - `bench [hash|store|transfer|all]`: benchmarks that measure the reference tools in the same
-//!   run.
+//! - `bench [hash|store|results|transfer|all]`: benchmarks that measure the reference tools in
+//!   the same run (`results`: reading a 100,000-case JUnit report, its time and peak RSS).
 
 mod bench;
 mod demo;
 mod e2e;
+mod e2e_report;
 mod targets;
 mod tf;
 
@@ -23,21 +24,28 @@ const USAGE: &str = "usage: cargo xtask <task>
 
 tasks:
   ci                  everything CI runs: tests, fmt, clippy, docs, e2e
-  e2e                 end-to-end scenarios against the testkit server and a real OpenSSH sshd
-  demo                dispatch examples/hello and examples/artifacts to the built-in SSH server
+  e2e [reports]       end-to-end scenarios against the testkit server and a real OpenSSH sshd
+                      (reports: only the test-report group, with Chromium)
+  demo                dispatch examples/hello, examples/artifacts and examples/junit to built-in SSH servers
   serve [N]           start N built-in SSH servers and print a fleet file for them (Ctrl-C stops)
-  bench [hash|store|transfer]
-                      benchmarks, side by side with the reference tools, printed as ratios";
+  bench [hash|store|results|transfer]
+                      benchmarks, side by side with the reference tools, printed as ratios
+                      (results: reading a 100,000-case JUnit report, time and peak RSS)";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let task = args.first().map(String::as_str);
     match task {
         Some("ci") => ci(),
+        Some("e2e") if args.get(1).map(String::as_str) == Some("reports") => e2e_reports(),
         Some("e2e") => e2e(),
         Some("demo") => demo::run(&build_binary(Profile::Debug)?),
         Some("serve") => serve(args.get(1).map(String::as_str).unwrap_or("1")),
         Some("_bench-transfer") => bench::run(&build_binary(Profile::Release)?),
+        Some("_bench-results") => bench::results::run(),
+        Some("_parse-report") => {
+            bench::results::parse_report(Path::new(args.get(1).context("_parse-report DIR")?))
+        }
         Some("bench") => bench(args.get(1).map(String::as_str).unwrap_or("all")),
         Some("-h" | "--help" | "help") | None => {
             println!("{USAGE}");
@@ -119,6 +127,32 @@ fn e2e() -> Result<()> {
     e2e::run(&build_binary(Profile::Release)?)
 }
 
+/// The cargo target dir (`CARGO_TARGET_DIR`, else `target/` in the workspace).
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
+}
+
+/// Only the e2e group of test reports (its scenarios are part of `e2e` too).
+fn e2e_reports() -> Result<()> {
+    let bin = build_binary(Profile::Release)?;
+    let mut failed = 0;
+    for (name, result) in e2e_report::run(&bin)? {
+        match result {
+            Ok(()) => eprintln!("  ok   {name}"),
+            Err(error) => {
+                failed += 1;
+                eprintln!("  FAIL {name}: {error:#}");
+            }
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} test-report scenario(s) failed");
+    }
+    Ok(())
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Profile {
     Debug,
@@ -132,10 +166,7 @@ fn build_binary(profile: Profile) -> Result<PathBuf> {
         Profile::Release => (&["build", "--release", "-p", "testfleet"], "release"),
     };
     cargo(args, &[])?;
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target"));
-    let bin = target_dir.join(folder).join("testfleet");
+    let bin = target_dir().join(folder).join("testfleet");
     if !bin.is_file() {
         bail!("the build did not produce {}", bin.display());
     }
@@ -166,11 +197,26 @@ fn bench(which: &str) -> Result<()> {
                 &[],
             )
         }
+        "results" => cargo(
+            &[
+                "run",
+                "--release",
+                "-q",
+                "-p",
+                "xtask",
+                "--",
+                "_bench-results",
+            ],
+            &[],
+        ),
         "all" => {
             bench("hash")?;
             bench("store")?;
+            bench("results")?;
             bench("transfer")
         }
-        other => bail!("unknown benchmark {other:?}: choose hash, store, transfer or all"),
+        other => {
+            bail!("unknown benchmark {other:?}: choose hash, store, results, transfer or all")
+        }
     }
 }

@@ -307,3 +307,62 @@ fn report_refuses_what_it_cannot_select() {
         "no runs to report\n"
     );
 }
+
+/// Hostile and broken reports end up in `tests.unreadable`; the run itself completes with its
+/// status, exit code, artifacts and events as if they were not there.
+#[test]
+fn bad_reports_never_change_a_run() {
+    let servers = Servers::start(1);
+    let env = servers.env();
+    let script = r#"mkdir -p artifacts
+printf '<testsuites><testsuite name="ok"><testcase name="fine"/></testsuite></testsuites>' > artifacts/good.xml
+printf '<testsuites><testsuite name="a"><testcase name="x"></testsuite>' > artifacts/malformed.xml
+cat > artifacts/bomb.xml <<'XML'
+<?xml version="1.0"?>
+<!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol1 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;"><!ENTITY lol2 "&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;">]>
+<testsuites><testsuite name="&lol2;"/></testsuites>
+XML
+head -c 34000000 /dev/zero > artifacts/huge.xml
+echo done
+"#;
+    let dir = env.test_dir("bad-reports", script);
+    let out = env.json(&["run", str(&dir), "-m", "m1"]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    let run = &out.data()["runs"][0];
+    assert_eq!(run["status"], "completed");
+    assert_eq!(run["exit_code"], 0);
+    assert_eq!(run["error"], Value::Null);
+    assert_eq!(run["artifacts"]["files"], 4);
+    let tests = &run["tests"];
+    assert_eq!(tests["reports"], json!(["good.xml"]));
+    assert_eq!(tests["total"], 1);
+    let unreadable: Vec<(String, String)> = tests["unreadable"]
+        .as_array()
+        .expect("unreadable")
+        .iter()
+        .map(|u| {
+            (
+                u["path"].as_str().unwrap_or_default().to_owned(),
+                u["reason"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    let paths: Vec<&str> = unreadable.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(paths, ["bomb.xml", "huge.xml", "malformed.xml"]);
+    assert!(unreadable[0].1.contains("has a DTD"), "{unreadable:?}");
+    assert!(
+        unreadable[1].1.contains("larger than the limit"),
+        "{unreadable:?}"
+    );
+    assert!(
+        unreadable[2].1.contains("not well-formed XML"),
+        "{unreadable:?}"
+    );
+    let id = run["id"].as_str().expect("id");
+    let events = env.json(&["status", id]).data()["events"].clone();
+    assert_eq!(
+        events[2]["detail"],
+        Value::Null,
+        "the final event has no note about reports"
+    );
+}

@@ -71,18 +71,9 @@ pub fn run(bin: &Path) -> Result<()> {
             }
         }
     }
-    let mut total = SCENARIOS.len() * 2;
-    eprintln!("\n== e2e: test reports, against the OpenSSH sshd");
-    for (name, result) in crate::e2e_report::run(bin)? {
-        total += 1;
-        match result {
-            Ok(()) => eprintln!("  ok   {name}"),
-            Err(error) => {
-                eprintln!("  FAIL {name}: {error:#}");
-                failures.push(format!("test reports: {name}"));
-            }
-        }
-    }
+    let (n_report_scenarios, report_failures) = crate::e2e_report::run_and_print(bin)?;
+    let total = SCENARIOS.len() * 2 + n_report_scenarios;
+    failures.extend(report_failures);
     println!(
         "e2e: {} passed, {} failed",
         total - failures.len(),

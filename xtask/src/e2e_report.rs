@@ -37,9 +37,26 @@ EOF
 /// How long Chromium may take for one page.
 const CHROMIUM_LIMIT: Duration = Duration::from_secs(90);
 
-/// The scenarios of the group, each a name and its result; fails only when the group cannot
-/// start (no sshd, no chromium).
-pub fn run(bin: &Path) -> Result<Vec<(&'static str, Result<()>)>> {
+/// Runs the group and prints a line per scenario; returns how many ran and the names of those
+/// that failed. Fails only when the group cannot start (no sshd, no chromium).
+pub fn run_and_print(bin: &Path) -> Result<(usize, Vec<String>)> {
+    eprintln!("\n== e2e: test reports, against the OpenSSH sshd");
+    let mut failures = Vec::new();
+    let results = run(bin)?;
+    for (name, result) in &results {
+        match result {
+            Ok(()) => eprintln!("  ok   {name}"),
+            Err(error) => {
+                eprintln!("  FAIL {name}: {error:#}");
+                failures.push(format!("test reports: {name}"));
+            }
+        }
+    }
+    Ok((results.len(), failures))
+}
+
+/// The scenarios of the group, each a name and its result.
+fn run(bin: &Path) -> Result<Vec<(&'static str, Result<()>)>> {
     let chromium = find_chromium()?;
     let target = Target::sshd(3)?;
     let fleet = target.write_fleet("fleet.toml", |_| {})?;

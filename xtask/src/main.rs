@@ -136,19 +136,9 @@ fn target_dir() -> PathBuf {
 
 /// Only the e2e group of test reports (its scenarios are part of `e2e` too).
 fn e2e_reports() -> Result<()> {
-    let bin = build_binary(Profile::Release)?;
-    let mut failed = 0;
-    for (name, result) in e2e_report::run(&bin)? {
-        match result {
-            Ok(()) => eprintln!("  ok   {name}"),
-            Err(error) => {
-                failed += 1;
-                eprintln!("  FAIL {name}: {error:#}");
-            }
-        }
-    }
-    if failed > 0 {
-        bail!("{failed} test-report scenario(s) failed");
+    let (_, failures) = e2e_report::run_and_print(&build_binary(Profile::Release)?)?;
+    if !failures.is_empty() {
+        bail!("e2e scenarios failed:\n  {}", failures.join("\n  "));
     }
     Ok(())
 }

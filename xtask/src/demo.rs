@@ -1,6 +1,7 @@
 //! `cargo xtask demo`: the main job on a fresh machine with nothing to configure. Starts the
 //! built-in SSH server, writes a temporary fleet file, and dispatches `examples/hello` and
-//! `examples/artifacts` with the real command line.
+//! `examples/artifacts` with the real command line, then `examples/junit` to two servers at
+//! once, whose JUnit report becomes the runs' test summary and an HTML report.
 
 use std::path::Path;
 
@@ -11,10 +12,16 @@ use crate::tf::Tf;
 
 pub fn run(bin: &Path) -> Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("failed to start a tokio runtime")?;
-    let target = Target::testkit(&runtime, 1)?;
+    let target = Target::testkit(&runtime, 2)?;
+    // The first server is `demo`; both carry the label `junit`.
     let fleet = target.write_fleet("fleet.toml", |machine| {
-        machine.name = "demo".into();
-        machine.labels = vec!["demo".into()];
+        if machine.name == "m1" {
+            machine.name = "demo".into();
+            machine.labels = vec!["demo".into(), "junit".into()];
+        } else {
+            machine.name = "demo-2".into();
+            machine.labels = vec!["junit".into()];
+        }
     })?;
     // The state dir outlives the demo so that its logs and artifacts can be looked at.
     let state_dir = crate::root().join("target").join("testfleet-demo");
@@ -30,8 +37,8 @@ pub fn run(bin: &Path) -> Result<()> {
     let examples = crate::root().join("examples");
 
     println!(
-        "testfleet demo: an in-process SSH server on 127.0.0.1:{}",
-        target.machines[0].port
+        "testfleet demo: in-process SSH servers on 127.0.0.1:{} and 127.0.0.1:{}",
+        target.machines[0].port, target.machines[1].port
     );
     println!(
         "fleet file: {}\n{}",
@@ -48,6 +55,27 @@ pub fn run(bin: &Path) -> Result<()> {
             bail!("testfleet run {dir_text} failed ({status})");
         }
     }
+    // A test suite that writes JUnit XML, on both machines at once: the summary lines say
+    // how many cases passed, failed and were skipped, and which failed; --report writes the
+    // test × machine page. Its script exits 1 (a case fails, as in a real suite).
+    let junit = examples.join("junit");
+    let junit_text = junit.to_str().context("the examples path is UTF-8")?;
+    let report = state_dir.join("junit-report.html");
+    let report_text = report.to_str().context("the state path is UTF-8")?;
+    println!("$ testfleet run {junit_text} -l junit --report {report_text}");
+    let status = tf
+        .command(&["run", junit_text, "-l", "junit", "--report", report_text])
+        .status()?;
+    println!();
+    if status.code() != Some(1) || !report.is_file() {
+        bail!(
+            "testfleet run {junit_text} should fail one case on both machines and write {report_text} ({status})"
+        );
+    }
+    println!("$ testfleet report --label junit");
+    tf.command(&["report", "--label", "junit"]).status()?;
+    println!("\nHTML report of the junit runs: {}\n", report.display());
+
     println!("$ testfleet list");
     tf.command(&["list"]).status()?;
     println!(

@@ -4,12 +4,12 @@
 //!   e2e.
 //! - `test`: installs what the tests need when it is missing (OpenSSH's sshd, PostgreSQL), then
 //!   `cargo test --workspace`.
-//! - `e2e`: the release binary against the testkit server and a real OpenSSH sshd, and two
-//!   controllers sharing a private PostgreSQL.
-//! - `demo`: the built-in SSH server, a temporary fleet, and two example runs.
+//! - `e2e [shared|reports]`: the release binary against the testkit server and a real OpenSSH
+//!   sshd, two controllers sharing a private PostgreSQL, and test reports checked in Chromium.
+//! - `demo`: built-in SSH servers, a temporary fleet, the example runs and a test report.
 //! - `serve [N]`: N built-in SSH servers and a fleet file for them, for trying the CLI by hand.
-//! - `bench [hash|store|transfer|all]`: benchmarks that measure the reference tools in the same
-//!   run.
+//! - `bench [hash|store|results|transfer|all]`: benchmarks that measure the reference tools in
+//!   the same run (`results`: reading a 100,000-case JUnit report, its time and peak RSS).
 
 mod bench;
 mod demo;
@@ -28,12 +28,15 @@ const USAGE: &str = "usage: cargo xtask <task>
 tasks:
   ci                  everything CI runs: tests, fmt, clippy, docs, e2e
   test                install openssh-server and postgresql when missing, then cargo test --workspace
-  e2e [shared]        end-to-end scenarios against the testkit server, a real OpenSSH sshd and a
-                      private PostgreSQL shared by two controllers
-  demo                dispatch examples/hello and examples/artifacts to the built-in SSH server
+  e2e [shared|reports]
+                      end-to-end scenarios against the testkit server, a real OpenSSH sshd, a
+                      private PostgreSQL shared by two controllers, and test reports in Chromium
+                      (shared, reports: only that group)
+  demo                dispatch examples/hello, examples/artifacts and examples/junit to built-in SSH servers
   serve [N]           start N built-in SSH servers and print a fleet file for them (Ctrl-C stops)
-  bench [hash|store|transfer]
-                      benchmarks, side by side with the reference tools, printed as ratios";
+  bench [hash|store|results|transfer]
+                      benchmarks, side by side with the reference tools, printed as ratios
+                      (results: reading a 100,000-case JUnit report, time and peak RSS)";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -48,6 +51,10 @@ fn main() -> Result<()> {
         Some("_bench-store") => bench::store::run(),
         Some("_bench-store-child") => {
             bench::store::child(args.get(1).map(String::as_str).unwrap_or_default())
+        }
+        Some("_bench-results") => bench::results::run(),
+        Some("_parse-report") => {
+            bench::results::parse_report(Path::new(args.get(1).context("_parse-report DIR")?))
         }
         Some("bench") => bench(args.get(1).map(String::as_str).unwrap_or("all")),
         Some("-h" | "--help" | "help") | None => {
@@ -184,7 +191,8 @@ fn serve(n_machines: &str) -> Result<()> {
     Ok(())
 }
 
-/// `e2e`, or with `shared` only the scenarios of two controllers sharing PostgreSQL.
+/// `e2e`; with `shared` only the scenarios of two controllers sharing PostgreSQL, with
+/// `reports` only the test-report group (Chromium).
 fn e2e(only: Option<&str>) -> Result<()> {
     if testfleet_testkit::sshd::find_sshd().is_none() {
         bail!("{}", testfleet_testkit::sshd::INSTALL_HINT);
@@ -207,8 +215,22 @@ fn e2e(only: Option<&str>) -> Result<()> {
             }
             Ok(())
         }
-        Some(other) => bail!("unknown e2e group {other:?}: give none, or `shared`"),
+        Some("reports") => {
+            let (_, failures) = e2e::reports::run_and_print(&bin)?;
+            if !failures.is_empty() {
+                bail!("e2e scenarios failed:\n  {}", failures.join("\n  "));
+            }
+            Ok(())
+        }
+        Some(other) => bail!("unknown e2e group {other:?}: give none, `shared` or `reports`"),
     }
+}
+
+/// The cargo target dir (`CARGO_TARGET_DIR`, else `target/` in the workspace).
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -224,10 +246,7 @@ fn build_binary(profile: Profile) -> Result<PathBuf> {
         Profile::Release => (&["build", "--release", "-p", "testfleet"], "release"),
     };
     cargo(args, &[])?;
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target"));
-    let bin = target_dir.join(folder).join("testfleet");
+    let bin = target_dir().join(folder).join("testfleet");
     if !bin.is_file() {
         bail!("the build did not produce {}", bin.display());
     }
@@ -268,11 +287,26 @@ fn bench(which: &str) -> Result<()> {
                 &[],
             )
         }
+        "results" => cargo(
+            &[
+                "run",
+                "--release",
+                "-q",
+                "-p",
+                "xtask",
+                "--",
+                "_bench-results",
+            ],
+            &[],
+        ),
         "all" => {
             bench("hash")?;
             bench("store")?;
+            bench("results")?;
             bench("transfer")
         }
-        other => bail!("unknown benchmark {other:?}: choose hash, store, transfer or all"),
+        other => {
+            bail!("unknown benchmark {other:?}: choose hash, store, results, transfer or all")
+        }
     }
 }

@@ -51,6 +51,9 @@ pub enum Command {
         /// Give up after this long (90s, 30m, 1h30m)
         #[arg(long, value_parser = duration, value_name = "DUR")]
         timeout: Option<Duration>,
+        /// Write the HTML test report of the runs to this file at the end
+        #[arg(long, value_name = "FILE.html")]
+        report: Option<PathBuf>,
     },
     /// Print a run's output (stdout unless --stderr)
     Logs {
@@ -76,6 +79,8 @@ pub enum Command {
     },
     /// Stop a run: kill its remote process tree, fetch its artifacts
     Cancel { run_id: String },
+    /// Merge runs into a test × machine matrix (table, --json, --junit FILE, --html FILE)
+    Report(ReportArgs),
     /// Show and edit the machines of the fleet file
     #[command(subcommand)]
     Machines(MachinesCommand),
@@ -95,6 +100,9 @@ pub enum Command {
         run_id: String,
         #[arg(long)]
         accept_new_host_key: bool,
+        /// The run's `--results` patterns, as `run --detach` was given them
+        #[arg(long = "results", value_name = "GLOB")]
+        results: Vec<String>,
     },
     /// Finish a run whose owner died: kill what is left of it, fetch its artifacts, remove its
     /// remote folder (started by the reaper)
@@ -124,6 +132,33 @@ pub struct RunArgs {
     /// Record an unknown host key in known_hosts (like OpenSSH's accept-new)
     #[arg(long)]
     pub accept_new_host_key: bool,
+    /// Where the JUnit reports are among the artifacts (repeatable) [default: the fleet
+    /// file's results, else **/*.xml]
+    #[arg(long = "results", value_name = "GLOB")]
+    pub results: Vec<String>,
+    /// Write the HTML test report of the runs to this file at the end (not with --detach)
+    #[arg(long, value_name = "FILE.html", conflicts_with = "detach")]
+    pub report: Option<PathBuf>,
+}
+
+/// Which runs `report` merges: ids, the newest N, or each labelled machine's newest.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("runs").required(true).multiple(false).args(["run_ids", "last", "label"])))]
+pub struct ReportArgs {
+    /// The runs to merge, one column each
+    pub run_ids: Vec<String>,
+    /// The newest N runs
+    #[arg(long, value_name = "N")]
+    pub last: Option<usize>,
+    /// The newest run of every machine with this label
+    #[arg(long, value_name = "LABEL")]
+    pub label: Option<String>,
+    /// Also write the merged JUnit document (one testsuite per machine) to this file
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
+    /// Also write the HTML report (one self-contained page) to this file
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -7,6 +7,7 @@ use testfleet_core::hash::{DigestCache, DirManifest, hash_resolved, resolve_test
 use testfleet_core::ports::{RunStore, SshConnector, StoreError, SystemClock, UlidGenerator};
 use testfleet_core::runner::{LeaseSettings, ReapedRuns, Runner, RunnerConfig, Watch};
 use testfleet_core::{ControllerId, DispatchError, Run, RunId};
+use testfleet_results::JunitReports;
 use testfleet_ssh::RusshConnector;
 use testfleet_store_postgres::{PgConfig, PgEnv, PostgresStore};
 use testfleet_store_sqlite::{DATABASE_FILE, SqliteStore};
@@ -281,6 +282,7 @@ impl Context {
         config.remedies = Arc::new(RunRemedies);
         config.lease = self.store_choice()?.lease;
         config.controller = Some(self.controller()?);
+        config.reports = Some(Arc::new(JunitReports::default()));
         Ok(Runner::new(
             store,
             connector,

@@ -125,7 +125,12 @@ async fn execute(ctx: &Context, command: Command) -> Result<Report, CliError> {
     match command {
         Command::Run(args) => commands::run::run(ctx, args).await,
         Command::Status { run_id, events } => commands::runs::status(ctx, &run_id, events).await,
-        Command::Wait { run_ids, timeout } => commands::runs::wait(ctx, &run_ids, timeout).await,
+        Command::Wait {
+            run_ids,
+            timeout,
+            report,
+        } => commands::runs::wait(ctx, &run_ids, timeout, report.as_deref()).await,
+        Command::Report(args) => commands::report::report(ctx, args).await,
         Command::Logs {
             run_id,
             stderr,
@@ -160,7 +165,8 @@ async fn execute(ctx: &Context, command: Command) -> Result<Report, CliError> {
         Command::Worker {
             run_id,
             accept_new_host_key,
-        } => commands::worker::worker(ctx, &run_id, accept_new_host_key).await,
+            results,
+        } => commands::worker::worker(ctx, &run_id, accept_new_host_key, &results).await,
         Command::Cleanup { run_id } => commands::worker::cleanup(ctx, &run_id).await,
     }
 }

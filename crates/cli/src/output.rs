@@ -6,7 +6,8 @@ use std::io::{IsTerminal as _, Write as _};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use testfleet_core::{Run, RunEventRecord, RunStatus};
+use testfleet_core::{FailureKind, Run, RunEventRecord, RunStatus, TestSummary};
+use testfleet_results::case_label;
 
 use crate::error::{CliError, Exit};
 
@@ -174,6 +175,9 @@ pub fn run_summary(style: Style, run: &Run, reused: bool) -> String {
     if let Some(error) = &run.error {
         let _ = write!(line, " {}: {}", error.code, error.message);
     }
+    if let Some(tests) = &run.tests {
+        let _ = write!(line, " tests: {}", test_counts(tests));
+    }
     match &run.artifacts {
         Some(artifacts) if artifacts.files > 0 || !artifacts.skipped.is_empty() => {
             let _ = write!(
@@ -189,7 +193,63 @@ pub fn run_summary(style: Style, run: &Run, reused: bool) -> String {
         _ => {}
     }
     line.push('\n');
+    if let Some(tests) = &run.tests {
+        line.push_str(&test_failures(style, tests, "  "));
+    }
     line
+}
+
+/// `41 passed, 2 failed, 1 skipped`, then `, N errors` when some case errored and
+/// `(N unreadable reports)` when some file could not be read.
+pub fn test_counts(tests: &TestSummary) -> String {
+    let mut text = format!(
+        "{} passed, {} failed, {} skipped",
+        tests.passed, tests.failed, tests.skipped
+    );
+    if tests.errors > 0 {
+        let _ = write!(text, ", {} error{}", tests.errors, plural(tests.errors));
+    }
+    if !tests.unreadable.is_empty() {
+        let n = tests.unreadable.len() as u64;
+        let _ = write!(text, " ({n} unreadable report{})", plural(n));
+    }
+    text
+}
+
+fn plural(n: u64) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+/// One line per failed case (`failed CLASS::NAME: message`), then per unreadable report.
+pub fn test_failures(style: Style, tests: &TestSummary, indent: &str) -> String {
+    let mut text = String::new();
+    for failure in &tests.failures {
+        let (word, code) = match failure.kind {
+            FailureKind::Failure => ("failed", "31"),
+            FailureKind::Error => ("error ", "31"),
+        };
+        let label = case_label(&failure.suite, failure.classname.as_deref(), &failure.name);
+        let _ = write!(text, "{indent}{} {label}", paint(style.color, code, word));
+        if !failure.message.is_empty() {
+            let _ = write!(text, ": {}", failure.message);
+        }
+        text.push('\n');
+    }
+    if tests.failures_omitted > 0 {
+        let _ = writeln!(
+            text,
+            "{indent}… and {} more failed or errored",
+            tests.failures_omitted
+        );
+    }
+    for unreadable in &tests.unreadable {
+        let _ = writeln!(
+            text,
+            "{indent}unreadable report {}: {}",
+            unreadable.path, unreadable.reason
+        );
+    }
+    text
 }
 
 /// Every field of a run, as `status` prints it.
@@ -260,6 +320,17 @@ pub fn run_detail(style: Style, run: &Run) -> String {
         for skipped in &artifacts.skipped {
             field("  skipped", format!("{}: {}", skipped.path, skipped.reason));
         }
+    }
+    field(
+        "tests",
+        match &run.tests {
+            Some(tests) if tests.reports.is_empty() => test_counts(tests),
+            Some(tests) => format!("{} ({})", test_counts(tests), tests.reports.join(", ")),
+            None => "-".to_owned(),
+        },
+    );
+    if let Some(tests) = &run.tests {
+        text.push_str(&test_failures(style, tests, &" ".repeat(14)));
     }
     text
 }

@@ -14,6 +14,7 @@ pub mod ports;
 pub mod remote;
 pub mod run;
 pub mod runner;
+pub mod summary;
 pub mod time;
 
 pub use code::{ErrorCode, RunError, error_chain};
@@ -25,4 +26,5 @@ pub use run::{
     Amendment, ArtifactSummary, DispatchedRun, LifecycleEvent, NewRun, RemoteCleanup, Run,
     RunEventRecord, RunOwner, RunPaths, RunStatus, SkippedArtifact, Transition, transition,
 };
+pub use summary::{FailedCase, FailureKind, TestSummary, UnreadableReport};
 pub use time::Timestamp;

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::code::{ErrorCode, RunError};
 use crate::entrypoint::TargetOs;
 use crate::ids::{ControllerId, MachineName, RunId, TestDirHash};
+use crate::summary::TestSummary;
 use crate::time::Timestamp;
 
 /// Where a run is in its lifecycle.
@@ -349,6 +350,9 @@ pub struct Run {
     /// When a cancel was requested through the store (by the store's clock), for the owner to see
     /// at its next heartbeat; `None` when none was. It stays set once the run is terminal.
     pub cancel_requested_at: Option<Timestamp>,
+    /// What the test reports among the downloaded artifacts said; `None` when no report was
+    /// found (or none was looked for: the download did not happen).
+    pub tests: Option<TestSummary>,
 }
 
 impl Run {
@@ -383,6 +387,7 @@ impl Run {
             controller: new.controller,
             lease_expires_at,
             cancel_requested_at: None,
+            tests: None,
         }
     }
 
@@ -527,6 +532,9 @@ impl Run {
             if change.remote_cleanup.is_some() {
                 self.remote_cleanup = change.remote_cleanup;
             }
+            if change.tests.is_some() {
+                self.tests.clone_from(&change.tests);
+            }
             self.worker_pid = None;
             self.worker_start_time = None;
             self.worker_host = None;
@@ -565,6 +573,9 @@ impl Run {
         if amendment.artifacts.is_some() {
             self.artifacts.clone_from(&amendment.artifacts);
         }
+        if amendment.tests.is_some() {
+            self.tests.clone_from(&amendment.tests);
+        }
         Ok(RunEventRecord {
             at: amendment.at,
             from: Some(self.status),
@@ -587,6 +598,8 @@ pub struct Amendment {
     pub remote_cleanup: Option<RemoteCleanup>,
     /// `Some` replaces [`Run::artifacts`].
     pub artifacts: Option<ArtifactSummary>,
+    /// `Some` replaces [`Run::tests`]: the reports among the artifacts fetched late.
+    pub tests: Option<TestSummary>,
     /// What was done, for the event history.
     pub detail: String,
 }
@@ -699,6 +712,9 @@ pub struct Transition {
     /// What is known of the run's processes on the machine. On a terminal status `Some`
     /// replaces [`Run::remote_cleanup`], and `None` leaves it as it is.
     pub remote_cleanup: Option<RemoteCleanup>,
+    /// What the test reports said. On a terminal status `Some` replaces [`Run::tests`], and
+    /// `None` leaves it as it is.
+    pub tests: Option<TestSummary>,
     /// Extra words for the event history; the error message when absent.
     pub detail: Option<String>,
     /// The owner the run must still have for the change to apply.
@@ -717,6 +733,7 @@ impl Transition {
             signal: None,
             artifacts: None,
             remote_cleanup: None,
+            tests: None,
             detail: None,
             owner_guard: OwnerGuard::Any,
         }

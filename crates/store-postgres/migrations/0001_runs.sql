@@ -6,7 +6,8 @@
 -- path. `version` counts the changes of a row: every write is a compare-and-set on it.
 -- remote_cleanup is what is known of the run's processes on its machine once it ended;
 -- artifacts_skipped the entries of its artifacts folder that were not downloaded, as a JSON
--- array of {"path", "reason"}.
+-- array of {"path", "reason"}. tests is the run record's `tests` object as JSON text (what its
+-- test reports said), NULL when no report was found.
 
 CREATE TABLE "{schema}".runs (
     id                  text        NOT NULL PRIMARY KEY,
@@ -40,6 +41,7 @@ CREATE TABLE "{schema}".runs (
     remote_cleanup      text
         CHECK (remote_cleanup IN ('killed', 'already_gone', 'survived', 'unreachable')),
     artifacts_skipped   text,
+    tests               text,
     version             bigint      NOT NULL DEFAULT 0,
     CHECK ((error_code IS NULL) = (error_message IS NULL)),
     CHECK ((artifact_files IS NULL) = (artifact_bytes IS NULL))

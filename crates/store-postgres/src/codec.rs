@@ -24,10 +24,10 @@ pub(crate) const RUN_COLUMNS: &str = "id, machine, os, test_dir, test_dir_hash, 
      status, error_code, error_message, exit_code, signal, created_at, started_at, finished_at, \
      duration_ms, timeout_ms, remote_dir, owner_pid, owner_start_time, keep_remote, local_dir, \
      artifact_files, artifact_bytes, owner_host, lease_expires_at, controller, cancel_requested_at, \
-     remote_cleanup, artifacts_skipped";
+     remote_cleanup, artifacts_skipped, tests";
 
 /// How many columns [`RUN_COLUMNS`] names.
-pub(crate) const RUN_COLUMN_COUNT: usize = 29;
+pub(crate) const RUN_COLUMN_COUNT: usize = 30;
 
 /// The columns of `run_events`, in the order [`event_from_row`] reads them.
 pub(crate) const EVENT_COLUMNS: &str = "at, from_status, to_status, code, detail";
@@ -191,6 +191,11 @@ pub(crate) fn run_from_row(row: &Row, first: usize) -> Result<(Run, i64), RowErr
         lease_expires_at: opt_time(24)?,
         controller: controller(opt_text(25)?, "controller")?,
         cancel_requested_at: opt_time(26)?,
+        tests: opt_text(29)?
+            .map(|text| {
+                serde_json::from_str(&text).map_err(|_| bad("tests", &text, "test summary"))
+            })
+            .transpose()?,
     };
     let version = get(row, col(RUN_COLUMN_COUNT))?;
     Ok((run, version))
@@ -248,6 +253,7 @@ pub(crate) struct RunValues {
     cancel_requested_at: Option<SystemTime>,
     remote_cleanup: Option<&'static str>,
     artifacts_skipped: Option<String>,
+    tests: Option<String>,
 }
 
 impl RunValues {
@@ -294,6 +300,10 @@ impl RunValues {
                 serde_json::to_string(&summary.skipped)
                     .expect("a list of strings always serializes")
             }),
+            tests: run
+                .tests
+                .as_ref()
+                .and_then(|tests| serde_json::to_string(tests).ok()),
         }
     }
 
@@ -329,6 +339,7 @@ impl RunValues {
             &self.cancel_requested_at,
             &self.remote_cleanup,
             &self.artifacts_skipped,
+            &self.tests,
         ]
     }
 }

@@ -98,7 +98,7 @@ impl Queries {
                  finished_at = $9, duration_ms = $10, artifact_files = $11, artifact_bytes = $12, \
                  owner_host = $13, owner_pid = $14, owner_start_time = $15, \
                  lease_expires_at = $16, remote_cleanup = $23, artifacts_skipped = $24, \
-                 version = version + 1 \
+                 tests = $25, version = version + 1 \
                  WHERE id = $1 AND status = $17 AND version = $2 RETURNING id) \
                  INSERT INTO {events} (run_id, seq, at, from_status, to_status, code, detail) \
                  SELECT id, (SELECT COALESCE(max(seq) + 1, 0) FROM {events} WHERE run_id = $1), \
@@ -106,11 +106,11 @@ impl Queries {
             ),
             format!(
                 "WITH changed AS (UPDATE {runs} SET remote_cleanup = $3, artifact_files = $4, \
-                 artifact_bytes = $5, artifacts_skipped = $6, version = version + 1 \
+                 artifact_bytes = $5, artifacts_skipped = $6, tests = $7, version = version + 1 \
                  WHERE id = $1 AND version = $2 RETURNING id) \
                  INSERT INTO {events} (run_id, seq, at, from_status, to_status, code, detail) \
                  SELECT id, (SELECT COALESCE(max(seq) + 1, 0) FROM {events} WHERE run_id = $1), \
-                 $7, $8, $9, $10, $11 FROM changed RETURNING run_id"
+                 $8, $9, $10, $11, $12 FROM changed RETURNING run_id"
             ),
             format!(
                 "UPDATE {runs} SET owner_host = $3, owner_pid = $4, owner_start_time = $5, \
@@ -505,10 +505,10 @@ impl RunStore for PostgresStore {
                 let event_values = EventValues::of(&event);
                 let e = event_values.params();
                 let from = change.from.as_str();
-                let params: [&(dyn ToSql + Sync); 24] = [
+                let params: [&(dyn ToSql + Sync); 25] = [
                     v[0], &version, v[6], v[7], v[8], v[9], v[10], v[12], v[13], v[14], v[21],
                     v[22], v[23], v[17], v[18], v[24], &from, e[0], e[1], e[2], e[3], e[4], v[27],
-                    v[28],
+                    v[28], v[29],
                 ];
                 if !session.query(Query::Transition, &params)?.is_empty() {
                     return Ok(run);
@@ -535,8 +535,8 @@ impl RunStore for PostgresStore {
                 let v = values.params();
                 let event_values = EventValues::of(&event);
                 let e = event_values.params();
-                let params: [&(dyn ToSql + Sync); 11] = [
-                    v[0], &version, v[27], v[21], v[22], v[28], e[0], e[1], e[2], e[3], e[4],
+                let params: [&(dyn ToSql + Sync); 12] = [
+                    v[0], &version, v[27], v[21], v[22], v[28], v[29], e[0], e[1], e[2], e[3], e[4],
                 ];
                 if !session.query(Query::Amend, &params)?.is_empty() {
                     return Ok(run);

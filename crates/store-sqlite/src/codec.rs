@@ -11,7 +11,8 @@ use testfleet_core::run::{
     ArtifactSummary, RemoteCleanup, Run, RunEventRecord, RunPaths, RunStatus, SkippedArtifact,
 };
 use testfleet_core::{
-    ControllerId, ErrorCode, MachineName, RunError, RunId, TargetOs, TestDirHash, Timestamp,
+    ControllerId, ErrorCode, MachineName, RunError, RunId, TargetOs, TestDirHash, TestSummary,
+    Timestamp,
 };
 
 use crate::error::Error;
@@ -22,7 +23,7 @@ pub(crate) const RUN_COLUMNS: &str = "id, machine, os, test_dir, test_dir_hash, 
      status, error_code, error_message, exit_code, signal, created_at, started_at, finished_at, \
      duration_ms, timeout_ms, remote_dir, owner_pid, owner_start_time, keep_remote, local_dir, \
      artifact_files, artifact_bytes, remote_cleanup, artifacts_skipped, owner_host, \
-     lease_expires_at, controller, cancel_requested_at";
+     lease_expires_at, controller, cancel_requested_at, tests";
 
 /// The columns of `run_events`, in the order [`event_from_row`] reads them.
 pub(crate) const EVENT_COLUMNS: &str = "at, from_status, to_status, code, detail";
@@ -127,6 +128,21 @@ fn u64_at(row: &Row<'_>, column_idx: usize) -> rusqlite::Result<Option<u64>> {
     Ok(row.get::<_, Option<i64>>(column_idx)?.map(u64_from_sql))
 }
 
+/// The `tests` column: the run record's `tests` object as JSON text, or NULL.
+fn tests_at(row: &Row<'_>, column_idx: usize) -> rusqlite::Result<Option<TestSummary>> {
+    let text: Option<String> = row.get(column_idx)?;
+    text.map(|text| {
+        serde_json::from_str(&text)
+            .map_err(|_| bad_value(column_idx, "tests", &text, "test summary"))
+    })
+    .transpose()
+}
+
+fn tests_to_sql(tests: Option<&TestSummary>) -> Option<String> {
+    // Serializing plain strings and integers cannot fail.
+    tests.and_then(|tests| serde_json::to_string(tests).ok())
+}
+
 /// Reads a row selected with [`RUN_COLUMNS`].
 pub(crate) fn run_from_row(row: &Row<'_>) -> rusqlite::Result<Run> {
     let error_code = code_at(row, 7, "error_code")?;
@@ -188,6 +204,7 @@ pub(crate) fn run_from_row(row: &Row<'_>) -> rusqlite::Result<Run> {
         lease_expires_at: timestamp_at(row, 26)?,
         controller: controller_at(row, 27, "controller")?,
         cancel_requested_at: timestamp_at(row, 28)?,
+        tests: tests_at(row, 29)?,
     })
 }
 
@@ -235,7 +252,7 @@ pub(crate) fn insert_run(tx: &Transaction<'_>, run: &Run) -> rusqlite::Result<()
     let sql = format!(
         "INSERT INTO runs ({RUN_COLUMNS}) VALUES \
          (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, \
-          ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29)"
+          ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30)"
     );
     tx.prepare_cached(&sql)?.execute(params![
         run.id.as_str(),
@@ -271,6 +288,7 @@ pub(crate) fn insert_run(tx: &Transaction<'_>, run: &Run) -> rusqlite::Result<()
         run.lease_expires_at.map(Timestamp::unix_ms),
         run.controller.as_ref().map(ControllerId::as_str),
         run.cancel_requested_at.map(Timestamp::unix_ms),
+        tests_to_sql(run.tests.as_ref()),
     ])?;
     Ok(())
 }
@@ -288,7 +306,7 @@ pub(crate) fn update_run(
              signal = ?5, started_at = ?6, finished_at = ?7, duration_ms = ?8, remote_dir = ?9, \
              owner_pid = ?10, owner_start_time = ?11, artifact_files = ?12, artifact_bytes = ?13, \
              remote_cleanup = ?14, artifacts_skipped = ?15, owner_host = ?18, \
-             lease_expires_at = ?19, cancel_requested_at = ?20 \
+             lease_expires_at = ?19, cancel_requested_at = ?20, tests = ?21 \
              WHERE id = ?16 AND status = ?17",
         )?
         .execute(params![
@@ -316,6 +334,7 @@ pub(crate) fn update_run(
             run.worker_host.as_ref().map(ControllerId::as_str),
             run.lease_expires_at.map(Timestamp::unix_ms),
             run.cancel_requested_at.map(Timestamp::unix_ms),
+            tests_to_sql(run.tests.as_ref()),
         ])?;
     Ok(updated == 1)
 }

@@ -19,6 +19,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_runs.sql"),
     include_str!("../migrations/0002_remote_cleanup.sql"),
     include_str!("../migrations/0003_leases.sql"),
+    include_str!("../migrations/0004_tests.sql"),
 ];
 
 /// The schema version this build writes.

@@ -41,6 +41,7 @@ pub fn local_machine(name: &str) -> MachineSpec {
         os: TargetOs::linux(),
         windows_shell: WindowsShell::default(),
         remote_root: MachineSpec::DEFAULT_REMOTE_ROOT.to_owned(),
+        results: Vec::new(),
         ssh: SshTarget {
             host: "localhost".into(),
             port: 22,

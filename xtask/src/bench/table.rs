@@ -98,6 +98,9 @@ impl Bench {
                 row.time.as_secs_f64() * 1e3
             );
         }
+        if ratios.is_empty() {
+            return;
+        }
         println!("\n| ratio | value | target |");
         println!("|---|---|---|");
         for (group, ours, theirs, target) in ratios {

@@ -6,6 +6,7 @@
 //! the host.
 
 mod basics;
+pub mod reports;
 pub mod shared;
 mod survive;
 
@@ -117,6 +118,10 @@ pub fn run(bin: &Path) -> Result<()> {
     let (shared_total, shared_failures) = shared::run(bin)?;
     passed += shared_total - shared_failures.len();
     failures.extend(shared_failures);
+    // Test reports of three machines, read back in Chromium (reports.rs).
+    let (report_total, report_failures) = reports::run_and_print(bin)?;
+    passed += report_total - report_failures.len();
+    failures.extend(report_failures);
     println!("e2e: {passed} passed, {} failed", failures.len());
     eprintln!("e2e finished in {:.1?}", started.elapsed());
     if !failures.is_empty() {

@@ -14,6 +14,7 @@ use testfleet_core::runner::{DispatchRequest, MachineSpec, Prepared, RunObserver
 use testfleet_core::{
     DirManifest, DispatchError, DispatchedRun, ErrorCode, Run, RunId, RunOwner, RunStatus,
 };
+use testfleet_results::ResultGlobs;
 use testfleet_ssh::RusshConnector;
 
 use crate::cli::RunArgs;
@@ -50,6 +51,7 @@ impl MachineError {
 /// `UNKNOWN_MACHINE`, `FLEET_CONFIG_INVALID`, `INVALID_ARGUMENT`; `MACHINE_BUSY` for a single
 /// machine; `STORE_ERROR`.
 pub async fn run(ctx: &Context, args: RunArgs) -> Result<Report, CliError> {
+    ResultGlobs::new(&args.results).map_err(|error| CliError::invalid(error.to_string()))?;
     let fleet = ctx.fleet()?;
     let selected = fleet.select(&args.machines, &args.labels)?;
     // A foreground run logs in while the directory is hashed and the machines are claimed (a
@@ -57,7 +59,7 @@ pub async fn run(ctx: &Context, args: RunArgs) -> Result<Report, CliError> {
     let predialer = Arc::new(Predialer::new(Arc::new(RusshConnector::new())));
     if !args.detach && args.dir.is_dir() {
         for machine in &selected {
-            predialer.dial(run_spec(machine, args.accept_new_host_key).ssh);
+            predialer.dial(run_spec(machine, &args).ssh);
         }
     }
     let dispatched = dispatch(ctx, args, &selected, predialer.clone()).await;
@@ -65,11 +67,15 @@ pub async fn run(ctx: &Context, args: RunArgs) -> Result<Report, CliError> {
     dispatched
 }
 
-/// The machine as a run sees it: the fleet's, with `--accept-new-host-key` applied.
-fn run_spec(machine: &FleetMachine, accept_new_host_key: bool) -> MachineSpec {
+/// The machine as a run sees it: the fleet's, with `--accept-new-host-key` and `--results`
+/// applied.
+fn run_spec(machine: &FleetMachine, args: &RunArgs) -> MachineSpec {
     let mut spec = machine.spec.clone();
-    if accept_new_host_key {
+    if args.accept_new_host_key {
         spec.ssh.host_key_policy = HostKeyPolicy::AcceptNew;
+    }
+    if !args.results.is_empty() {
+        spec.results.clone_from(&args.results);
     }
     spec
 }
@@ -98,7 +104,7 @@ async fn dispatch(
     let mut errors: Vec<MachineError> = Vec::new();
     for machine in selected {
         let request = DispatchRequest {
-            machine: run_spec(machine, args.accept_new_host_key),
+            machine: run_spec(machine, &args),
             timeout: args.timeout.or(machine.timeout),
             keep_remote: args.keep_remote,
             owner: Some(me.clone()),
@@ -118,7 +124,7 @@ async fn dispatch(
     }
 
     let results = if args.detach {
-        detach_all(ctx, &runner, prepared_runs, args.accept_new_host_key).await?
+        detach_all(ctx, &runner, prepared_runs, &args).await?
     } else {
         let watch = SignalWatch::install(!ctx.style.json)?;
         let queued = keep_queued_leases(&runner, &prepared_runs, &me);
@@ -128,7 +134,12 @@ async fn dispatch(
         }
         let results = results?;
         if watch.interrupted() {
-            return Ok(report(ctx, &results, &errors, Exit::Interrupted));
+            return Ok(with_report(
+                report(ctx, &results, &errors, Exit::Interrupted),
+                &args,
+                &results,
+            )
+            .await);
         }
         results
     };
@@ -143,7 +154,20 @@ async fn dispatch(
     } else {
         Exit::Ok
     };
-    Ok(report(ctx, &results, &errors, exit))
+    Ok(with_report(report(ctx, &results, &errors, exit), &args, &results).await)
+}
+
+/// `--report FILE.html`: the HTML test report of the runs, written once they ended.
+async fn with_report(mut output: Report, args: &RunArgs, results: &[DispatchedRun]) -> Report {
+    let Some(path) = &args.report else {
+        return output;
+    };
+    let runs = results.iter().map(|result| result.run.clone()).collect();
+    let (line, exit) =
+        crate::commands::report::report_for_runs(runs, path, &mut output.data, output.exit).await;
+    output.human.push_str(&line);
+    output.exit = exit;
+    output
 }
 
 fn report(ctx: &Context, results: &[DispatchedRun], errors: &[MachineError], exit: Exit) -> Report {
@@ -264,7 +288,7 @@ async fn detach_all(
     ctx: &Context,
     runner: &Runner,
     prepared_runs: Vec<(DispatchRequest, Prepared)>,
-    accept_new_host_key: bool,
+    args: &RunArgs,
 ) -> Result<Vec<DispatchedRun>, CliError> {
     let store = runner.store().as_ref();
     let controller = ctx.controller()?;
@@ -278,7 +302,7 @@ async fn detach_all(
             });
             continue;
         }
-        let run = match spawn_worker(ctx, &prepared.run, accept_new_host_key) {
+        let run = match spawn_worker(ctx, &prepared.run, args) {
             Ok(pid) => match store
                 .set_owner(&prepared.run.id, &owner::of_pid(&controller, pid), lease)
                 .await
@@ -307,12 +331,16 @@ async fn detach_all(
 }
 
 /// Starts `testfleet _worker RUN_ID` with its output in the run's `worker.log`.
-fn spawn_worker(ctx: &Context, run: &Run, accept_new_host_key: bool) -> Result<u32, CliError> {
-    let mut args = vec!["_worker", run.id.as_str()];
-    if accept_new_host_key {
-        args.push("--accept-new-host-key");
+fn spawn_worker(ctx: &Context, run: &Run, args: &RunArgs) -> Result<u32, CliError> {
+    let mut argv = vec!["_worker", run.id.as_str()];
+    if args.accept_new_host_key {
+        argv.push("--accept-new-host-key");
     }
-    crate::detach::spawn(ctx, run, &args)
+    for pattern in &args.results {
+        argv.push("--results");
+        argv.push(pattern);
+    }
+    crate::detach::spawn(ctx, run, &argv)
 }
 
 /// The machine name and the bytes of an unterminated line of one run's stream.

@@ -75,6 +75,7 @@ pub async fn wait(
     ctx: &Context,
     run_ids: &[String],
     timeout: Option<Duration>,
+    report: Option<&Path>,
 ) -> Result<Report, CliError> {
     let ids = run_ids
         .iter()
@@ -95,12 +96,19 @@ pub async fn wait(
         .watch(store.as_ref(), &probe)
         .until_terminal(&ids, give_up)
         .await?;
-    let human: String = runs
+    let mut human: String = runs
         .iter()
         .map(|run| output::run_summary(ctx.style, run, false))
         .collect();
-    let exit = runs_exit(&runs);
-    Ok(Report::new(json!({ "runs": runs, "errors": [] }), human).with_exit(exit))
+    let mut exit = runs_exit(&runs);
+    let mut data = json!({ "runs": runs, "errors": [] });
+    if let Some(path) = report {
+        let (line, with_report) =
+            crate::commands::report::report_for_runs(runs, path, &mut data, exit).await;
+        human.push_str(&line);
+        exit = with_report;
+    }
+    Ok(Report::new(data, human).with_exit(exit))
 }
 
 /// `logs RUN_ID [--stderr] [-f]`: the log file's bytes; with `-f`, new bytes as they are

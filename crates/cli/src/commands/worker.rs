@@ -22,6 +22,7 @@ pub async fn worker(
     ctx: &Context,
     run_id: &str,
     accept_new_host_key: bool,
+    results: &[String],
 ) -> Result<Report, CliError> {
     // A session of our own: the terminal's Ctrl-C and hangup no longer reach us.
     if let Err(error) = nix::unistd::setsid() {
@@ -61,6 +62,9 @@ pub async fn worker(
     let mut spec = machine.spec.clone();
     if accept_new_host_key {
         spec.ssh.host_key_policy = HostKeyPolicy::AcceptNew;
+    }
+    if !results.is_empty() {
+        spec.results = results.to_vec();
     }
     // Hashed again (with the digest cache) to check that the directory is still the one
     // claimed; when that fails, the runner hashes once more and records why.
@@ -120,6 +124,7 @@ pub async fn cleanup(ctx: &Context, run_id: &str) -> Result<Report, CliError> {
                 at: testfleet_core::Timestamp::now(),
                 remote_cleanup: Some(testfleet_core::RemoteCleanup::Unreachable),
                 artifacts: None,
+                tests: None,
                 detail: format!(
                     "after its owner was lost: could not reach the machine: {}",
                     error.message()

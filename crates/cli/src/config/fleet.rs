@@ -15,6 +15,7 @@ use testfleet_core::TargetOs;
 use testfleet_core::ports::{HostKeyPolicy, SshTarget};
 use testfleet_core::remote::WindowsShell;
 use testfleet_core::runner::{LeaseSettings, MachineSpec};
+use testfleet_results::ResultGlobs;
 
 use super::paths::Env;
 use crate::error::CliError;
@@ -44,6 +45,7 @@ macro_rules! fleet_table {
             keepalive: Option<Duration>,
             #[serde(default, deserialize_with = "positive_count")]
             keepalive_max: Option<u32>,
+            results: Option<Vec<String>>,
         }
     };
 }
@@ -477,12 +479,18 @@ fn resolve(
         .remote_root
         .or_else(|| defaults.remote_root.clone())
         .unwrap_or_else(|| MachineSpec::DEFAULT_REMOTE_ROOT.to_owned());
+    let results = entry
+        .results
+        .or_else(|| defaults.results.clone())
+        .unwrap_or_default();
+    ResultGlobs::new(&results).map_err(|error| error.to_string())?;
     Ok(FleetMachine {
         spec: MachineSpec {
             name: name.clone(),
             os: TargetOs::new(&os),
             windows_shell: entry.shell.or(defaults.shell).unwrap_or_default(),
             remote_root,
+            results,
             ssh: SshTarget {
                 host,
                 port,
@@ -635,6 +643,32 @@ user = "admin"
         let fleet = parse_with_ssh("[machines.box]\nport = 22\nuser = \"root\"\n", ssh);
         assert_eq!(fleet.machines[0].spec.ssh.port, 22);
         assert_eq!(fleet.machines[0].spec.ssh.user, "root");
+    }
+
+    #[test]
+    fn results_patterns_come_from_the_machine_else_the_defaults() {
+        let fleet = parse(
+            "[defaults]\nresults = [\"reports/**/*.xml\"]\n[machines.a]\n[machines.b]\nresults = [\"out/*.xml\", \"junit.xml\"]\n",
+        )
+        .expect("valid");
+        assert_eq!(fleet.machines[0].spec.results, ["reports/**/*.xml"]);
+        assert_eq!(fleet.machines[1].spec.results, ["out/*.xml", "junit.xml"]);
+        let fleet = parse("[machines.a]\n").expect("valid");
+        assert!(
+            fleet.machines[0].spec.results.is_empty(),
+            "the reader's default"
+        );
+        match parse("[machines.a]\nresults = [\"../secrets/*.xml\"]\n") {
+            Err(CliError::FleetConfig { message, line, .. }) => {
+                assert!(
+                    message.contains("machine a: invalid results pattern"),
+                    "{message}"
+                );
+                assert_eq!(line, None);
+            }
+            other => panic!("a pattern leaving the artifacts folder is refused: {other:?}"),
+        }
+        check_error("[defaults]\nresults = \"*.xml\"\n", 2, 11, "invalid type");
     }
 
     #[test]

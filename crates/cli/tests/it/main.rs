@@ -5,5 +5,6 @@ mod bad_input;
 mod faults;
 mod offline;
 mod remote;
+mod reports;
 mod shared_store;
 mod support;

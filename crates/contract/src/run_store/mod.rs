@@ -121,6 +121,7 @@ pub async fn run_store(make_store: impl Fn() -> Subject) {
         set_owner_and_remote_dir,
         owner_guarded_transitions_need_the_same_owner,
         unknown_ids_are_not_found,
+        tests_round_trip,
         concurrent_claims_have_one_winner,
         amendments_record_what_was_learnt_after_the_end,
         claims_start_the_owners_lease_by_the_store_clock,

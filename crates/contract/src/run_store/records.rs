@@ -4,9 +4,10 @@ use std::sync::Arc;
 
 use testfleet_core::ports::{RunFilter, RunStore, StoreError};
 use testfleet_core::run::{
-    Amendment, ArtifactSummary, RemoteCleanup, RunStatus, SkippedArtifact, Transition,
+    Amendment, ArtifactSummary, RemoteCleanup, RunEventRecord, RunStatus, SkippedArtifact,
+    Transition,
 };
-use testfleet_core::{ErrorCode, RunId};
+use testfleet_core::{ErrorCode, FailedCase, FailureKind, RunId, TestSummary, UnreadableReport};
 
 use super::*;
 
@@ -281,6 +282,7 @@ pub(super) async fn amendments_record_what_was_learnt_after_the_end(store: &Arc<
         at: at(50),
         remote_cleanup: Some(RemoteCleanup::Killed),
         artifacts: None,
+        tests: None,
         detail: "reconnected and killed what was left of the run".to_owned(),
     };
     match store.amend(&active.id, amendment.clone()).await {
@@ -319,6 +321,7 @@ pub(super) async fn amendments_record_what_was_learnt_after_the_end(store: &Arc<
         at: at(60),
         remote_cleanup: None,
         artifacts: Some(artifacts.clone()),
+        tests: None,
         detail: "fetched 2 artifact file(s)".to_owned(),
     };
     let amended = store
@@ -334,10 +337,83 @@ pub(super) async fn amendments_record_what_was_learnt_after_the_end(store: &Arc<
         at: at(70),
         remote_cleanup: None,
         artifacts: None,
+        tests: None,
         detail: String::new(),
     };
     assert!(matches!(
         store.amend(&unknown, missing).await,
         Err(StoreError::NotFound(id)) if id == unknown
     ));
+}
+
+/// What a run's test reports said (`tests`) is recorded by the final transition and read back
+/// whole by `get` and `list`: every count at its extremes, odd strings, optional fields empty
+/// and set.
+pub(super) async fn tests_round_trip(store: &Arc<dyn RunStore>) {
+    let summary = TestSummary {
+        total: u64::MAX,
+        passed: u64::MAX - 3,
+        failed: 2,
+        skipped: 0,
+        errors: 1,
+        duration_ms: 86_400_000,
+        failures: vec![
+            FailedCase {
+                suite: "suite \"quoted\" ünïcode".to_owned(),
+                classname: Some("pkg.Class$Inner".to_owned()),
+                name: "it's <odd> & 'quoted'".to_owned(),
+                kind: FailureKind::Failure,
+                message: "expected 4, got 5 \\ 😀".to_owned(),
+            },
+            FailedCase {
+                suite: String::new(),
+                classname: None,
+                name: "errs".to_owned(),
+                kind: FailureKind::Error,
+                message: String::new(),
+            },
+        ],
+        failures_omitted: 1,
+        reports: vec!["junit.xml".to_owned(), "nested/dir/report.xml".to_owned()],
+        unreadable: vec![UnreadableReport {
+            path: "broken.xml".to_owned(),
+            reason: "not well-formed XML at byte 12".to_owned(),
+        }],
+    };
+
+    let mut run = claim_new(store, new_run("linux-1", 1, 0, 1)).await;
+    assert_eq!(run.tests, None, "a new run has no tests");
+    let mut events = vec![RunEventRecord::created(&run)];
+    apply_and_check(
+        store,
+        &mut run,
+        &mut events,
+        Transition::new(RunStatus::Pending, RunStatus::Running, at(1)),
+    )
+    .await;
+    let mut done = Transition::new(RunStatus::Running, RunStatus::Failed, at(2))
+        .with_error(ErrorCode::NonzeroExit, "run.sh exited with status 1");
+    done.exit_code = Some(1);
+    done.tests = Some(summary.clone());
+    apply_and_check(store, &mut run, &mut events, done).await;
+    assert_eq!(run.tests.as_ref(), Some(&summary));
+
+    // An empty summary (reports found, no case in them) is not the same as none.
+    let mut other = claim_new(store, new_run("linux-2", 1, 10, 2)).await;
+    let mut other_events = vec![RunEventRecord::created(&other)];
+    let mut empty = Transition::new(RunStatus::Pending, RunStatus::Running, at(11));
+    apply_and_check(store, &mut other, &mut other_events, empty.clone()).await;
+    empty = Transition::new(RunStatus::Running, RunStatus::Completed, at(12));
+    empty.exit_code = Some(0);
+    empty.tests = Some(TestSummary::default());
+    apply_and_check(store, &mut other, &mut other_events, empty).await;
+    assert_eq!(other.tests, Some(TestSummary::default()));
+
+    let listed = store
+        .list(&RunFilter::default())
+        .await
+        .expect("listing works");
+    let by_id = |id: &RunId| listed.iter().find(|listed| &listed.id == id).cloned();
+    assert_eq!(by_id(&run.id), Some(run), "list returns the tests too");
+    assert_eq!(by_id(&other.id), Some(other));
 }

@@ -91,7 +91,11 @@ impl Runner {
             why: "the connection could not be trusted to the end",
         };
         let reconnect = outcome.link_down && !signals.abandon.is_cancelled();
+        let tests = self
+            .read_test_reports(&run, machine, outcome.artifacts.is_some(), signals)
+            .await;
         let mut change = lease.guard(outcome.into_transition(self.clock.now()));
+        change.tests = tests;
         if reconnect {
             // Unknown until the recovery has looked: a null `remote_cleanup` on an ended run
             // says that testfleet is still finishing the job.

@@ -19,6 +19,7 @@ mod outcome;
 mod prepare;
 mod reaper;
 mod recover;
+mod reports;
 mod wait;
 
 use std::fmt;
@@ -41,6 +42,7 @@ use crate::run::{DispatchedRun, Run, RunOwner};
 
 pub use lease::LeaseSettings;
 pub use reaper::{Liveness, OwnerProbe, reap_lost_runs};
+pub use reports::ReportReader;
 pub use wait::{ReapedRuns, Watch};
 
 /// Settings of the runner itself.
@@ -58,6 +60,9 @@ pub struct RunnerConfig {
     pub lease: LeaseSettings,
     /// The controller the runs it claims belong to ([`Run::controller`]).
     pub controller: Option<ControllerId>,
+    /// Reads the test reports among a run's artifacts into [`Run::tests`]; none by default,
+    /// and then no run records tests.
+    pub reports: Option<Arc<dyn ReportReader>>,
 }
 
 impl RunnerConfig {
@@ -73,6 +78,7 @@ impl RunnerConfig {
             remedies: Arc::new(NoRemedies),
             lease: LeaseSettings::default(),
             controller: None,
+            reports: None,
         }
     }
 }
@@ -106,6 +112,9 @@ pub struct MachineSpec {
     pub windows_shell: WindowsShell,
     /// The remote root, relative to the login directory unless absolute.
     pub remote_root: String,
+    /// Where the test reports of its runs are: `/`-separated glob patterns relative to the
+    /// run's artifacts folder, handed to the [`ReportReader`]; empty: the reader's default.
+    pub results: Vec<String>,
     /// How to reach it.
     pub ssh: SshTarget,
 }

@@ -83,10 +83,14 @@ impl Runner {
                 (RemoteCleanup::Unreachable, None)
             }
         };
+        let tests = self
+            .read_test_reports(run, machine, artifacts.is_some(), signals)
+            .await;
         Amendment {
             at: self.clock.now(),
             remote_cleanup: Some(remote_cleanup),
             artifacts,
+            tests,
             detail: format!("{}: {}", recovery.why, done.join("; ")),
         }
     }

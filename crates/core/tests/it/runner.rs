@@ -3,8 +3,8 @@
 //! made to the SSH port.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use testfleet_contract::fake_ssh::{FakeScript, FakeSsh, SshCall};
@@ -15,12 +15,12 @@ use testfleet_core::ports::{
 };
 use testfleet_core::remote::{RemoteShell, RunScript, WindowsShell};
 use testfleet_core::runner::{
-    DispatchRequest, LeaseSettings, Liveness, MachineSpec, NoObserver, OwnerProbe, Runner,
-    RunnerConfig, StopSignals, reap_lost_runs,
+    DispatchRequest, LeaseSettings, Liveness, MachineSpec, NoObserver, OwnerProbe, ReportReader,
+    Runner, RunnerConfig, StopSignals, reap_lost_runs,
 };
 use testfleet_core::{
-    ControllerId, DispatchedRun, ErrorCode, MachineName, RunId, RunOwner, RunStatus,
-    SkippedArtifact, TargetOs, Timestamp,
+    ControllerId, DispatchedRun, ErrorCode, FailedCase, FailureKind, MachineName, RunId, RunOwner,
+    RunStatus, SkippedArtifact, TargetOs, TestSummary, Timestamp,
 };
 
 /// A clock that advances one second per reading, from a fixed start.
@@ -62,6 +62,11 @@ pub(crate) struct Harness {
 
 pub(crate) fn harness(script: FakeScript) -> Harness {
     harness_with(script, |_| {})
+}
+
+/// A harness whose runner reads test reports with `reports`.
+fn harness_with_reports(script: FakeScript, reports: Option<Arc<dyn ReportReader>>) -> Harness {
+    harness_with(script, |config| config.reports = reports)
 }
 
 /// A harness whose runner settings `configure` adjusts.
@@ -106,6 +111,7 @@ pub(crate) fn machine(name: &str, os: &str) -> MachineSpec {
         os: TargetOs::new(os),
         windows_shell: WindowsShell::Powershell,
         remote_root: ".testfleet".to_owned(),
+        results: Vec::new(),
         ssh: SshTarget {
             host: "10.0.0.5".to_owned(),
             port: 22,
@@ -1187,4 +1193,137 @@ async fn the_reaper_does_not_reap_a_run_handed_over_while_it_looked() {
     let stored = h.store.get(&run.id).await.expect("exists");
     assert_eq!(stored.status, RunStatus::Pending);
     assert_eq!(stored.worker_pid, Some(1));
+}
+
+/// A report reader that records what it was asked and answers with a fixed summary, after
+/// checking that the artifacts it is pointed at are already home.
+#[derive(Debug, Default)]
+struct RecordingReader {
+    calls: Mutex<Vec<(PathBuf, Vec<String>, bool)>>,
+}
+
+impl RecordingReader {
+    fn summary() -> TestSummary {
+        TestSummary {
+            total: 3,
+            passed: 1,
+            failed: 1,
+            skipped: 1,
+            errors: 0,
+            duration_ms: 1_250,
+            failures: vec![FailedCase {
+                suite: "unit".into(),
+                classname: Some("unit.math".into()),
+                name: "adds".into(),
+                kind: FailureKind::Failure,
+                message: "expected 4, got 5".into(),
+            }],
+            failures_omitted: 0,
+            reports: vec!["junit.xml".into()],
+            unreadable: Vec::new(),
+        }
+    }
+
+    fn calls(&self) -> Vec<(PathBuf, Vec<String>, bool)> {
+        self.calls.lock().expect("not poisoned").clone()
+    }
+}
+
+#[async_trait::async_trait]
+impl ReportReader for RecordingReader {
+    async fn summarize(&self, artifacts_dir: &Path, globs: &[String]) -> Option<TestSummary> {
+        let report_is_home = artifacts_dir.join("junit.xml").is_file();
+        self.calls.lock().expect("not poisoned").push((
+            artifacts_dir.to_path_buf(),
+            globs.to_vec(),
+            report_is_home,
+        ));
+        Some(Self::summary())
+    }
+}
+
+#[tokio::test]
+async fn the_test_reports_are_read_after_the_download_and_recorded_with_the_status() {
+    let reader = Arc::new(RecordingReader::default());
+    let h = harness_with_reports(
+        FakeScript {
+            download: testfleet_contract::fake_ssh::FakeDownload {
+                files: vec![("junit.xml".into(), b"<testsuites/>".to_vec())],
+                ..Default::default()
+            },
+            ..FakeScript::default()
+        },
+        Some(reader.clone()),
+    );
+    let mut spec = machine("linux-1", "linux");
+    spec.results = vec!["reports/**/*.xml".into()];
+    // A non-zero exit still downloads the artifacts, so the reports are read.
+    h.ssh.edit_script(|s| s.exec.exit = RemoteExit::Code(1));
+    let run = h
+        .dispatch_with(&request(spec), &StopSignals::default())
+        .await
+        .expect("recorded")
+        .run;
+    assert_eq!(run.status, RunStatus::Failed);
+    assert_eq!(run.tests, Some(RecordingReader::summary()));
+    assert_eq!(
+        reader.calls(),
+        [(
+            run.paths.artifacts.clone(),
+            vec!["reports/**/*.xml".to_owned()],
+            true
+        )]
+    );
+    let stored = h.store.get(&run.id).await.expect("stored");
+    assert_eq!(stored.tests, run.tests, "recorded by the final transition");
+    assert_eq!(
+        h.event_trail(&run.id).await,
+        [
+            "->pending",
+            "pending>running",
+            "running>failed:NONZERO_EXIT"
+        ],
+        "the summary adds no event"
+    );
+}
+
+#[tokio::test]
+async fn no_download_means_no_report_is_read() {
+    // Failed before the script ran: no artifacts, no reports.
+    let reader = Arc::new(RecordingReader::default());
+    let h = harness_with_reports(
+        FakeScript {
+            upload_error: Some(ssh_error(ErrorCode::UploadFailed)),
+            ..FakeScript::default()
+        },
+        Some(reader.clone()),
+    );
+    let run = h.dispatch().await.expect("recorded").run;
+    assert_eq!(run.error.map(|e| e.code), Some(ErrorCode::UploadFailed));
+    assert_eq!(run.tests, None);
+
+    // The connection was lost: nothing is downloaded over it, nothing is read.
+    h.ssh.edit_script(|s| {
+        s.upload_error = None;
+        s.exec.error = Some(ssh_error(ErrorCode::ConnectionLost));
+    });
+    let run = h.dispatch().await.expect("recorded").run;
+    assert_eq!(run.error.map(|e| e.code), Some(ErrorCode::ConnectionLost));
+    assert_eq!(run.tests, None);
+
+    // A failed download: no summary either.
+    h.ssh.edit_script(|s| {
+        s.exec.error = None;
+        s.download.error = Some(ssh_error(ErrorCode::DownloadFailed));
+    });
+    let run = h.dispatch().await.expect("recorded").run;
+    assert_eq!(run.error.map(|e| e.code), Some(ErrorCode::DownloadFailed));
+    assert_eq!(run.tests, None);
+    assert_eq!(reader.calls(), [], "the reader was never asked");
+
+    // Without a reader, a completed run records no tests.
+    let h = harness(FakeScript::default());
+    let run = h.dispatch().await.expect("recorded").run;
+    assert_eq!(run.status, RunStatus::Completed);
+    assert_eq!(run.tests, None);
 }

@@ -74,6 +74,7 @@ fn machine(target: SshTarget, os: &str) -> MachineSpec {
         os: TargetOs::new(os),
         windows_shell: WindowsShell::Powershell,
         remote_root: ".testfleet".into(),
+        results: Vec::new(),
         ssh: target,
     }
 }

@@ -131,3 +131,72 @@ async fn a_newer_schema_is_refused_untouched() {
         "no journal or WAL file was created"
     );
 }
+
+/// A database written by a build of schema version 1 (before `tests`) is migrated in place:
+/// its runs keep every field and read back with no tests, and new runs record them.
+#[tokio::test]
+async fn a_version_1_file_gains_the_tests_column() {
+    let dir = tempfile::tempdir().expect("the temp dir is writable");
+    let db = dir.path().join(DATABASE_FILE);
+    {
+        let conn = Connection::open(&db).expect("the fixture database opens");
+        conn.execute_batch(include_str!("../../migrations/0001_runs.sql"))
+            .expect("version 1 applies");
+        conn.execute_batch(
+            "PRAGMA user_version = 1;
+             INSERT INTO runs (id, machine, os, test_dir, test_dir_hash, entrypoint, status,
+                 exit_code, created_at, started_at, finished_at, duration_ms, keep_remote,
+                 local_dir, artifact_files, artifact_bytes)
+             VALUES ('01JD0000000000000000000000', 'linux-1', 'linux', x'2f74',
+                 '0101010101010101010101010101010101010101010101010101010101010101', 'run.sh',
+                 'completed', 0, 1000, 1001, 1002, 1, 0, x'2f73', 2, 20);",
+        )
+        .expect("a version-1 run is written");
+    }
+    let store = SqliteStore::open(&db).expect("a version-1 file is migrated");
+    assert_eq!(user_version(&db), SCHEMA_VERSION);
+    let old = store
+        .list(&RunFilter::default())
+        .await
+        .expect("the old run reads");
+    assert_eq!(old.len(), 1);
+    assert_eq!(old[0].status, RunStatus::Completed);
+    assert_eq!(
+        old[0].artifacts.as_ref().map(|a| (a.files, a.bytes)),
+        Some((2, 20))
+    );
+    assert_eq!(old[0].tests, None);
+
+    let Ok(Claim::Created(run)) = store.claim(new_run("linux-1", 2, 5_000, 1)).await else {
+        panic!("the machine is free");
+    };
+    let start = Transition::new(
+        RunStatus::Pending,
+        RunStatus::Running,
+        Timestamp::from_unix_ms(5_001),
+    );
+    store.transition(&run.id, start).await.expect("starts");
+    let mut done = Transition::new(
+        RunStatus::Running,
+        RunStatus::Completed,
+        Timestamp::from_unix_ms(5_002),
+    );
+    done.tests = Some(testfleet_core::TestSummary {
+        total: 1,
+        passed: 1,
+        ..testfleet_core::TestSummary::default()
+    });
+    let done = store.transition(&run.id, done).await.expect("completes");
+    assert_eq!(done.tests.as_ref().map(|t| t.passed), Some(1));
+
+    // The column holds the record's JSON, which SQLite itself can read.
+    let conn = Connection::open(&db).expect("the database opens");
+    let passed: i64 = conn
+        .query_row(
+            "SELECT json_extract(tests, '$.passed') FROM runs WHERE id = ?1",
+            [run.id.as_str()],
+            |row| row.get(0),
+        )
+        .expect("the tests column is JSON");
+    assert_eq!(passed, 1);
+}

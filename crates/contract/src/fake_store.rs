@@ -13,11 +13,14 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use testfleet_core::ports::{Claim, RunFilter, RunStore, StoreError};
-use testfleet_core::run::{
-    Amendment, ApplyError, NewRun, Run, RunEventRecord, RunOwner, Transition,
+use testfleet_core::ports::{Claimed, RunFilter, RunStore, StoreError};
+use testfleet_core::queue::{
+    ClaimDecision, ClaimOn, MachineState, claim_choice, grant_choice, is_same_live_run,
 };
-use testfleet_core::{RunId, Timestamp};
+use testfleet_core::run::{
+    Amendment, ApplyError, NewRun, Run, RunEventRecord, RunOwner, RunStatus, Transition,
+};
+use testfleet_core::{MachineName, RunId, Timestamp};
 
 /// An in-memory [`RunStore`].
 #[derive(Debug, Default)]
@@ -34,6 +37,8 @@ struct Inner {
     broken: Option<String>,
     /// Milliseconds added to the system clock to make this store's clock.
     skew_ms: i64,
+    /// The last arrival number given to a queued run.
+    queue_seq: u64,
 }
 
 impl Inner {
@@ -49,6 +54,34 @@ impl Inner {
 
     fn now(&self) -> Timestamp {
         Timestamp::from_unix_ms(Timestamp::now().unix_ms().saturating_add(self.skew_ms))
+    }
+
+    /// A machine's holder, waiters and newest started run, as every store gathers them.
+    fn machine_state(&self, machine: &MachineName) -> MachineState {
+        let holder = self
+            .runs
+            .values()
+            .find(|run| run.machine == *machine && run.status.holds_machine())
+            .cloned();
+        let mut waiting: Vec<Run> = self
+            .runs
+            .values()
+            .filter(|run| run.status == RunStatus::Queued && run.waiting_for.contains(machine))
+            .cloned()
+            .collect();
+        waiting.sort_by_key(|run| run.queue_seq);
+        let newest = self
+            .runs
+            .values()
+            .filter(|run| run.machine == *machine && run.started_at.is_some())
+            .map(|run| run.id.clone())
+            .max();
+        MachineState {
+            machine: machine.clone(),
+            holder,
+            waiting,
+            newest,
+        }
     }
 
     fn run_mut(&mut self, id: &RunId) -> Result<&mut Run, StoreError> {
@@ -115,28 +148,85 @@ impl RunStore for FakeStore {
         Ok(inner.now())
     }
 
-    async fn claim(&self, new: NewRun) -> Result<Claim, StoreError> {
+    async fn claim_in(&self, new: NewRun, on: &ClaimOn) -> Result<Claimed, StoreError> {
         let mut inner = self.lock();
         inner.check_broken()?;
-        if let Some(active) = inner
+        let now = inner.now();
+        let same = inner
             .runs
             .values()
-            .find(|run| run.machine == new.machine && run.status.is_active())
-        {
-            return Ok(Claim::Active(active.clone()));
-        }
-        if inner.runs.contains_key(&new.id) {
+            .find(|run| is_same_live_run(run, &new.test_dir_hash, &on.machines, now))
+            .cloned();
+        let states: Vec<MachineState> = on
+            .machines
+            .iter()
+            .map(|machine| inner.machine_state(machine))
+            .collect();
+        let run = match claim_choice(on, &states, same, now) {
+            ClaimDecision::Existing(run) => return Ok(Claimed::Existing(*run)),
+            ClaimDecision::Busy(runs) => return Ok(Claimed::Busy(runs)),
+            ClaimDecision::Create(machine) => {
+                let mut new = new;
+                new.machine = machine;
+                Run::pending(new, now)
+            }
+            ClaimDecision::Queue => {
+                inner.queue_seq += 1;
+                Run::queued(new, on.machines.clone(), inner.queue_seq, now)
+            }
+        };
+        if inner.runs.contains_key(&run.id) {
             return Err(StoreError::Backend {
-                message: format!("run id {} is already recorded", new.id),
+                message: format!("run id {} is already recorded", run.id),
                 source: None,
             });
         }
-        let run = Run::pending(new, inner.now());
         inner
             .events
             .insert(run.id.clone(), vec![RunEventRecord::created(&run)]);
         inner.runs.insert(run.id.clone(), run.clone());
-        Ok(Claim::Created(run))
+        Ok(if run.status == RunStatus::Queued {
+            Claimed::Queued(run)
+        } else {
+            Claimed::Created(run)
+        })
+    }
+
+    async fn try_grant(&self, id: &RunId) -> Result<Run, StoreError> {
+        let mut inner = self.lock();
+        inner.check_broken()?;
+        let now = inner.now();
+        let run = inner.run_mut(id)?.clone();
+        if run.status != RunStatus::Queued {
+            return Ok(run);
+        }
+        let states: Vec<MachineState> = run
+            .waiting_for
+            .iter()
+            .map(|machine| inner.machine_state(machine))
+            .collect();
+        let Some(machine) = grant_choice(&run, &states, now) else {
+            return Ok(run);
+        };
+        let mut granted = run;
+        let event = granted
+            .grant(&machine, now)
+            .map_err(|error| StoreError::refused(id, error))?;
+        *inner.run_mut(id)? = granted.clone();
+        inner.events.entry(id.clone()).or_default().push(event);
+        Ok(granted)
+    }
+
+    async fn machine_states(
+        &self,
+        machines: &[MachineName],
+    ) -> Result<Vec<MachineState>, StoreError> {
+        let inner = self.lock();
+        inner.check_broken()?;
+        Ok(machines
+            .iter()
+            .map(|machine| inner.machine_state(machine))
+            .collect())
     }
 
     async fn get(&self, id: &RunId) -> Result<Run, StoreError> {

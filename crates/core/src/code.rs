@@ -124,11 +124,14 @@ pub enum ErrorCode {
     /// `running → interrupted`, whatever status the killed script ended with. In practice it is
     /// never the error of a whole command.
     Interrupted,
+    /// A queued run (`run --wait DUR`) waited for its machine as long as it was allowed to and
+    /// was not granted one. The run is recorded `queued → interrupted`; nothing ran.
+    QueueTimeout,
     /// The process that owned an active run is gone (it ran on this controller and its process
     /// has exited), or its lease expired by the store's clock without renewal (any controller).
     /// The reaper
     /// ([`reap_lost_runs`](crate::runner::reap_lost_runs)) finds it and records the run
-    /// `pending → interrupted` or `running → interrupted`. The reaper does not contact the machine:
+    /// `queued`, `pending` or `running → interrupted`. The reaper does not contact the machine:
     /// the script may still be running there, and its remote folder stays behind.
     WorkerLost,
     /// The run store failed: a missing or unusable state directory, a file that is not a database,
@@ -150,7 +153,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in the order of the table in `docs/contract.md#error-codes`.
-    pub const ALL: [ErrorCode; 24] = [
+    pub const ALL: [ErrorCode; 25] = [
         Self::TestDirNotFound,
         Self::TestDirUnreadable,
         Self::MissingEntrypoint,
@@ -172,6 +175,7 @@ impl ErrorCode {
         Self::NonzeroExit,
         Self::Timeout,
         Self::Interrupted,
+        Self::QueueTimeout,
         Self::WorkerLost,
         Self::StoreError,
         Self::Internal,
@@ -201,6 +205,7 @@ impl ErrorCode {
             Self::NonzeroExit => "NONZERO_EXIT",
             Self::Timeout => "TIMEOUT",
             Self::Interrupted => "INTERRUPTED",
+            Self::QueueTimeout => "QUEUE_TIMEOUT",
             Self::WorkerLost => "WORKER_LOST",
             Self::StoreError => "STORE_ERROR",
             Self::Internal => "INTERNAL",

@@ -30,15 +30,27 @@ pub enum DispatchError {
     /// A file of the test directory could not be read.
     #[error("failed to read the test directory")]
     Hash(#[source] HashError),
-    /// Another test directory is pending or running on the machine.
-    #[error("machine {machine} is busy with run {active_run} (test directory hash {active_hash})")]
+    /// Another test directory is pending or running on the machine, or waits for it (a run
+    /// that does not wait never jumps the queue).
+    #[error(
+        "machine {machine} is busy with run {active_run} (test directory hash {active_hash}){}",
+        if *queued { ", which waits for it" } else { "" }
+    )]
     MachineBusy {
         /// The machine asked for.
         machine: MachineName,
-        /// The run that holds it.
+        /// The run that holds it, or the first live run waiting for it.
         active_run: RunId,
-        /// The hash of the directory that run executes.
+        /// The hash of that run's directory.
         active_hash: TestDirHash,
+        /// `active_run` waits for the machine (queued) rather than holds it.
+        queued: bool,
+    },
+    /// Every machine a run could take (`run --any`) is busy, and it may not wait.
+    #[error("every machine it could run on is busy: {}", describe_busy(busy))]
+    MachinesBusy {
+        /// Each candidate and what makes it busy, in candidate order.
+        busy: Vec<BusyMachine>,
     },
     /// The store failed.
     #[error("run store failed")]
@@ -52,10 +64,39 @@ impl DispatchError {
             Self::TestDirNotFound { .. } => ErrorCode::TestDirNotFound,
             Self::MissingEntrypoint(_) => ErrorCode::MissingEntrypoint,
             Self::Hash(error) => error.code(),
-            Self::MachineBusy { .. } => ErrorCode::MachineBusy,
+            Self::MachineBusy { .. } | Self::MachinesBusy { .. } => ErrorCode::MachineBusy,
             Self::Store(_) => ErrorCode::StoreError,
         }
     }
+}
+
+/// A machine of `run --any` and what makes it busy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BusyMachine {
+    /// The machine.
+    pub machine: MachineName,
+    /// The run that holds it, or its first live waiter.
+    pub run: RunId,
+    /// That run waits for the machine (queued) rather than holds it.
+    pub queued: bool,
+}
+
+fn describe_busy(busy: &[BusyMachine]) -> String {
+    busy.iter()
+        .map(|entry| {
+            format!(
+                "{} ({} {})",
+                entry.machine,
+                if entry.queued {
+                    "waited for by"
+                } else {
+                    "held by"
+                },
+                entry.run
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl From<HashError> for DispatchError {

@@ -11,6 +11,7 @@ pub mod error;
 pub mod hash;
 pub mod ids;
 pub mod ports;
+pub mod queue;
 pub mod remote;
 pub mod run;
 pub mod runner;

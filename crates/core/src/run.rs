@@ -19,6 +19,9 @@ use crate::time::Timestamp;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RunStatus {
+    /// Waiting for its machine (`run --wait`): it holds no machine, and is granted one when the
+    /// machine frees and it is the oldest live run waiting for it. Active.
+    Queued,
     /// Claimed: the run holds its machine but is not connected yet. Active.
     Pending,
     /// Connected, host key and login verified: the remote folders, the upload, the execution, the
@@ -38,7 +41,8 @@ pub enum RunStatus {
 
 impl RunStatus {
     /// Every status, active ones first.
-    pub const ALL: [RunStatus; 6] = [
+    pub const ALL: [RunStatus; 7] = [
+        Self::Queued,
         Self::Pending,
         Self::Running,
         Self::Completed,
@@ -50,6 +54,7 @@ impl RunStatus {
     /// The stable lower-case string (`"pending"`), as the run record serializes it.
     pub const fn as_str(self) -> &'static str {
         match self {
+            Self::Queued => "queued",
             Self::Pending => "pending",
             Self::Running => "running",
             Self::Completed => "completed",
@@ -64,8 +69,13 @@ impl RunStatus {
         Self::ALL.into_iter().find(|status| status.as_str() == text)
     }
 
-    /// Pending and running runs hold their machine's lock.
+    /// Queued, pending and running runs: not terminal yet, and owned by a process.
     pub const fn is_active(self) -> bool {
+        matches!(self, Self::Queued | Self::Pending | Self::Running)
+    }
+
+    /// Pending and running runs hold their machine's lock (a queued run waits for it).
+    pub const fn holds_machine(self) -> bool {
         matches!(self, Self::Pending | Self::Running)
     }
 
@@ -92,22 +102,27 @@ impl fmt::Display for RunStatus {
 /// What can happen to a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum LifecycleEvent {
+    /// A queued run was granted its machine.
+    Granted,
     /// The connection is up, host key and login verified; the upload begins.
     Start,
     /// The entrypoint exited with status 0.
     ExitedZero,
     /// The entrypoint exited non-zero or was killed by a signal, or the transport failed; from
-    /// `pending`, the dial, host-key or login failed.
+    /// `pending`, the dial, host-key or login failed; from `queued`, a local failure of its
+    /// owner (its run folder could not be created).
     Failed,
     /// The exec timeout elapsed.
     TimedOut,
-    /// Cancel, SIGINT or SIGTERM, or the owning process was found dead.
+    /// Cancel, SIGINT or SIGTERM, the owning process was found dead, or (queued) the wait for
+    /// the machine ran out.
     Interrupted,
 }
 
 impl LifecycleEvent {
     /// Every event.
-    pub const ALL: [LifecycleEvent; 5] = [
+    pub const ALL: [LifecycleEvent; 6] = [
+        Self::Granted,
         Self::Start,
         Self::ExitedZero,
         Self::Failed,
@@ -134,6 +149,11 @@ pub fn transition(status: RunStatus, event: LifecycleEvent) -> Result<RunStatus,
     use LifecycleEvent as E;
     use RunStatus as S;
     let next = match (status, event) {
+        (S::Queued, E::Granted) => S::Pending,
+        (S::Queued, E::Interrupted) => S::Interrupted,
+        (S::Queued, E::Failed) => S::Failed,
+        (S::Queued, E::Start | E::ExitedZero | E::TimedOut)
+        | (S::Pending | S::Running, E::Granted) => return Err(TransitionError { status, event }),
         (S::Pending, E::Start) => S::Running,
         (S::Pending, E::Failed) => S::Failed,
         (S::Pending, E::Interrupted) => S::Interrupted,
@@ -353,6 +373,14 @@ pub struct Run {
     /// What the test reports among the downloaded artifacts said; `None` when no report was
     /// found (or none was looked for: the download did not happen).
     pub tests: Option<TestSummary>,
+    /// While the run is queued: the machines it waits for (one, or the set of `run --any`), the
+    /// first of which is [`machine`](Run::machine) until it is granted one; empty otherwise.
+    #[serde(default)]
+    pub waiting_for: Vec<MachineName>,
+    /// The store's arrival number of a queued run: of the runs waiting for a machine, the lowest
+    /// live one is granted it first. `None` for a run that never queued. Stored, not serialized.
+    #[serde(skip)]
+    pub queue_seq: Option<u64>,
 }
 
 impl Run {
@@ -388,7 +416,59 @@ impl Run {
             lease_expires_at,
             cancel_requested_at: None,
             tests: None,
+            waiting_for: Vec::new(),
+            queue_seq: None,
         }
+    }
+
+    /// A new queued run, waiting for `machines` (its `machine` is the first of them), with the
+    /// store's arrival number `seq`, at `store_now` by the store's clock.
+    pub fn queued(new: NewRun, machines: Vec<MachineName>, seq: u64, store_now: Timestamp) -> Self {
+        let mut run = Self::pending(new, store_now);
+        run.status = RunStatus::Queued;
+        if let Some(first) = machines.first() {
+            run.machine = first.clone();
+        }
+        run.waiting_for = machines;
+        run.queue_seq = Some(seq);
+        run
+    }
+
+    /// Whether this is a queued run that still counts in its machines' queues at `store_now`:
+    /// it has an owner whose lease has not run out. A waiter whose owner is gone no longer
+    /// blocks the runs behind it, even before a reaper ends it.
+    pub fn is_live_waiter(&self, store_now: Timestamp) -> bool {
+        self.status == RunStatus::Queued
+            && self.worker_pid.is_some()
+            && !self.lease_expired(store_now)
+    }
+
+    /// Grants a queued run `machine`, at `at`: it becomes pending there and leaves every queue.
+    /// What a store records when [`crate::queue::grant_choice`] picked the machine.
+    ///
+    /// # Errors
+    /// [`ApplyError::StatusMismatch`] (`expected` queued) when the run is not queued.
+    pub fn grant(
+        &mut self,
+        machine: &MachineName,
+        at: Timestamp,
+    ) -> Result<RunEventRecord, ApplyError> {
+        if self.status != RunStatus::Queued {
+            return Err(ApplyError::StatusMismatch {
+                expected: RunStatus::Queued,
+                actual: self.status,
+            });
+        }
+        self.status = RunStatus::Pending;
+        self.machine = machine.clone();
+        self.waiting_for.clear();
+        Ok(RunEventRecord {
+            at,
+            from: Some(RunStatus::Queued),
+            to: RunStatus::Pending,
+            code: None,
+            detail: Some(format!("granted {machine}")),
+        })
     }
 
     /// The owner recorded in `worker_host`, `worker_pid` and `worker_start_time`, or `None`.
@@ -539,6 +619,7 @@ impl Run {
             self.worker_start_time = None;
             self.worker_host = None;
             self.lease_expires_at = None;
+            self.waiting_for.clear();
         }
         Ok(RunEventRecord {
             at: change.at,
@@ -783,14 +864,23 @@ pub struct RunEventRecord {
 }
 
 impl RunEventRecord {
-    /// The event that records a run's creation.
+    /// The event that records a run's creation (pending, or queued with the machines it waits
+    /// for).
     pub fn created(run: &Run) -> Self {
+        let queued = run.status == RunStatus::Queued;
         Self {
             at: run.created_at,
             from: None,
-            to: RunStatus::Pending,
+            to: if queued {
+                RunStatus::Queued
+            } else {
+                RunStatus::Pending
+            },
             code: None,
-            detail: None,
+            detail: queued.then(|| {
+                let machines: Vec<&str> = run.waiting_for.iter().map(MachineName::as_str).collect();
+                format!("waiting for {}", machines.join(", "))
+            }),
         }
     }
 }

@@ -24,10 +24,10 @@ pub(crate) const RUN_COLUMNS: &str = "id, machine, os, test_dir, test_dir_hash, 
      status, error_code, error_message, exit_code, signal, created_at, started_at, finished_at, \
      duration_ms, timeout_ms, remote_dir, owner_pid, owner_start_time, keep_remote, local_dir, \
      artifact_files, artifact_bytes, owner_host, lease_expires_at, controller, cancel_requested_at, \
-     remote_cleanup, artifacts_skipped, tests";
+     remote_cleanup, artifacts_skipped, tests, waiting_for, queue_seq";
 
 /// How many columns [`RUN_COLUMNS`] names.
-pub(crate) const RUN_COLUMN_COUNT: usize = 30;
+pub(crate) const RUN_COLUMN_COUNT: usize = 32;
 
 /// The columns of `run_events`, in the order [`event_from_row`] reads them.
 pub(crate) const EVENT_COLUMNS: &str = "at, from_status, to_status, code, detail";
@@ -196,9 +196,32 @@ pub(crate) fn run_from_row(row: &Row, first: usize) -> Result<(Run, i64), RowErr
                 serde_json::from_str(&text).map_err(|_| bad("tests", &text, "test summary"))
             })
             .transpose()?,
+        waiting_for: machines(opt_text(30)?)?,
+        queue_seq: opt_u64(31)?,
     };
     let version = get(row, col(RUN_COLUMN_COUNT))?;
     Ok((run, version))
+}
+
+/// `waiting_for`: a JSON array of machine names; none when the column is NULL.
+fn machines(text: Option<String>) -> Result<Vec<MachineName>, Error> {
+    let Some(text) = text else {
+        return Ok(Vec::new());
+    };
+    let names: Vec<String> = serde_json::from_str(&text)
+        .map_err(|_| bad("waiting_for", &text, "list of machine names"))?;
+    names
+        .iter()
+        .map(|name| MachineName::parse(name).map_err(|_| bad("waiting_for", name, "machine name")))
+        .collect()
+}
+
+/// `waiting_for` as stored: NULL when the run waits for nothing.
+fn machines_to_sql(machines: &[MachineName]) -> Option<String> {
+    (!machines.is_empty()).then(|| {
+        let names: Vec<&str> = machines.iter().map(MachineName::as_str).collect();
+        serde_json::to_string(&names).expect("a list of strings always serializes")
+    })
 }
 
 /// The skipped artifacts stored as a JSON array; none when the column is NULL.
@@ -254,6 +277,8 @@ pub(crate) struct RunValues {
     remote_cleanup: Option<&'static str>,
     artifacts_skipped: Option<String>,
     tests: Option<String>,
+    waiting_for: Option<String>,
+    queue_seq: Option<i64>,
 }
 
 impl RunValues {
@@ -304,6 +329,8 @@ impl RunValues {
                 .tests
                 .as_ref()
                 .and_then(|tests| serde_json::to_string(tests).ok()),
+            waiting_for: machines_to_sql(&run.waiting_for),
+            queue_seq: run.queue_seq.map(u64_to_sql),
         }
     }
 
@@ -340,6 +367,8 @@ impl RunValues {
             &self.remote_cleanup,
             &self.artifacts_skipped,
             &self.tests,
+            &self.waiting_for,
+            &self.queue_seq,
         ]
     }
 }

@@ -8,6 +8,9 @@
 //!   with their event in the same statement; [`Run::apply`](testfleet_core::Run::apply) decides
 //!   what is recorded, at the database's `now()`.
 //! - **Leases** are set, renewed and judged by the database's clock, never a controller's.
+//! - **The queue**: claims and grants of a machine take its advisory lock, in one transaction,
+//!   and decide with `testfleet_core::queue`; a trigger notifies `testfleet_queue` on every
+//!   status change, which a listener per store turns into wake-ups for waiters.
 //! - **Transient failures** (serialization failures, deadlocks, lost connections, a restarting
 //!   server) are tried again with backoff for up to 30 s.
 //! - **Migrations** are forward-only and recorded in `<schema>.schema_migrations`; a newer
@@ -16,6 +19,7 @@
 //! The client is the synchronous `postgres` crate with an `r2d2` pool; every operation runs on
 //! tokio's blocking pool. TLS is rustls on ring.
 
+mod changes;
 mod codec;
 mod config;
 mod error;

@@ -10,7 +10,10 @@ use postgres::Client;
 use crate::error::Error;
 
 /// The migrations, in order; the schema version is the number applied.
-const MIGRATIONS: &[(&str, &str)] = &[("runs", include_str!("../migrations/0001_runs.sql"))];
+const MIGRATIONS: &[(&str, &str)] = &[
+    ("runs", include_str!("../migrations/0001_runs.sql")),
+    ("queue", include_str!("../migrations/0002_queue.sql")),
+];
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;

@@ -18,16 +18,20 @@ use postgres::types::ToSql;
 use postgres::{Client, Row, Statement};
 use r2d2::{ManageConnection, Pool};
 use r2d2_postgres::PostgresConnectionManager;
-use testfleet_core::ports::{Claim, RunFilter, RunStore, StoreError};
+use testfleet_core::ports::{Claimed, RunFilter, RunStore, StoreError};
+use testfleet_core::queue::{
+    ClaimDecision, ClaimOn, MachineState, claim_choice, grant_choice, is_same_live_run,
+};
 use testfleet_core::run::{
     Amendment, ApplyError, NewRun, Run, RunEventRecord, RunOwner, RunStatus, Transition,
 };
-use testfleet_core::{RunId, Timestamp};
+use testfleet_core::{MachineName, RunId, Timestamp};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
+use crate::changes::Changes;
 use crate::codec::{
     EVENT_COLUMNS, EventValues, RUN_COLUMN_COUNT, RUN_COLUMNS, RowError, RunValues, event_from_row,
-    run_from_row, time_from_sql,
+    run_from_row, time_from_sql, time_to_sql, u64_from_sql,
 };
 use crate::config::PgConfig;
 use crate::error::Error;
@@ -47,7 +51,6 @@ const CAS_ATTEMPTS: usize = 1_000;
 enum Query {
     Now,
     Load,
-    ActiveOnMachine,
     Claim,
     Transition,
     Amend,
@@ -62,10 +65,27 @@ enum Query {
     ListByBoth,
 }
 
-const QUERY_COUNT: usize = 15;
+const QUERY_COUNT: usize = 14;
 
-/// The SQL of every [`Query`], with the schema written in.
-struct Queries([String; QUERY_COUNT]);
+/// The SQL of every [`Query`], with the schema written in, and the statements of the queue
+/// (run inside a transaction that holds the machines' locks, so not prepared).
+struct Queries {
+    prepared: [String; QUERY_COUNT],
+    queue: QueueSql,
+    schema: String,
+}
+
+/// The queue's statements ([`PostgresStore::claim_in`] and [`PostgresStore::try_grant`]).
+struct QueueSql {
+    /// `now()`, then a run selected by `WHERE …`.
+    select: String,
+    holder: String,
+    waiting: String,
+    newest: String,
+    same_hash: String,
+    next_seq: String,
+    grant: String,
+}
 
 impl Queries {
     fn new(schema: &str) -> Self {
@@ -76,20 +96,44 @@ impl Queries {
             .collect::<Vec<_>>()
             .join(", ");
         let select = format!("SELECT now(), {RUN_COLUMNS}, version FROM {runs}");
+        let (event_to, event_detail) = (RUN_COLUMN_COUNT + 1, RUN_COLUMN_COUNT + 2);
         let active = "status IN ('pending', 'running')";
         let list = |condition: &str, limit: usize| {
             format!("{select}{condition} ORDER BY id DESC LIMIT ${limit}")
         };
-        // The claim's event is at the run's created_at, its 12th column.
-        Self([
+        let queue = QueueSql {
+            holder: format!("{select} WHERE machine = $1 AND status IN ('pending', 'running')"),
+            waiting: format!(
+                "{select} WHERE status = 'queued' AND waiting_for::jsonb ? $1 ORDER BY queue_seq"
+            ),
+            newest: format!(
+                "SELECT max(id) FROM {runs} WHERE machine = $1 AND started_at IS NOT NULL"
+            ),
+            same_hash: format!(
+                "{select} WHERE test_dir_hash = $1 AND status IN ('queued', 'pending', 'running') \
+                 ORDER BY id"
+            ),
+            next_seq: format!("SELECT nextval('\"{schema}\".runs_queue_seq')"),
+            grant: format!(
+                "WITH changed AS (UPDATE {runs} SET status = 'pending', machine = $3, \
+                 waiting_for = NULL, version = version + 1 \
+                 WHERE id = $1 AND status = 'queued' AND version = $2 RETURNING id) \
+                 INSERT INTO {events} (run_id, seq, at, from_status, to_status, code, detail) \
+                 SELECT id, (SELECT COALESCE(max(seq) + 1, 0) FROM {events} WHERE run_id = $1), \
+                 $4, 'queued', 'pending', NULL, $5 FROM changed RETURNING run_id"
+            ),
+            select: select.clone(),
+        };
+        // The claim's event is at the run's created_at, its 12th column; its status and
+        // detail follow the run's columns.
+        let prepared = [
             "SELECT now()".to_owned(),
             format!("{select} WHERE id = $1"),
-            format!("{select} WHERE machine = $1 AND {active}"),
             format!(
                 "WITH created AS (INSERT INTO {runs} ({RUN_COLUMNS}) VALUES ({values}) \
                  ON CONFLICT (machine) WHERE {active} DO NOTHING RETURNING id) \
                  INSERT INTO {events} (run_id, seq, at, from_status, to_status, code, detail) \
-                 SELECT id, 0, $12, NULL, 'pending', NULL, NULL FROM created \
+                 SELECT id, 0, $12, NULL, ${event_to}, NULL, ${event_detail} FROM created \
                  RETURNING run_id"
             ),
             format!(
@@ -98,7 +142,7 @@ impl Queries {
                  finished_at = $9, duration_ms = $10, artifact_files = $11, artifact_bytes = $12, \
                  owner_host = $13, owner_pid = $14, owner_start_time = $15, \
                  lease_expires_at = $16, remote_cleanup = $23, artifacts_skipped = $24, \
-                 tests = $25, version = version + 1 \
+                 tests = $25, waiting_for = $26, version = version + 1 \
                  WHERE id = $1 AND status = $17 AND version = $2 RETURNING id) \
                  INSERT INTO {events} (run_id, seq, at, from_status, to_status, code, detail) \
                  SELECT id, (SELECT COALESCE(max(seq) + 1, 0) FROM {events} WHERE run_id = $1), \
@@ -120,16 +164,21 @@ impl Queries {
             format!("UPDATE {runs} SET remote_dir = $2, version = version + 1 WHERE id = $1"),
             format!("SELECT {EVENT_COLUMNS} FROM {events} WHERE run_id = $1 ORDER BY seq"),
             format!("SELECT 1 FROM {runs} WHERE id = $1"),
-            format!("{select} WHERE {active} ORDER BY id"),
+            format!("{select} WHERE status IN ('queued', 'pending', 'running') ORDER BY id"),
             list("", 1),
             list(" WHERE machine = $1", 2),
             list(" WHERE status = $1", 2),
             list(" WHERE machine = $1 AND status = $2", 3),
-        ])
+        ];
+        Self {
+            prepared,
+            queue,
+            schema: schema.to_owned(),
+        }
     }
 
     fn sql(&self, query: Query) -> &str {
-        &self.0[query as usize]
+        &self.prepared[query as usize]
     }
 }
 
@@ -214,6 +263,29 @@ impl Session<'_> {
             .collect()
     }
 
+    /// Runs `work` in one transaction that first takes the queue lock of every machine of
+    /// `machines` (advisory locks, per schema and machine, in sorted order so that two
+    /// transactions never wait for each other crosswise): claims and grants of a machine happen
+    /// one at a time, whichever controller makes them.
+    fn with_machines_locked<T>(
+        &mut self,
+        machines: &[MachineName],
+        work: impl FnOnce(&mut postgres::Transaction<'_>, &QueueSql) -> Result<T, OpError>,
+    ) -> Result<T, OpError> {
+        let queries = self.queries;
+        let mut tx = self.conn.client.transaction()?;
+        let mut names: Vec<&str> = machines.iter().map(MachineName::as_str).collect();
+        names.sort_unstable();
+        names.dedup();
+        for name in names {
+            let key = format!("testfleet queue {} {name}", queries.schema);
+            tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&key])?;
+        }
+        let out = work(&mut tx, &queries.queue)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
     /// Writes the owner, lease and cancel request of `run` if its version is still `version`.
     fn update_ownership(&mut self, run: &Run, version: i64) -> Result<bool, OpError> {
         let values = RunValues::of(run);
@@ -221,6 +293,36 @@ impl Session<'_> {
         let params: [&(dyn ToSql + Sync); 7] = [v[0], &version, v[23], v[17], v[18], v[24], v[26]];
         Ok(self.execute(Query::UpdateOwnership, &params)? == 1)
     }
+}
+
+/// The runs a queue statement selects (`now()` first, then the run's columns).
+fn runs_of(
+    tx: &mut postgres::Transaction<'_>,
+    sql: &str,
+    params: &Params<'_>,
+) -> Result<Vec<Run>, OpError> {
+    tx.query(sql, params)?
+        .iter()
+        .map(|row| loaded(row).map(|(run, _, _)| run))
+        .collect()
+}
+
+/// A machine's holder, waiters in arrival order and newest started run.
+fn machine_state(
+    tx: &mut postgres::Transaction<'_>,
+    sql: &QueueSql,
+    machine: &MachineName,
+) -> Result<MachineState, OpError> {
+    let name = machine.as_str();
+    let holder = runs_of(tx, &sql.holder, &[&name])?.into_iter().next();
+    let waiting = runs_of(tx, &sql.waiting, &[&name])?;
+    let newest: Option<String> = tx.query_one(&sql.newest, &[&name])?.try_get(0)?;
+    Ok(MachineState {
+        machine: machine.clone(),
+        holder,
+        waiting,
+        newest: newest.and_then(|id| RunId::parse(&id).ok()),
+    })
 }
 
 fn loaded(row: &Row) -> Result<(Run, i64, Timestamp), OpError> {
@@ -278,6 +380,7 @@ struct Shared {
     /// Always `Some` until the store is dropped.
     pool: Option<Pool<Manager>>,
     queries: Queries,
+    changes: Changes,
 }
 
 impl Shared {
@@ -336,6 +439,7 @@ impl PostgresStore {
                 })?;
         migrate(&mut first, config.schema(), &target)?;
         drop(first);
+        let changes = Changes::new(config.client.clone(), tls.clone(), config.schema());
         let manager = Manager(PostgresConnectionManager::new(config.client.clone(), tls));
         // Connections open on demand; each is checked by its first statement, and the work of
         // a broken one is tried again on another.
@@ -350,6 +454,7 @@ impl PostgresStore {
                 target,
                 pool: Some(pool),
                 queries: Queries::new(config.schema()),
+                changes,
             }),
         })
     }
@@ -459,31 +564,132 @@ impl RunStore for PostgresStore {
             .await
     }
 
-    async fn claim(&self, new: NewRun) -> Result<Claim, StoreError> {
+    async fn claim_in(&self, new: NewRun, on: &ClaimOn) -> Result<Claimed, StoreError> {
+        let on = on.clone();
         self.blocking("claim a machine", move |session| {
-            for _ in 0..CAS_ATTEMPTS {
-                let run = Run::pending(new.clone(), session.now()?);
+            let claim = session.statement(Query::Claim)?;
+            session.with_machines_locked(&on.machines, |tx, sql| {
+                let now = time_from_sql(tx.query_one("SELECT now()", &[])?.try_get(0)?);
+                let same = runs_of(tx, &sql.same_hash, &[&new.test_dir_hash.as_str()])?
+                    .into_iter()
+                    .find(|run| is_same_live_run(run, &new.test_dir_hash, &on.machines, now));
+                let states = on
+                    .machines
+                    .iter()
+                    .map(|machine| machine_state(tx, sql, machine))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let run = match claim_choice(&on, &states, same, now) {
+                    ClaimDecision::Existing(run) => return Ok(Claimed::Existing(*run)),
+                    ClaimDecision::Busy(runs) => return Ok(Claimed::Busy(runs)),
+                    ClaimDecision::Create(machine) => {
+                        let mut new = new.clone();
+                        new.machine = machine;
+                        Run::pending(new, now)
+                    }
+                    ClaimDecision::Queue => {
+                        let seq: i64 = tx.query_one(&sql.next_seq, &[])?.try_get(0)?;
+                        Run::queued(new.clone(), on.machines.clone(), u64_from_sql(seq), now)
+                    }
+                };
                 let values = RunValues::of(&run);
-                if !session.query(Query::Claim, &values.params())?.is_empty() {
-                    return Ok(Claim::Created(run));
+                let created = RunEventRecord::created(&run);
+                let (to, detail) = (created.to.as_str(), created.detail);
+                let mut params: Vec<&(dyn ToSql + Sync)> = values.params().to_vec();
+                params.push(&to);
+                params.push(&detail);
+                if tx.query(&claim, &params)?.is_empty() {
+                    // Unreachable under the machines' locks: the machine lock refused it.
+                    return Err(unexpected(
+                        "the machine lock refused a claim of a free machine",
+                    ));
                 }
-                let rows = session.query(Query::ActiveOnMachine, &[&run.machine.as_str()])?;
-                if let Some(row) = rows.first() {
-                    let (active, _, _) = loaded(row)?;
-                    // A retry after a lost reply finds its own run: that claim had won.
-                    return Ok(if active.id == run.id {
-                        Claim::Created(active)
-                    } else {
-                        Claim::Active(active)
-                    });
-                }
-                // The run that held the machine ended meanwhile: claim again.
-            }
-            Err(unexpected(
-                "the machine kept changing hands; gave up after many attempts",
-            ))
+                Ok(if run.status == RunStatus::Queued {
+                    Claimed::Queued(run)
+                } else {
+                    Claimed::Created(run)
+                })
+            })
         })
         .await
+    }
+
+    async fn try_grant(&self, id: &RunId) -> Result<Run, StoreError> {
+        let id = id.clone();
+        self.blocking("grant a queued run its machine", move |session| {
+            let (run, _, _) = session.load(&id)?;
+            if run.status != RunStatus::Queued {
+                return Ok(run);
+            }
+            session.with_machines_locked(&run.waiting_for, |tx, sql| {
+                let rows = tx.query(&format!("{} WHERE id = $1", sql.select), &[&id.as_str()])?;
+                let row = rows
+                    .first()
+                    .ok_or_else(|| OpError::Store(StoreError::NotFound(id.clone())))?;
+                let (mut run, version, now) = loaded(row)?;
+                if run.status != RunStatus::Queued {
+                    return Ok(run);
+                }
+                let states = run
+                    .waiting_for
+                    .iter()
+                    .map(|machine| machine_state(tx, sql, machine))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let Some(machine) = grant_choice(&run, &states, now) else {
+                    return Ok(run);
+                };
+                let event = run
+                    .grant(&machine, now)
+                    .map_err(|error| StoreError::refused(&id, error))?;
+                let at = time_to_sql(event.at);
+                let granted = tx.query(
+                    &sql.grant,
+                    &[
+                        &id.as_str(),
+                        &version,
+                        &machine.as_str(),
+                        &at,
+                        &event.detail,
+                    ],
+                )?;
+                if granted.is_empty() {
+                    return Err(unexpected("a queued run changed under the machines' locks"));
+                }
+                Ok(run)
+            })
+        })
+        .await
+    }
+
+    async fn machine_states(
+        &self,
+        machines: &[MachineName],
+    ) -> Result<Vec<MachineState>, StoreError> {
+        let machines = machines.to_vec();
+        self.blocking("read the machines' queues", move |session| {
+            let sql = session.queries;
+            let mut tx = session.conn.client.transaction()?;
+            let states = machines
+                .iter()
+                .map(|machine| machine_state(&mut tx, &sql.queue, machine))
+                .collect::<Result<Vec<_>, _>>()?;
+            tx.commit()?;
+            Ok(states)
+        })
+        .await
+    }
+
+    fn change_token(&self) -> u64 {
+        self.shared.changes.listen();
+        *self.shared.changes.sender.borrow()
+    }
+
+    async fn wait_for_change(&self, token: u64, timeout: Duration) {
+        self.shared.changes.listen();
+        let mut changes = self.shared.changes.sender.subscribe();
+        if *changes.borrow_and_update() != token {
+            return;
+        }
+        let _ = tokio::time::timeout(timeout, changes.changed()).await;
     }
 
     async fn get(&self, id: &RunId) -> Result<Run, StoreError> {
@@ -505,10 +711,10 @@ impl RunStore for PostgresStore {
                 let event_values = EventValues::of(&event);
                 let e = event_values.params();
                 let from = change.from.as_str();
-                let params: [&(dyn ToSql + Sync); 25] = [
+                let params: [&(dyn ToSql + Sync); 26] = [
                     v[0], &version, v[6], v[7], v[8], v[9], v[10], v[12], v[13], v[14], v[21],
                     v[22], v[23], v[17], v[18], v[24], &from, e[0], e[1], e[2], e[3], e[4], v[27],
-                    v[28], v[29],
+                    v[28], v[29], v[30],
                 ];
                 if !session.query(Query::Transition, &params)?.is_empty() {
                     return Ok(run);

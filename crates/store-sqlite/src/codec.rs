@@ -23,7 +23,7 @@ pub(crate) const RUN_COLUMNS: &str = "id, machine, os, test_dir, test_dir_hash, 
      status, error_code, error_message, exit_code, signal, created_at, started_at, finished_at, \
      duration_ms, timeout_ms, remote_dir, owner_pid, owner_start_time, keep_remote, local_dir, \
      artifact_files, artifact_bytes, remote_cleanup, artifacts_skipped, owner_host, \
-     lease_expires_at, controller, cancel_requested_at, tests";
+     lease_expires_at, controller, cancel_requested_at, tests, waiting_for, queue_seq";
 
 /// The columns of `run_events`, in the order [`event_from_row`] reads them.
 pub(crate) const EVENT_COLUMNS: &str = "at, from_status, to_status, code, detail";
@@ -143,6 +143,30 @@ fn tests_to_sql(tests: Option<&TestSummary>) -> Option<String> {
     tests.and_then(|tests| serde_json::to_string(tests).ok())
 }
 
+/// The `waiting_for` column: a JSON array of machine names, or NULL for none.
+fn machines_at(row: &Row<'_>, column_idx: usize) -> rusqlite::Result<Vec<MachineName>> {
+    let Some(text) = row.get::<_, Option<String>>(column_idx)? else {
+        return Ok(Vec::new());
+    };
+    let names: Vec<String> = serde_json::from_str(&text)
+        .map_err(|_| bad_value(column_idx, "waiting_for", &text, "list of machine names"))?;
+    names
+        .iter()
+        .map(|name| {
+            MachineName::parse(name)
+                .map_err(|_| bad_value(column_idx, "waiting_for", name, "machine name"))
+        })
+        .collect()
+}
+
+/// `waiting_for` as stored: NULL when the run waits for nothing.
+pub(crate) fn machines_to_sql(machines: &[MachineName]) -> Option<String> {
+    (!machines.is_empty()).then(|| {
+        let names: Vec<&str> = machines.iter().map(MachineName::as_str).collect();
+        serde_json::to_string(&names).expect("a list of strings always serializes")
+    })
+}
+
 /// Reads a row selected with [`RUN_COLUMNS`].
 pub(crate) fn run_from_row(row: &Row<'_>) -> rusqlite::Result<Run> {
     let error_code = code_at(row, 7, "error_code")?;
@@ -205,6 +229,8 @@ pub(crate) fn run_from_row(row: &Row<'_>) -> rusqlite::Result<Run> {
         controller: controller_at(row, 27, "controller")?,
         cancel_requested_at: timestamp_at(row, 28)?,
         tests: tests_at(row, 29)?,
+        waiting_for: machines_at(row, 30)?,
+        queue_seq: u64_at(row, 31)?,
     })
 }
 
@@ -252,7 +278,7 @@ pub(crate) fn insert_run(tx: &Transaction<'_>, run: &Run) -> rusqlite::Result<()
     let sql = format!(
         "INSERT INTO runs ({RUN_COLUMNS}) VALUES \
          (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, \
-          ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30)"
+          ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32)"
     );
     tx.prepare_cached(&sql)?.execute(params![
         run.id.as_str(),
@@ -289,6 +315,8 @@ pub(crate) fn insert_run(tx: &Transaction<'_>, run: &Run) -> rusqlite::Result<()
         run.controller.as_ref().map(ControllerId::as_str),
         run.cancel_requested_at.map(Timestamp::unix_ms),
         tests_to_sql(run.tests.as_ref()),
+        machines_to_sql(&run.waiting_for),
+        run.queue_seq.map(u64_to_sql),
     ])?;
     Ok(())
 }
@@ -306,7 +334,8 @@ pub(crate) fn update_run(
              signal = ?5, started_at = ?6, finished_at = ?7, duration_ms = ?8, remote_dir = ?9, \
              owner_pid = ?10, owner_start_time = ?11, artifact_files = ?12, artifact_bytes = ?13, \
              remote_cleanup = ?14, artifacts_skipped = ?15, owner_host = ?18, \
-             lease_expires_at = ?19, cancel_requested_at = ?20, tests = ?21 \
+             lease_expires_at = ?19, cancel_requested_at = ?20, tests = ?21, machine = ?22, \
+             waiting_for = ?23 \
              WHERE id = ?16 AND status = ?17",
         )?
         .execute(params![
@@ -335,6 +364,8 @@ pub(crate) fn update_run(
             run.lease_expires_at.map(Timestamp::unix_ms),
             run.cancel_requested_at.map(Timestamp::unix_ms),
             tests_to_sql(run.tests.as_ref()),
+            run.machine.as_str(),
+            machines_to_sql(&run.waiting_for),
         ])?;
     Ok(updated == 1)
 }

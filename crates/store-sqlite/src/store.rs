@@ -16,14 +16,18 @@ use rusqlite::types::Value;
 use rusqlite::{
     Connection, OptionalExtension, Transaction, TransactionBehavior, params, params_from_iter,
 };
-use testfleet_core::ports::{Claim, RunFilter, RunStore, StoreError};
-use testfleet_core::run::{
-    Amendment, ApplyError, NewRun, Run, RunEventRecord, RunOwner, Transition,
+use testfleet_core::ports::{Claimed, RunFilter, RunStore, StoreError};
+use testfleet_core::queue::{
+    ClaimDecision, ClaimOn, MachineState, claim_choice, grant_choice, is_same_live_run,
 };
-use testfleet_core::{RunId, Timestamp};
+use testfleet_core::run::{
+    Amendment, ApplyError, NewRun, Run, RunEventRecord, RunOwner, RunStatus, Transition,
+};
+use testfleet_core::{MachineName, RunId, TestDirHash, Timestamp};
 
 use crate::codec::{
-    EVENT_COLUMNS, RUN_COLUMNS, event_from_row, insert_event, insert_run, run_from_row, update_run,
+    EVENT_COLUMNS, RUN_COLUMNS, event_from_row, insert_event, insert_run, run_from_row,
+    u64_from_sql, update_run,
 };
 use crate::error::Error;
 use crate::retry::{is_busy, retry_busy};
@@ -286,6 +290,39 @@ fn store_now(conn: &Connection) -> rusqlite::Result<Timestamp> {
         .map(Timestamp::from_unix_ms)
 }
 
+/// What a claim or a grant needs to know of `machine`: its holder, its waiters in arrival
+/// order, its newest run that started (for least-recently-used order).
+fn machine_state(conn: &Connection, machine: &MachineName) -> rusqlite::Result<MachineState> {
+    let holder = load_active_run(conn, machine.as_str())?;
+    let mut waiting = conn.prepare_cached(&format!(
+        "SELECT {RUN_COLUMNS} FROM runs WHERE status = 'queued' \
+         AND EXISTS (SELECT 1 FROM json_each(runs.waiting_for) WHERE value = ?1) \
+         ORDER BY queue_seq"
+    ))?;
+    let waiting = waiting
+        .query_map(params![machine.as_str()], run_from_row)?
+        .collect::<Result<Vec<_>, _>>()?;
+    let newest: Option<String> = conn
+        .prepare_cached("SELECT max(id) FROM runs WHERE machine = ?1 AND started_at IS NOT NULL")?
+        .query_row(params![machine.as_str()], |row| row.get(0))?;
+    Ok(MachineState {
+        machine: machine.clone(),
+        holder,
+        waiting,
+        newest: newest.and_then(|id| RunId::parse(&id).ok()),
+    })
+}
+
+/// The active runs (queued, pending, running) of one test directory hash.
+fn live_runs_with_hash(conn: &Connection, hash: &TestDirHash) -> rusqlite::Result<Vec<Run>> {
+    let mut statement = conn.prepare_cached(&format!(
+        "SELECT {RUN_COLUMNS} FROM runs WHERE test_dir_hash = ?1 \
+         AND status IN ('queued', 'pending', 'running') ORDER BY id"
+    ))?;
+    let runs = statement.query_map(params![hash.as_str()], run_from_row)?;
+    runs.collect()
+}
+
 fn load_active_run(conn: &Connection, machine: &str) -> rusqlite::Result<Option<Run>> {
     conn.prepare_cached(&format!(
         "SELECT {RUN_COLUMNS} FROM runs WHERE machine = ?1 AND status IN ('pending', 'running')"
@@ -303,28 +340,90 @@ impl RunStore for SqliteStore {
         .await
     }
 
-    async fn claim(&self, new: NewRun) -> Result<Claim, StoreError> {
+    async fn claim_in(&self, new: NewRun, on: &ClaimOn) -> Result<Claimed, StoreError> {
+        let on = on.clone();
         self.blocking("claim a machine", Access::Write, move |conn| {
             let tx = begin(conn)?;
-            let run = Run::pending(new.clone(), store_now(&tx)?);
-            match insert_run(&tx, &run) {
-                Ok(()) => {
-                    insert_event(&tx, &run.id, &RunEventRecord::created(&run))?;
-                    tx.commit()?;
-                    Ok(Claim::Created(run.clone()))
+            let now = store_now(&tx)?;
+            let same = live_runs_with_hash(&tx, &new.test_dir_hash)?
+                .into_iter()
+                .find(|run| is_same_live_run(run, &new.test_dir_hash, &on.machines, now));
+            let states = on
+                .machines
+                .iter()
+                .map(|machine| machine_state(&tx, machine))
+                .collect::<Result<Vec<_>, _>>()?;
+            let run = match claim_choice(&on, &states, same, now) {
+                ClaimDecision::Existing(run) => return Ok(Claimed::Existing(*run)),
+                ClaimDecision::Busy(runs) => return Ok(Claimed::Busy(runs)),
+                ClaimDecision::Create(machine) => {
+                    let mut new = new.clone();
+                    new.machine = machine;
+                    Run::pending(new, now)
                 }
-                Err(error)
-                    if error.sqlite_error_code()
-                        == Some(rusqlite::ErrorCode::ConstraintViolation) =>
-                {
-                    // The machine lock (or a duplicate id, which is a real error).
-                    match load_active_run(&tx, run.machine.as_str())? {
-                        Some(active) => Ok(Claim::Active(active)),
-                        None => Err(error.into()),
-                    }
+                ClaimDecision::Queue => {
+                    let seq: i64 = tx
+                        .prepare_cached("SELECT COALESCE(MAX(queue_seq), 0) + 1 FROM runs")?
+                        .query_row([], |row| row.get(0))?;
+                    Run::queued(new.clone(), on.machines.clone(), u64_from_sql(seq), now)
                 }
-                Err(error) => Err(error.into()),
-            }
+            };
+            insert_run(&tx, &run)?;
+            insert_event(&tx, &run.id, &RunEventRecord::created(&run))?;
+            tx.commit()?;
+            Ok(if run.status == RunStatus::Queued {
+                Claimed::Queued(run)
+            } else {
+                Claimed::Created(run)
+            })
+        })
+        .await
+    }
+
+    async fn try_grant(&self, id: &RunId) -> Result<Run, StoreError> {
+        let id = id.clone();
+        self.blocking(
+            "grant a queued run its machine",
+            Access::Write,
+            move |conn| {
+                let tx = begin(conn)?;
+                let now = store_now(&tx)?;
+                let mut run = load_run(&tx, &id)?;
+                if run.status != RunStatus::Queued {
+                    return Ok(run);
+                }
+                let states = run
+                    .waiting_for
+                    .iter()
+                    .map(|machine| machine_state(&tx, machine))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let Some(machine) = grant_choice(&run, &states, now) else {
+                    return Ok(run);
+                };
+                let event = run
+                    .grant(&machine, now)
+                    .map_err(|error| StoreError::refused(&id, error))?;
+                if !update_run(&tx, &run, RunStatus::Queued)? {
+                    return load_run(&tx, &id);
+                }
+                insert_event(&tx, &id, &event)?;
+                tx.commit()?;
+                Ok(run)
+            },
+        )
+        .await
+    }
+
+    async fn machine_states(
+        &self,
+        machines: &[MachineName],
+    ) -> Result<Vec<MachineState>, StoreError> {
+        let machines = machines.to_vec();
+        self.blocking("read the machines' queues", Access::Read, move |conn| {
+            Ok(machines
+                .iter()
+                .map(|machine| machine_state(conn, machine))
+                .collect::<Result<Vec<_>, _>>()?)
         })
         .await
     }
@@ -481,7 +580,8 @@ impl RunStore for SqliteStore {
     async fn active_runs(&self) -> Result<Vec<Run>, StoreError> {
         self.blocking("list active runs", Access::Read, move |conn| {
             let mut statement = conn.prepare_cached(&format!(
-                "SELECT {RUN_COLUMNS} FROM runs WHERE status IN ('pending', 'running') ORDER BY id"
+                "SELECT {RUN_COLUMNS} FROM runs WHERE status IN ('queued', 'pending', 'running') \
+                 ORDER BY id"
             ))?;
             let runs = statement.query_map([], run_from_row)?;
             Ok(runs.collect::<Result<Vec<_>, _>>()?)

@@ -10,9 +10,14 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use testfleet_core::ports::{Claim, RunFilter, RunStore, StoreError};
-use testfleet_core::run::{Amendment, NewRun, Run, RunEventRecord, RunOwner, Transition};
-use testfleet_core::{RunId, Timestamp};
+use testfleet_core::ports::{Claimed, RunFilter, RunStore, StoreError};
+use testfleet_core::queue::{
+    ClaimDecision, ClaimOn, MachineState, claim_choice, grant_choice, is_same_live_run,
+};
+use testfleet_core::run::{
+    Amendment, NewRun, Run, RunEventRecord, RunOwner, RunStatus, Transition,
+};
+use testfleet_core::{MachineName, RunId, Timestamp};
 
 /// Runs in memory, oldest first, each with its event history.
 #[derive(Debug, Default)]
@@ -44,17 +49,77 @@ impl RunStore for MemoryStore {
         Ok(Timestamp::now())
     }
 
-    async fn claim(&self, new: NewRun) -> Result<Claim, StoreError> {
+    async fn claim_in(&self, new: NewRun, on: &ClaimOn) -> Result<Claimed, StoreError> {
         let mut runs = self.0.lock().unwrap_or_else(|poison| poison.into_inner());
-        let held = runs
+        let now = Timestamp::now();
+        let same = runs
             .iter()
-            .find(|(run, _)| run.machine == new.machine && run.status.is_active());
-        if let Some((active, _)) = held {
-            return Ok(Claim::Active(active.clone()));
-        }
-        let run = Run::pending(new, Timestamp::now());
+            .map(|(run, _)| run)
+            .find(|run| is_same_live_run(run, &new.test_dir_hash, &on.machines, now))
+            .cloned();
+        let states: Vec<MachineState> = on
+            .machines
+            .iter()
+            .map(|machine| machine_state(&runs, machine))
+            .collect();
+        let run = match claim_choice(on, &states, same, now) {
+            ClaimDecision::Existing(run) => return Ok(Claimed::Existing(*run)),
+            ClaimDecision::Busy(runs) => return Ok(Claimed::Busy(runs)),
+            ClaimDecision::Create(machine) => Run::pending(NewRun { machine, ..new }, now),
+            ClaimDecision::Queue => {
+                let seq = runs
+                    .iter()
+                    .filter_map(|(run, _)| run.queue_seq)
+                    .max()
+                    .unwrap_or(0)
+                    + 1;
+                Run::queued(new, on.machines.clone(), seq, now)
+            }
+        };
         runs.push((run.clone(), vec![RunEventRecord::created(&run)]));
-        Ok(Claim::Created(run))
+        Ok(if run.status == RunStatus::Queued {
+            Claimed::Queued(run)
+        } else {
+            Claimed::Created(run)
+        })
+    }
+
+    async fn try_grant(&self, id: &RunId) -> Result<Run, StoreError> {
+        let mut runs = self.0.lock().unwrap_or_else(|poison| poison.into_inner());
+        let now = Timestamp::now();
+        let Some(index) = runs.iter().position(|(run, _)| run.id == *id) else {
+            return Err(StoreError::NotFound(id.clone()));
+        };
+        let run = runs[index].0.clone();
+        if run.status != RunStatus::Queued {
+            return Ok(run);
+        }
+        let states: Vec<MachineState> = run
+            .waiting_for
+            .iter()
+            .map(|machine| machine_state(&runs, machine))
+            .collect();
+        let Some(machine) = grant_choice(&run, &states, now) else {
+            return Ok(run);
+        };
+        let mut granted = run;
+        let event = granted
+            .grant(&machine, now)
+            .map_err(|e| StoreError::refused(id, e))?;
+        runs[index].0 = granted.clone();
+        runs[index].1.push(event);
+        Ok(granted)
+    }
+
+    async fn machine_states(
+        &self,
+        machines: &[MachineName],
+    ) -> Result<Vec<MachineState>, StoreError> {
+        let runs = self.0.lock().unwrap_or_else(|poison| poison.into_inner());
+        Ok(machines
+            .iter()
+            .map(|machine| machine_state(&runs, machine))
+            .collect())
     }
 
     async fn get(&self, id: &RunId) -> Result<Run, StoreError> {
@@ -148,5 +213,28 @@ impl RunStore for MemoryStore {
             .collect();
         active.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(active)
+    }
+}
+
+/// A machine's holder, waiters (arrival order) and newest started run.
+fn machine_state(runs: &[(Run, Vec<RunEventRecord>)], machine: &MachineName) -> MachineState {
+    let runs = runs.iter().map(|(run, _)| run);
+    let mut waiting: Vec<Run> = runs
+        .clone()
+        .filter(|run| run.status == RunStatus::Queued && run.waiting_for.contains(machine))
+        .cloned()
+        .collect();
+    waiting.sort_by_key(|run| run.queue_seq);
+    MachineState {
+        machine: machine.clone(),
+        holder: runs
+            .clone()
+            .find(|run| run.machine == *machine && run.status.holds_machine())
+            .cloned(),
+        waiting,
+        newest: runs
+            .filter(|run| run.machine == *machine && run.started_at.is_some())
+            .map(|run| run.id.clone())
+            .max(),
     }
 }

@@ -16,7 +16,7 @@ pub use ssh::{
     NoProgress, OutputStream, OutputTail, ProgressSink, RemoteExit, SshConnector, SshError,
     SshSession, SshTarget, TransferProgress, TransferStats,
 };
-pub use store::{Claim, RunFilter, RunStore, StoreError};
+pub use store::{Claim, Claimed, RunFilter, RunStore, StoreError};
 
 /// A shareable error source.
 pub type SharedError = Arc<dyn StdError + Send + Sync + 'static>;

@@ -9,6 +9,7 @@ use async_trait::async_trait;
 
 use crate::code::ErrorCode;
 use crate::ids::{MachineName, RunId};
+use crate::queue::{ClaimOn, MachineState};
 use crate::run::{Amendment, NewRun, Run, RunEventRecord, RunOwner, RunStatus, Transition};
 use crate::time::Timestamp;
 
@@ -21,6 +22,21 @@ pub enum Claim {
     Created(Run),
     /// This pending or running run already holds the machine; nothing was written.
     Active(Run),
+}
+
+/// The result of [`RunStore::claim_in`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claimed {
+    /// A candidate machine was free: this new pending run now holds it.
+    Created(Run),
+    /// No candidate was free and the claim may wait: this new run is queued for all of them.
+    Queued(Run),
+    /// A live run with the same test directory hash is on a candidate (holding it, or waiting
+    /// for it): it is returned and nothing was written.
+    Existing(Run),
+    /// No candidate was free and the claim may not wait: what makes each one busy (its holder,
+    /// else its first live waiter), in candidate order. Nothing was written.
+    Busy(Vec<Run>),
 }
 
 /// Which runs [`RunStore::list`] returns.
@@ -145,14 +161,73 @@ pub trait RunStore: Send + Sync + fmt::Debug {
     /// [`StoreError::Backend`].
     async fn now(&self) -> Result<Timestamp, StoreError>;
 
-    /// Atomically records `new` as a pending run unless another run is pending or running on
-    /// the same machine, in which case that run is returned and nothing is written. The
-    /// creation is appended to the run's events (an event with no `from`). The run is
-    /// [`Run::pending`] at the store's now, so an owner's lease lasts `new.lease` from the claim.
+    /// Atomically records `new` as a pending run on `new.machine` unless that machine is busy
+    /// (a run holds it, or live runs wait for it), in which case what makes it busy is returned
+    /// and nothing is written: [`RunStore::claim_in`] on that one machine, without waiting.
     ///
     /// # Errors
     /// [`StoreError::Backend`] on any backend failure; never a duplicate of an active run.
-    async fn claim(&self, new: NewRun) -> Result<Claim, StoreError>;
+    async fn claim(&self, new: NewRun) -> Result<Claim, StoreError> {
+        let on = ClaimOn::now(new.machine.clone());
+        match self.claim_in(new, &on).await? {
+            Claimed::Created(run) => Ok(Claim::Created(run)),
+            Claimed::Existing(run) => Ok(Claim::Active(run)),
+            Claimed::Busy(mut runs) if !runs.is_empty() => Ok(Claim::Active(runs.remove(0))),
+            Claimed::Busy(_) | Claimed::Queued(_) => Err(StoreError::Backend {
+                message: "the store answered a claim that may not wait with a queue".to_owned(),
+                source: None,
+            }),
+        }
+    }
+
+    /// Atomically, by the decisions of [`crate::queue::claim_choice`] over the candidates'
+    /// states at the store's now: returns a live run with `new`'s hash on a candidate
+    /// ([`crate::queue::is_same_live_run`]); else records `new` as a pending run on the least
+    /// recently used free candidate ([`Run::pending`]); else, when `on.wait`, records it queued
+    /// for every candidate with the next arrival number ([`Run::queued`]); else returns what
+    /// makes them busy. The creation is appended to the run's events. `new.machine` must be
+    /// the first candidate, and `new.os`/`new.entrypoint` fit every candidate.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] on any backend failure; never a second active run of a machine.
+    async fn claim_in(&self, new: NewRun, on: &ClaimOn) -> Result<Claimed, StoreError>;
+
+    /// Grants a queued run a machine when one is due to it (by [`crate::queue::grant_choice`]
+    /// at the store's now), atomically with every other claim and grant: the run becomes
+    /// pending there ([`Run::grant`]) and its event is appended. Returns the run as it is then:
+    /// pending if granted now, still queued if it must wait, or whatever status it had (a run
+    /// that is not queued is returned unchanged).
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`]; [`StoreError::Backend`].
+    async fn try_grant(&self, id: &RunId) -> Result<Run, StoreError>;
+
+    /// The states of `machines` (holder, waiters in arrival order, newest run), for showing a
+    /// queue; in the order given.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    async fn machine_states(
+        &self,
+        machines: &[MachineName],
+    ) -> Result<Vec<MachineState>, StoreError>;
+
+    /// A token for the changes of runs this store has told about so far; hand it to
+    /// [`RunStore::wait_for_change`] to wait for a later one. Take it **before** looking at the
+    /// queue, so that a change in between is not missed. The default (a store that tells
+    /// nothing) is always 0.
+    fn change_token(&self) -> u64 {
+        0
+    }
+
+    /// Returns after at most `timeout`, and as soon as the store can tell that some run changed
+    /// status since `token` was taken (a machine freed, a waiter left or arrived), so that a
+    /// waiter tries again at once. The default just sleeps: a store without notifications is
+    /// polled.
+    async fn wait_for_change(&self, token: u64, timeout: Duration) {
+        let _ = token;
+        tokio::time::sleep(timeout).await;
+    }
 
     /// The run with this id.
     ///
@@ -234,7 +309,7 @@ pub trait RunStore: Send + Sync + fmt::Debug {
     /// [`StoreError::NotFound`]; [`StoreError::Backend`].
     async fn events(&self, id: &RunId) -> Result<Vec<RunEventRecord>, StoreError>;
 
-    /// Every pending or running run, oldest first (for the reaper).
+    /// Every queued, pending or running run, oldest first (for the reaper).
     ///
     /// # Errors
     /// [`StoreError::Backend`].

@@ -193,11 +193,7 @@ impl Runner {
 
     /// Applies a final transition; when another process already ended the run (a lost
     /// compare-and-set) or took it over, the stored run wins and is returned.
-    pub(super) async fn finish_with(
-        &self,
-        id: &RunId,
-        change: Transition,
-    ) -> Result<Run, StoreError> {
+    pub async fn finish_with(&self, id: &RunId, change: Transition) -> Result<Run, StoreError> {
         match self.store.transition(id, change).await {
             Ok(run) => Ok(run),
             Err(StoreError::Conflict { .. } | StoreError::OwnerChanged { .. }) => {

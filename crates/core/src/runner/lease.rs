@@ -56,7 +56,7 @@ pub(super) struct HeldLease {
 }
 
 impl HeldLease {
-    fn new(run: &Run, signals: &StopSignals) -> Self {
+    pub(super) fn new(run: &Run, signals: &StopSignals) -> Self {
         // Child tokens: the caller's signals still reach this run, and what the heartbeat
         // decides reaches only this run (not the other runs of a fan-out).
         Self {
@@ -134,7 +134,7 @@ impl Runner {
 impl Runner {
     /// Renews the lease every heartbeat until the run is taken over; never returns (it ends
     /// when the execution beside it does).
-    async fn heartbeat(&self, lease: &HeldLease) -> Infallible {
+    pub(super) async fn heartbeat(&self, lease: &HeldLease) -> Infallible {
         if let Some(owner) = &lease.owner {
             self.beat_until_taken_over(lease, owner).await;
         }

@@ -17,6 +17,7 @@ mod lease;
 mod logs;
 mod outcome;
 mod prepare;
+mod queue;
 mod reaper;
 mod recover;
 mod reports;
@@ -37,6 +38,7 @@ use crate::ports::{
     Clock, OutputStream, RunIdGenerator, RunStore, SshConnector, SshError, SshTarget,
     TransferProgress,
 };
+use crate::queue::QueuePlace;
 use crate::remote::{RemoteShell, WindowsShell};
 use crate::run::{DispatchedRun, Run, RunOwner};
 
@@ -156,6 +158,12 @@ impl Prepared {
     pub fn needs_execution(&self) -> bool {
         !self.reused && self.run.status == crate::run::RunStatus::Pending
     }
+
+    /// Whether this is a new queued run that [`Runner::wait_for_grant`] should wait with, then
+    /// execute.
+    pub fn needs_wait(&self) -> bool {
+        !self.reused && self.run.status == crate::run::RunStatus::Queued
+    }
 }
 
 /// How a caller stops a run: `cancel` kills the remote command and still downloads the
@@ -180,6 +188,9 @@ pub trait RunObserver: Send + Sync {
     /// Something worth telling the user that does not change the run's status (a refused
     /// artifact name, a failed cleanup).
     fn warning(&self, _run: &Run, _message: &str) {}
+    /// A queued run is still waiting, `waited` so far: where it stands in each machine's queue
+    /// (told about once a second).
+    fn waiting(&self, _run: &Run, _places: &[QueuePlace], _waited: Duration) {}
 }
 
 /// An observer that ignores everything.

@@ -3,16 +3,18 @@
 use std::fs::OpenOptions;
 
 use crate::code::ErrorCode;
-use crate::error::DispatchError;
+use crate::error::{BusyMachine, DispatchError};
 use crate::hash::DirManifest;
-use crate::ports::Claim;
-use crate::run::{NewRun, RunPaths, RunStatus};
+use crate::ports::Claimed;
+use crate::queue::ClaimOn;
+use crate::run::{NewRun, Run, RunPaths, RunStatus, Transition};
 
 use super::{DispatchRequest, Prepared, Runner};
 
 impl Runner {
     /// Takes the entrypoint from the manifest and claims the machine. Creates the pending run
-    /// and its local folder, or returns the active run with the same hash (`reused`).
+    /// and its local folder, or returns the active run with the same hash (`reused`). A machine
+    /// that live runs wait for is busy: a claim that does not wait never jumps the queue.
     ///
     /// # Errors
     /// [`DispatchError::MissingEntrypoint`]; [`DispatchError::MachineBusy`] when another hash
@@ -21,6 +23,25 @@ impl Runner {
         &self,
         manifest: &DirManifest,
         request: &DispatchRequest,
+    ) -> Result<Prepared, DispatchError> {
+        let on = ClaimOn::now(request.machine.name.clone());
+        self.prepare_on(manifest, request, &on).await
+    }
+
+    /// [`Runner::prepare`] over the candidates of `on` (`request.machine` is the first; they
+    /// share its OS): creates the run pending on the least recently used free candidate, or,
+    /// when `on.wait`, queued for all of them ([`Prepared::needs_wait`]), or returns the live run
+    /// with the same hash on one of them (`reused`).
+    ///
+    /// # Errors
+    /// [`DispatchError::MissingEntrypoint`]; [`DispatchError::MachineBusy`] (one candidate) or
+    /// [`DispatchError::MachinesBusy`] (several) when they are busy and the claim may not wait;
+    /// [`DispatchError::Store`]. Nothing is persisted for these.
+    pub async fn prepare_on(
+        &self,
+        manifest: &DirManifest,
+        request: &DispatchRequest,
+        on: &ClaimOn,
     ) -> Result<Prepared, DispatchError> {
         let machine = &request.machine;
         let entrypoint = manifest.entrypoint_for(&machine.os)?;
@@ -43,30 +64,51 @@ impl Runner {
             lease: self.config.lease.duration,
             controller: self.config.controller.clone(),
         };
-        match self.store.claim(new).await? {
-            Claim::Active(run) if run.test_dir_hash == manifest.hash => {
-                Ok(Prepared { run, reused: true })
+        let run = match self.store.claim_in(new, on).await? {
+            Claimed::Existing(run) => return Ok(Prepared { run, reused: true }),
+            Claimed::Busy(runs) => return Err(busy(on, runs)),
+            Claimed::Created(run) | Claimed::Queued(run) => run,
+        };
+        match create_local_files(&run.paths) {
+            Ok(()) => Ok(Prepared { run, reused: false }),
+            Err(error) => {
+                let message = format!(
+                    "failed to create the local run folder {}: {}",
+                    run.paths.dir.display(),
+                    super::logs::describe_io(&error)
+                );
+                let ended = Transition::new(run.status, RunStatus::Failed, self.clock.now())
+                    .with_error(ErrorCode::Internal, message);
+                let run = self.finish_with(&run.id, ended).await?;
+                Ok(Prepared { run, reused: false })
             }
-            Claim::Active(run) => Err(DispatchError::MachineBusy {
-                machine: run.machine,
-                active_run: run.id,
-                active_hash: run.test_dir_hash,
-            }),
-            Claim::Created(run) => match create_local_files(&run.paths) {
-                Ok(()) => Ok(Prepared { run, reused: false }),
-                Err(error) => {
-                    let message = format!(
-                        "failed to create the local run folder {}: {}",
-                        run.paths.dir.display(),
-                        super::logs::describe_io(&error)
-                    );
-                    let run = self
-                        .end_pending(&run.id, RunStatus::Failed, ErrorCode::Internal, message)
-                        .await?;
-                    Ok(Prepared { run, reused: false })
-                }
-            },
         }
+    }
+}
+
+/// The error of a claim that found every candidate busy.
+fn busy(on: &ClaimOn, runs: Vec<Run>) -> DispatchError {
+    if let [run] = runs.as_slice()
+        && on.machines.len() == 1
+    {
+        return DispatchError::MachineBusy {
+            machine: on.machines[0].clone(),
+            active_run: run.id.clone(),
+            active_hash: run.test_dir_hash.clone(),
+            queued: run.status == RunStatus::Queued,
+        };
+    }
+    DispatchError::MachinesBusy {
+        busy: on
+            .machines
+            .iter()
+            .zip(runs)
+            .map(|(machine, run)| BusyMachine {
+                machine: machine.clone(),
+                run: run.id,
+                queued: run.status == RunStatus::Queued,
+            })
+            .collect(),
     }
 }
 

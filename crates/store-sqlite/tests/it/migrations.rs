@@ -149,7 +149,10 @@ async fn a_version_1_file_gains_the_tests_column() {
                  local_dir, artifact_files, artifact_bytes)
              VALUES ('01JD0000000000000000000000', 'linux-1', 'linux', x'2f74',
                  '0101010101010101010101010101010101010101010101010101010101010101', 'run.sh',
-                 'completed', 0, 1000, 1001, 1002, 1, 0, x'2f73', 2, 20);",
+                 'completed', 0, 1000, 1001, 1002, 1, 0, x'2f73', 2, 20);
+             INSERT INTO run_events (run_id, seq, at, from_status, to_status, code, detail)
+             VALUES ('01JD0000000000000000000000', 0, 1000, NULL, 'pending', NULL, NULL),
+                    ('01JD0000000000000000000000', 1, 1002, 'pending', 'completed', NULL, NULL);",
         )
         .expect("a version-1 run is written");
     }
@@ -166,6 +169,12 @@ async fn a_version_1_file_gains_the_tests_column() {
         Some((2, 20))
     );
     assert_eq!(old[0].tests, None);
+    // The rebuild of the tables for the queue (version 5) keeps every event.
+    let events = store.events(&old[0].id).await.expect("the old events read");
+    assert_eq!(
+        events.iter().map(|event| event.to).collect::<Vec<_>>(),
+        vec![RunStatus::Pending, RunStatus::Completed]
+    );
 
     let Ok(Claim::Created(run)) = store.claim(new_run("linux-1", 2, 5_000, 1)).await else {
         panic!("the machine is free");

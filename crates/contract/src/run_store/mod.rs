@@ -20,6 +20,7 @@
 
 mod claims;
 mod leases;
+mod queue;
 mod records;
 mod transitions;
 
@@ -98,12 +99,20 @@ pub async fn run_store(make_store: impl Fn() -> Subject) {
     }
     use claims::*;
     use leases::*;
+    use queue::*;
     use records::*;
     use transitions::*;
     {
         let subject = make_store();
         eprintln!("run_store contract: claims_from_independent_handles_have_one_winner");
         claims_from_independent_handles_have_one_winner(&subject).await;
+    }
+    {
+        let subject = make_store();
+        eprintln!(
+            "run_store contract: waiters_from_independent_handles_are_granted_in_arrival_order"
+        );
+        waiters_from_independent_handles_are_granted_in_arrival_order(&subject).await;
     }
     cases!(
         claim_creates_a_pending_run,
@@ -129,6 +138,9 @@ pub async fn run_store(make_store: impl Fn() -> Subject) {
         renewals_are_refused_after_a_takeover,
         an_expired_lease_lets_the_reaper_in,
         cancel_requests_are_recorded_for_the_owner,
+        a_dead_waiter_is_skipped_after_its_lease_and_not_before,
+        cancel_and_queue_timeout_leave_the_queue_consistent,
+        any_of_several_machines_never_starts_twice,
     );
 }
 
@@ -301,7 +313,7 @@ pub(super) async fn finish(
     let path: &[RunStatus] = match status {
         RunStatus::Completed | RunStatus::Timeout => &[RunStatus::Running, status],
         RunStatus::Failed | RunStatus::Interrupted => &[status],
-        RunStatus::Pending => &[],
+        RunStatus::Pending | RunStatus::Queued => &[],
         RunStatus::Running => &[RunStatus::Running],
     };
     let mut run = must_get(store, id).await;

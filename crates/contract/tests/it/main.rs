@@ -2,3 +2,4 @@
 
 mod fake_ssh;
 mod fake_store;
+mod queue_model;

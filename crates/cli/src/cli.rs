@@ -100,6 +100,9 @@ pub enum Command {
         run_id: String,
         #[arg(long)]
         accept_new_host_key: bool,
+        /// How long a queued run may wait for its machine, as `run --detach --wait` was given it
+        #[arg(long, value_name = "DUR", num_args = 0..=1, default_missing_value = "forever", value_parser = wait_limit)]
+        wait: Option<WaitLimit>,
         /// The run's `--results` patterns, as `run --detach` was given them
         #[arg(long = "results", value_name = "GLOB")]
         results: Vec<String>,
@@ -139,6 +142,47 @@ pub struct RunArgs {
     /// Write the HTML test report of the runs to this file at the end (not with --detach)
     #[arg(long, value_name = "FILE.html", conflicts_with = "detach")]
     pub report: Option<PathBuf>,
+    /// Wait for a busy machine instead of failing with MACHINE_BUSY: the run is queued and
+    /// granted the machine in turn; give up after DUR (90s, 30m) [default: no limit]
+    #[arg(long, value_name = "DUR", num_args = 0..=1, default_missing_value = "forever", value_parser = wait_limit)]
+    pub wait: Option<WaitLimit>,
+    /// Run once, on one of the selected machines: a free one (least recently used first), or,
+    /// with --wait, the first that frees
+    #[arg(long)]
+    pub any: bool,
+    /// At most N runs connected and executing at once; the rest wait their turn here
+    #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_parallel: u16,
+}
+
+/// How long `run --wait` may wait for a machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitLimit {
+    /// `--wait` alone: until granted (or cancelled).
+    Forever,
+    /// `--wait DUR`.
+    For(Duration),
+}
+
+impl WaitLimit {
+    /// The limit as the runner takes it: `None` for none.
+    pub fn limit(self) -> Option<Duration> {
+        match self {
+            Self::Forever => None,
+            Self::For(limit) => Some(limit),
+        }
+    }
+}
+
+fn wait_limit(text: &str) -> Result<WaitLimit, String> {
+    if text == "forever" {
+        return Ok(WaitLimit::Forever);
+    }
+    crate::config::parse_duration(text)
+        .map(WaitLimit::For)
+        .map_err(|error| {
+            format!("{error} (to wait without a limit, give --wait alone, after the directory)")
+        })
 }
 
 /// Which runs `report` merges: ids, the newest N, or each labelled machine's newest.
@@ -173,6 +217,12 @@ pub enum MachinesCommand {
     Check { name: Option<String> },
     /// Show a machine's host key fingerprint and add it to known_hosts
     Trust { name: String },
+    /// Show each machine as idle or busy (with which run, since when) and how many runs wait
+    /// for it
+    Status {
+        /// Only these machines [default: every machine of the fleet file]
+        names: Vec<String>,
+    },
 }
 
 #[derive(Debug, Args)]

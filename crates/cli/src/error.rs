@@ -100,6 +100,10 @@ impl CliError {
                 message.push_str("; ");
                 message.push_str(&crate::remedy::machine_busy(active_run));
             }
+            Self::Dispatch(DispatchError::MachinesBusy { .. }) => {
+                message.push_str("; ");
+                message.push_str(crate::remedy::MACHINES_BUSY);
+            }
             _ => {}
         }
         message
@@ -122,9 +126,25 @@ impl CliError {
                 machine,
                 active_run,
                 active_hash,
+                queued,
             }) => {
-                json!({ "machine": machine, "active_run": active_run, "active_hash": active_hash })
+                json!({
+                    "machine": machine,
+                    "active_run": active_run,
+                    "active_hash": active_hash,
+                    "active_status": if *queued { "queued" } else { "active" },
+                })
             }
+            Self::Dispatch(DispatchError::MachinesBusy { busy }) => json!({
+                "machines": busy
+                    .iter()
+                    .map(|entry| json!({
+                        "machine": entry.machine,
+                        "run": entry.run,
+                        "queued": entry.queued,
+                    }))
+                    .collect::<Vec<_>>(),
+            }),
             Self::Dispatch(DispatchError::TestDirNotFound { path, .. }) => json!({ "path": path }),
             Self::Dispatch(DispatchError::Hash(testfleet_core::HashError::Io { path, .. })) => {
                 json!({ "path": path })
@@ -201,6 +221,7 @@ impl Exit {
             | ErrorCode::ConnectionLost
             | ErrorCode::NonzeroExit
             | ErrorCode::Timeout
+            | ErrorCode::QueueTimeout
             | ErrorCode::WorkerLost => Self::RunFailed,
             ErrorCode::Interrupted => Self::Interrupted,
             ErrorCode::StoreError | ErrorCode::Internal => Self::Internal,

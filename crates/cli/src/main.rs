@@ -150,6 +150,9 @@ async fn execute(ctx: &Context, command: Command) -> Result<Report, CliError> {
                 commands::machines::check(ctx, name.as_deref()).await
             }
             MachinesCommand::Trust { name } => commands::machines::trust(ctx, &name).await,
+            MachinesCommand::Status { names } => {
+                commands::queue::machines_status(ctx, &names).await
+            }
         },
         Command::Hash { dir } => commands::hash::hash(dir).await,
         Command::Gc { older_than } => commands::runs::gc(ctx, older_than).await,
@@ -165,8 +168,12 @@ async fn execute(ctx: &Context, command: Command) -> Result<Report, CliError> {
         Command::Worker {
             run_id,
             accept_new_host_key,
+            wait,
             results,
-        } => commands::worker::worker(ctx, &run_id, accept_new_host_key, &results).await,
+        } => {
+            let wait = wait.and_then(cli::WaitLimit::limit);
+            commands::worker::worker(ctx, &run_id, accept_new_host_key, wait, &results).await
+        }
         Command::Cleanup { run_id } => commands::worker::cleanup(ctx, &run_id).await,
     }
 }

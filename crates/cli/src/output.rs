@@ -67,6 +67,7 @@ fn status_color(status: RunStatus) -> &'static str {
         RunStatus::Completed => "32",
         RunStatus::Failed | RunStatus::Timeout => "31",
         RunStatus::Interrupted => "33",
+        RunStatus::Queued => "35",
         RunStatus::Pending | RunStatus::Running => "36",
     }
 }
@@ -157,9 +158,51 @@ pub fn run_table(style: Style, runs: &[Run]) -> String {
     text
 }
 
+/// Where a queued run stands: `waiting for linux-1: busy with 01J…, 2 ahead`, or for several
+/// machines `waiting for linux-1 (busy with 01J…, 2 ahead) or linux-2 (free, 1 ahead)`.
+pub fn waiting_line(places: &[testfleet_core::queue::QueuePlace]) -> String {
+    let describe = |place: &testfleet_core::queue::QueuePlace| {
+        format!(
+            "{}, {} ahead",
+            place
+                .held_by
+                .as_ref()
+                .map_or_else(|| "free".to_owned(), |run| format!("busy with {run}")),
+            place.ahead
+        )
+    };
+    match places {
+        [place] => format!("waiting for {}: {}", place.machine, describe(place)),
+        places => format!(
+            "waiting for {}",
+            places
+                .iter()
+                .map(|place| format!("{} ({})", place.machine, describe(place)))
+                .collect::<Vec<_>>()
+                .join(" or ")
+        ),
+    }
+}
+
+/// `5 runs: 4 completed, 1 failed` (statuses in lifecycle order), for a fan-out's last line.
+pub fn counts_line(runs: &[&Run]) -> String {
+    let counts: Vec<String> = testfleet_core::RunStatus::ALL
+        .into_iter()
+        .filter_map(|status| {
+            let n = runs.iter().filter(|run| run.status == status).count();
+            (n > 0).then(|| format!("{n} {status}"))
+        })
+        .collect();
+    format!("{} runs: {}\n", runs.len(), counts.join(", "))
+}
+
 /// The one-line summary of a run: status, exit code, duration, error, artifacts.
 pub fn run_summary(style: Style, run: &Run, reused: bool) -> String {
     let mut line = format!("{} {} {}", run.id, run.machine, style.status(run.status));
+    if run.status == testfleet_core::RunStatus::Queued {
+        let machines: Vec<&str> = run.waiting_for.iter().map(|m| m.as_str()).collect();
+        let _ = write!(line, " waiting for {}", machines.join(" or "));
+    }
     if let Some(code) = run.exit_code {
         let _ = write!(line, " exit={code}");
     }

@@ -19,12 +19,16 @@ pub fn host_key_unknown(machine: &str, offer_accept_new: bool) -> String {
     )
 }
 
-/// The remedy for a machine busy with another run.
+/// The remedy for a machine busy with another run (or that runs wait for).
 pub fn machine_busy(active_run: &RunId) -> String {
     format!(
-        "wait for it (`testfleet wait {active_run}`) or cancel it (`testfleet cancel {active_run}`)"
+        "wait in line with `run --wait`, wait for it (`testfleet wait {active_run}`) or cancel it \
+         (`testfleet cancel {active_run}`)"
     )
 }
+
+/// The remedy for `run --any` over machines that are all busy.
+pub const MACHINES_BUSY: &str = "wait in line for the first that frees with `run --any --wait`, or see `testfleet machines status`";
 
 /// An SSH error with the remedy for it, as `check` and `trust` show it.
 pub fn describe_ssh(machine: &str, error: &SshError, offer_accept_new: bool) -> String {

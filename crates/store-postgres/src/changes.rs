@@ -1,5 +1,5 @@
 //! The store's change feed: one connection per store `LISTEN`s on `testfleet_queue`, where a
-//! trigger tells every new run and every status change (migration 1), and counts what it hears
+//! trigger tells every new run and every status change (migration 2), and counts what it hears
 //! in a [`watch`] channel. A waiter takes the count before it looks at the queue and waits for it
 //! to move ([`RunStore::wait_for_change`](testfleet_core::ports::RunStore::wait_for_change)), so
 //! that a freed machine is granted without waiting for a poll.

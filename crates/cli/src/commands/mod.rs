@@ -3,6 +3,7 @@
 
 pub mod hash;
 pub mod machines;
+pub mod queue;
 pub mod report;
 pub mod run;
 pub mod runs;

@@ -6,13 +6,14 @@ use std::collections::HashMap;
 use std::io::Write as _;
 use std::sync::{Arc, Mutex};
 
-use futures::StreamExt as _;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{Value, json};
 use testfleet_core::ports::{HostKeyPolicy, OutputStream, SshConnector, TransferProgress};
+use testfleet_core::queue::{ClaimOn, QueuePlace};
 use testfleet_core::runner::{DispatchRequest, MachineSpec, Prepared, RunObserver, Runner};
 use testfleet_core::{
-    DirManifest, DispatchError, DispatchedRun, ErrorCode, Run, RunId, RunOwner, RunStatus,
+    DirManifest, DispatchError, DispatchedRun, ErrorCode, MachineName, Run, RunId, RunOwner,
+    RunStatus, Timestamp, Transition,
 };
 use testfleet_results::ResultGlobs;
 use testfleet_ssh::RusshConnector;
@@ -26,9 +27,6 @@ use crate::error::{CliError, Exit};
 use crate::output::{self, Report};
 use crate::owner::{self, ProcessProbe};
 use crate::predial::Predialer;
-
-/// Runs executed at the same time by one foreground command.
-const MAX_CONCURRENT_RUNS: usize = 32;
 
 /// A machine whose claim was refused in a fan-out.
 #[derive(Debug)]
@@ -58,7 +56,8 @@ pub async fn run(ctx: &Context, args: RunArgs) -> Result<Report, CliError> {
     // detached worker dials on its own).
     let predialer = Arc::new(Predialer::new(Arc::new(RusshConnector::new())));
     if !args.detach && args.dir.is_dir() {
-        for machine in &selected {
+        // As many logins at once as runs may execute at once.
+        for machine in selected.iter().take(usize::from(args.max_parallel)) {
             predialer.dial(run_spec(machine, &args).ssh);
         }
     }
@@ -95,40 +94,70 @@ async fn dispatch(
             .map_err(DispatchError::from)?;
     }
 
+    if args.any {
+        same_os(selected)?;
+    }
     let store = ctx.open_and_reap().await?;
     let runner = ctx.runner_with(store.clone(), connector)?;
     let controller = ctx.controller()?;
     let me = owner::current(&controller);
-    let single = selected.len() == 1;
+    // One claim per machine; with --any, one claim over all of them.
+    let units: Vec<Vec<&FleetMachine>> = if args.any {
+        vec![selected.to_vec()]
+    } else {
+        selected.iter().map(|machine| vec![*machine]).collect()
+    };
+    let single = units.len() == 1;
     let mut prepared_runs: Vec<(DispatchRequest, Prepared)> = Vec::new();
     let mut errors: Vec<MachineError> = Vec::new();
-    for machine in selected {
+    for unit in &units {
+        let first = unit[0];
         let request = DispatchRequest {
-            machine: run_spec(machine, &args),
-            timeout: args.timeout.or(machine.timeout),
+            machine: run_spec(first, &args),
+            timeout: args.timeout.or(first.timeout),
             keep_remote: args.keep_remote,
             owner: Some(me.clone()),
         };
-        match runner.prepare(&manifest, &request).await {
+        let on = ClaimOn {
+            machines: unit
+                .iter()
+                .map(|machine| machine.spec.name.clone())
+                .collect(),
+            wait: args.wait.is_some(),
+        };
+        match runner.prepare_on(&manifest, &request, &on).await {
             Ok(prepared) => prepared_runs.push((request, prepared)),
             Err(error) if single => return Err(error.into()),
             Err(error) => {
                 let error = CliError::from(error);
                 errors.push(MachineError {
-                    machine: machine.spec.name.to_string(),
+                    machine: first.spec.name.to_string(),
                     code: error.code(),
                     message: error.message(),
                 });
             }
         }
     }
+    // The machines a granted run may land on, as runs see them.
+    let specs: HashMap<MachineName, MachineSpec> = selected
+        .iter()
+        .map(|machine| (machine.spec.name.clone(), run_spec(machine, &args)))
+        .collect();
 
     let results = if args.detach {
         detach_all(ctx, &runner, prepared_runs, &args).await?
     } else {
         let watch = SignalWatch::install(!ctx.style.json)?;
-        let queued = keep_queued_leases(&runner, &prepared_runs, &me);
-        let results = foreground_all(ctx, &runner, &manifest, prepared_runs, &watch, !single).await;
+        let queued = keep_queued_leases(&runner, &prepared_runs, &me, &args);
+        let foreground = Foreground {
+            ctx,
+            runner: &runner,
+            manifest: &manifest,
+            specs: &specs,
+            watch: &watch,
+            args: &args,
+        };
+        let results = foreground.run_all(prepared_runs, !single || args.any).await;
         if let Some(keeper) = queued {
             keeper.abort();
         }
@@ -181,6 +210,13 @@ fn report(ctx: &Context, results: &[DispatchedRun], errors: &[MachineError], exi
             error.machine, error.code, error.message
         ));
     }
+    if results.len() + errors.len() > 1 {
+        let runs: Vec<&Run> = results.iter().map(|result| &result.run).collect();
+        human.push_str(&output::counts_line(&runs));
+        if !errors.is_empty() {
+            human.push_str(&format!("{} machines refused\n", errors.len()));
+        }
+    }
     let data = json!({
         "runs": results,
         "errors": errors.iter().map(MachineError::to_json).collect::<Vec<_>>(),
@@ -188,67 +224,109 @@ fn report(ctx: &Context, results: &[DispatchedRun], errors: &[MachineError], exi
     Report::new(data, human).with_exit(exit)
 }
 
-/// Executes the new runs here, concurrently; waits for reused ones to finish.
-async fn foreground_all(
-    ctx: &Context,
-    runner: &Runner,
-    manifest: &DirManifest,
-    prepared_runs: Vec<(DispatchRequest, Prepared)>,
-    watch: &SignalWatch,
-    prefix: bool,
-) -> Result<Vec<DispatchedRun>, CliError> {
-    let observer = TerminalObserver::new(ctx, prefix);
-    let observer = &observer;
-    let mut results: Vec<(usize, Result<DispatchedRun, CliError>)> =
-        futures::stream::iter(prepared_runs.into_iter().enumerate())
-            .map(|(index, (request, prepared))| async move {
-                let result = if prepared.needs_execution() {
-                    runner
-                        .execute(
-                            prepared.run,
-                            &request.machine,
-                            Some(manifest),
-                            &watch.signals,
-                            observer,
-                        )
-                        .await
-                        .map(|run| DispatchedRun { run, reused: false })
-                        .map_err(CliError::from)
-                } else if prepared.reused {
-                    wait_for(ctx, runner, &prepared.run.id, watch)
-                        .await
-                        .map(|run| DispatchedRun { run, reused: true })
-                } else {
-                    Ok(DispatchedRun {
-                        run: prepared.run,
-                        reused: false,
-                    })
-                };
-                (index, result)
-            })
-            .buffer_unordered(MAX_CONCURRENT_RUNS)
-            .collect()
-            .await;
-    observer.finish();
-    results.sort_by_key(|(index, _)| *index);
-    results.into_iter().map(|(_, result)| result).collect()
+/// What executing runs in this process needs.
+struct Foreground<'a> {
+    ctx: &'a Context,
+    runner: &'a Runner,
+    manifest: &'a DirManifest,
+    /// The selected machines, by name, as runs see them: where a granted run executes.
+    specs: &'a HashMap<MachineName, MachineSpec>,
+    watch: &'a SignalWatch,
+    args: &'a RunArgs,
 }
 
-/// Runs beyond the [`MAX_CONCURRENT_RUNS`] executing at once wait for a slot, and nothing
-/// renews their leases meanwhile: this task renews the leases of every new run of the command
-/// each heartbeat until it ends (the runner's own heartbeat takes over once a run executes), so
-/// that a queued run keeps its machine.
+impl Foreground<'_> {
+    /// Executes the new runs here, at most `--max-parallel` at once; queued runs wait for their
+    /// machine first (without a slot), reused ones are followed until they end.
+    async fn run_all(
+        &self,
+        prepared_runs: Vec<(DispatchRequest, Prepared)>,
+        prefix: bool,
+    ) -> Result<Vec<DispatchedRun>, CliError> {
+        let observer = TerminalObserver::new(self.ctx, prefix, prepared_runs.len());
+        let slots = tokio::sync::Semaphore::new(usize::from(self.args.max_parallel));
+        let (observer, slots) = (&observer, &slots);
+        let results: Vec<Result<DispatchedRun, CliError>> = futures::future::join_all(
+            prepared_runs
+                .into_iter()
+                .map(|(request, prepared)| self.run_one(request, prepared, slots, observer)),
+        )
+        .await;
+        observer.finish();
+        results.into_iter().collect()
+    }
+
+    async fn run_one(
+        &self,
+        request: DispatchRequest,
+        prepared: Prepared,
+        slots: &tokio::sync::Semaphore,
+        observer: &TerminalObserver,
+    ) -> Result<DispatchedRun, CliError> {
+        let (runner, signals) = (self.runner, &self.watch.signals);
+        if prepared.reused {
+            return wait_for(self.ctx, runner, &prepared.run.id, self.watch)
+                .await
+                .map(|run| DispatchedRun { run, reused: true });
+        }
+        let mut run = prepared.run;
+        if run.status == RunStatus::Queued {
+            let limit = self.args.wait.and_then(crate::cli::WaitLimit::limit);
+            run = Box::pin(runner.wait_for_grant(run, limit, signals, observer)).await?;
+            observer.done_waiting(&run);
+        }
+        if run.status != RunStatus::Pending {
+            return Ok(DispatchedRun { run, reused: false });
+        }
+        let spec = self
+            .specs
+            .get(&run.machine)
+            .cloned()
+            .unwrap_or(request.machine);
+        let _slot = slots
+            .acquire()
+            .await
+            .map_err(|_| CliError::Internal("the run slots were closed".to_owned()))?;
+        let run =
+            Box::pin(runner.execute(run, &spec, Some(self.manifest), signals, observer)).await?;
+        Ok(DispatchedRun { run, reused: false })
+    }
+}
+
+/// `--any` runs one entrypoint wherever it lands: the machines must share their OS.
+fn same_os(selected: &[&FleetMachine]) -> Result<(), CliError> {
+    let Some(first) = selected.first() else {
+        return Ok(());
+    };
+    match selected
+        .iter()
+        .find(|machine| machine.spec.os.family() != first.spec.os.family())
+    {
+        Some(other) => Err(CliError::invalid(format!(
+            "--any runs one test on one machine of the set, so the machines must share their OS: \
+             {} is {}, {} is {}; select machines of one OS (a label, or -m)",
+            first.spec.name, first.spec.os, other.spec.name, other.spec.os
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Runs beyond the `--max-parallel` executing at once wait for a slot, and nothing renews
+/// their leases meanwhile: this task renews the leases of every new run of the command each
+/// heartbeat until it ends (the runner's own heartbeat takes over once a run executes), so that
+/// a run waiting for a slot keeps its machine.
 fn keep_queued_leases(
     runner: &Runner,
     prepared_runs: &[(DispatchRequest, Prepared)],
     me: &RunOwner,
+    args: &RunArgs,
 ) -> Option<tokio::task::JoinHandle<()>> {
     let ids: Vec<RunId> = prepared_runs
         .iter()
-        .filter(|(_, prepared)| prepared.needs_execution())
+        .filter(|(_, prepared)| prepared.needs_execution() || prepared.needs_wait())
         .map(|(_, prepared)| prepared.run.id.clone())
         .collect();
-    if ids.len() <= MAX_CONCURRENT_RUNS {
+    if ids.len() <= usize::from(args.max_parallel) {
         return None;
     }
     Some(owner::keep_leases(
@@ -295,7 +373,7 @@ async fn detach_all(
     let lease = runner.config().lease.duration;
     let mut results = Vec::with_capacity(prepared_runs.len());
     for (_, prepared) in prepared_runs {
-        if !prepared.needs_execution() {
+        if !prepared.needs_execution() && !prepared.needs_wait() {
             results.push(DispatchedRun {
                 run: prepared.run,
                 reused: prepared.reused,
@@ -315,14 +393,10 @@ async fn detach_all(
                 Err(error) => return Err(error.into()),
             },
             Err(error) => {
-                runner
-                    .end_pending(
-                        &prepared.run.id,
-                        RunStatus::Failed,
-                        ErrorCode::Internal,
-                        error.message(),
-                    )
-                    .await?
+                let failed =
+                    Transition::new(prepared.run.status, RunStatus::Failed, Timestamp::now())
+                        .with_error(ErrorCode::Internal, error.message());
+                runner.finish_with(&prepared.run.id, failed).await?
             }
         };
         results.push(DispatchedRun { run, reused: false });
@@ -332,14 +406,21 @@ async fn detach_all(
 
 /// Starts `testfleet _worker RUN_ID` with its output in the run's `worker.log`.
 fn spawn_worker(ctx: &Context, run: &Run, args: &RunArgs) -> Result<u32, CliError> {
-    let mut argv = vec!["_worker", run.id.as_str()];
+    let mut argv = vec!["_worker".to_owned(), run.id.to_string()];
     if args.accept_new_host_key {
-        argv.push("--accept-new-host-key");
+        argv.push("--accept-new-host-key".to_owned());
+    }
+    if run.status == RunStatus::Queued {
+        match args.wait.and_then(crate::cli::WaitLimit::limit) {
+            Some(limit) => argv.push(format!("--wait={}", humantime::format_duration(limit))),
+            None => argv.push("--wait".to_owned()),
+        }
     }
     for pattern in &args.results {
-        argv.push("--results");
-        argv.push(pattern);
+        argv.push("--results".to_owned());
+        argv.push(pattern.clone());
     }
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
     crate::detach::spawn(ctx, run, &argv)
 }
 
@@ -382,6 +463,9 @@ fn prefixed_lines(machine: &str, buffer: &mut Vec<u8>, data: &[u8]) -> Vec<u8> {
     text
 }
 
+/// The most runs of one command shown with live upload and waiting lines.
+const MOST_BARS: usize = 8;
+
 /// Streams remote output to the terminal and shows upload progress on a TTY.
 struct TerminalObserver {
     /// Whether remote output goes to the terminal at all (not with `--json`).
@@ -390,16 +474,27 @@ struct TerminalObserver {
     prefix: bool,
     partial_lines: Mutex<HashMap<(RunId, bool), PartialLine>>,
     progress: Option<(MultiProgress, Mutex<HashMap<RunId, ProgressBar>>)>,
+    /// Queued runs: their live line on a TTY, or the last line printed elsewhere.
+    waiting: Mutex<HashMap<RunId, Waiting>>,
+}
+
+/// How a queued run's wait is shown.
+enum Waiting {
+    Bar(ProgressBar),
+    Printed(String),
 }
 
 impl TerminalObserver {
-    fn new(ctx: &Context, prefix: bool) -> Self {
+    /// An observer for `runs` runs: live bars only on a TTY and for at most [`MOST_BARS`] runs
+    /// (a fan-out to hundreds prints its summary lines and counts, not hundreds of bars).
+    fn new(ctx: &Context, prefix: bool, runs: usize) -> Self {
         use std::io::IsTerminal as _;
-        let show_progress = !ctx.style.json && std::io::stderr().is_terminal();
+        let show_progress = !ctx.style.json && runs <= MOST_BARS && std::io::stderr().is_terminal();
         Self {
             stream_output: !ctx.style.json,
             prefix,
             partial_lines: Mutex::new(HashMap::new()),
+            waiting: Mutex::new(HashMap::new()),
             progress: show_progress.then(|| {
                 (
                     MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
@@ -421,6 +516,17 @@ impl TerminalObserver {
                 err.write_all(bytes).and_then(|()| err.flush())
             }
         };
+    }
+
+    /// A queued run stopped waiting (granted, or ended): its live line goes.
+    fn done_waiting(&self, run: &Run) {
+        let mut waiting = self
+            .waiting
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        if let Some(Waiting::Bar(bar)) = waiting.remove(&run.id) {
+            bar.finish_and_clear();
+        }
     }
 
     /// Writes out what is left of unterminated prefixed lines.
@@ -496,6 +602,37 @@ impl RunObserver for TerminalObserver {
 
     fn warning(&self, run: &Run, message: &str) {
         eprintln!("warning: {} ({}): {message}", run.machine, run.id);
+    }
+
+    fn waiting(&self, run: &Run, places: &[QueuePlace], waited: std::time::Duration) {
+        if !self.stream_output {
+            return;
+        }
+        let line = output::waiting_line(places);
+        let mut waiting = self
+            .waiting
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        match (&self.progress, waiting.get(&run.id)) {
+            (Some(_), Some(Waiting::Bar(bar))) => {
+                bar.set_message(format!(
+                    "{line}, {}",
+                    humantime::format_duration(std::time::Duration::from_secs(waited.as_secs()))
+                ));
+            }
+            (Some((multi, _)), _) => {
+                let bar = multi.add(ProgressBar::new_spinner());
+                bar.enable_steady_tick(std::time::Duration::from_millis(200));
+                bar.set_message(format!("{line}, 0s"));
+                waiting.insert(run.id.clone(), Waiting::Bar(bar));
+            }
+            // Without a TTY, a line each time what it waits for changes.
+            (None, Some(Waiting::Printed(last))) if *last == line => {}
+            (None, _) => {
+                eprintln!("{} {line}", run.id);
+                waiting.insert(run.id.clone(), Waiting::Printed(line));
+            }
+        }
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use testfleet_core::ports::{RunFilter, StoreError};
-use testfleet_core::{MachineName, Run, RunStatus, Timestamp};
+use testfleet_core::{MachineName, Run, RunStatus, Timestamp, Transition};
 
 use crate::context::{Context, POLL_INTERVAL, get_run, parse_run_id};
 use crate::error::{CliError, Exit};
@@ -25,10 +25,33 @@ pub async fn status(ctx: &Context, run_id: &str, show_events: bool) -> Result<Re
     let run = get_run(store.as_ref(), &id).await?;
     let events = store.events(&id).await?;
     let mut human = output::run_detail(ctx.style, &run);
+    // A queued run: where it stands in each machine's queue.
+    let queue = if run.status == RunStatus::Queued {
+        let states = store.machine_states(&run.waiting_for).await?;
+        let places = testfleet_core::queue::places(&run, &states, store.now().await?);
+        human.push_str(&format!(
+            "{:<13} {}\n",
+            "queue",
+            output::waiting_line(&places)
+        ));
+        Some(
+            places
+                .iter()
+                .map(|place| {
+                    json!({ "machine": place.machine, "held_by": place.held_by, "ahead": place.ahead })
+                })
+                .collect::<Vec<_>>(),
+        )
+    } else {
+        None
+    };
     if show_events {
         human.push_str(&output::events_table(&events));
     }
-    Ok(Report::new(json!({ "run": run, "events": events }), human))
+    Ok(Report::new(
+        json!({ "run": run, "events": events, "queue": queue }),
+        human,
+    ))
 }
 
 /// `list [-m NAME] [--status S] [--limit N]`.
@@ -202,6 +225,20 @@ pub async fn cancel(ctx: &Context, run_id: &str) -> Result<Report, CliError> {
     let probe = ctx.probe()?;
     let mut run = get_run(store.as_ref(), &id).await?;
     let mut exit = Exit::Ok;
+    if run.status == RunStatus::Queued {
+        // Out of the queue at once, whoever waits with it: nothing ran, nothing to kill.
+        let change = Transition::new(RunStatus::Queued, RunStatus::Interrupted, Timestamp::now())
+            .with_error(
+                testfleet_core::ErrorCode::Interrupted,
+                "the run was cancelled (testfleet cancel) while it waited for a machine",
+            );
+        match store.transition(&id, change).await {
+            Ok(ended) => run = ended,
+            // Granted meanwhile: cancel it as an active run.
+            Err(StoreError::Conflict { .. }) => run = get_run(store.as_ref(), &id).await?,
+            Err(error) => return Err(error.into()),
+        }
+    }
     if run.status.is_active() {
         run = match store.request_cancel(&id).await {
             Ok(run) => run,

@@ -22,6 +22,7 @@ pub async fn worker(
     ctx: &Context,
     run_id: &str,
     accept_new_host_key: bool,
+    wait: Option<std::time::Duration>,
     results: &[String],
 ) -> Result<Report, CliError> {
     // A session of our own: the terminal's Ctrl-C and hangup no longer reach us.
@@ -38,11 +39,19 @@ pub async fn worker(
         Err(StoreError::Conflict { .. }) => return Ok(done(get_run(store.as_ref(), &id).await?)),
         Err(error) => return Err(error.into()),
     };
-    if run.status != RunStatus::Pending {
+    if !matches!(run.status, RunStatus::Pending | RunStatus::Queued) {
         return Ok(done(run));
     }
-    tracing::info!(run = %run.id, machine = %run.machine, "worker started");
+    tracing::info!(run = %run.id, machine = %run.machine, status = %run.status, "worker started");
     let runner = ctx.runner(store.clone())?;
+    // A queued run waits for its machine here first (`run --detach --wait`).
+    let run = runner
+        .wait_for_grant(run, wait, &watch.signals, &NoObserver)
+        .await?;
+    if run.status != RunStatus::Pending {
+        tracing::info!(run = %run.id, status = %run.status, "the run ended while it waited");
+        return Ok(done(run));
+    }
     // Until the runner's heartbeat starts, the lease is kept here: hashing a large directory
     // again may take longer than a lease.
     let keeper = owner::keep_leases(

@@ -4,6 +4,7 @@
 mod bad_input;
 mod faults;
 mod offline;
+mod queue;
 mod remote;
 mod reports;
 mod shared_store;

@@ -8,7 +8,7 @@
 //!   sshd, two controllers sharing a private PostgreSQL, and test reports checked in Chromium.
 //! - `demo`: built-in SSH servers, a temporary fleet, the example runs and a test report.
 //! - `serve [N]`: N built-in SSH servers and a fleet file for them, for trying the CLI by hand.
-//! - `bench [hash|store|results|transfer|all]`: benchmarks that measure the reference tools in
+//! - `bench [hash|store|results|queue|transfer|all]`: benchmarks that measure the reference tools in
 //!   the same run (`results`: reading a 100,000-case JUnit report, its time and peak RSS).
 
 mod bench;
@@ -34,7 +34,7 @@ tasks:
                       (shared, reports: only that group)
   demo                dispatch examples/hello, examples/artifacts and examples/junit to built-in SSH servers
   serve [N]           start N built-in SSH servers and print a fleet file for them (Ctrl-C stops)
-  bench [hash|store|results|transfer]
+  bench [hash|store|results|queue|transfer]
                       benchmarks, side by side with the reference tools, printed as ratios
                       (results: reading a 100,000-case JUnit report, time and peak RSS)";
 
@@ -53,6 +53,7 @@ fn main() -> Result<()> {
             bench::store::child(args.get(1).map(String::as_str).unwrap_or_default())
         }
         Some("_bench-results") => bench::results::run(),
+        Some("_bench-queue") => bench::queue::run(&build_binary(Profile::Release)?),
         Some("_parse-report") => {
             bench::results::parse_report(Path::new(args.get(1).context("_parse-report DIR")?))
         }
@@ -299,14 +300,33 @@ fn bench(which: &str) -> Result<()> {
             ],
             &[],
         ),
+        // The queue end to end: grant latency on both stores, a 500-machine fan-out.
+        "queue" => {
+            build_binary(Profile::Release)?;
+            cargo(
+                &[
+                    "run",
+                    "--release",
+                    "-q",
+                    "-p",
+                    "xtask",
+                    "--",
+                    "_bench-queue",
+                ],
+                &[],
+            )
+        }
         "all" => {
             bench("hash")?;
             bench("store")?;
             bench("results")?;
+            bench("queue")?;
             bench("transfer")
         }
         other => {
-            bail!("unknown benchmark {other:?}: choose hash, store, results, transfer or all")
+            bail!(
+                "unknown benchmark {other:?}: choose hash, store, results, queue, transfer or all"
+            )
         }
     }
 }

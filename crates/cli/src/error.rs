@@ -132,7 +132,7 @@ impl CliError {
                     "machine": machine,
                     "active_run": active_run,
                     "active_hash": active_hash,
-                    "active_status": if *queued { "queued" } else { "active" },
+                    "queued": queued,
                 })
             }
             Self::Dispatch(DispatchError::MachinesBusy { busy }) => json!({

@@ -290,6 +290,23 @@ fn store_now(conn: &Connection) -> rusqlite::Result<Timestamp> {
         .map(Timestamp::from_unix_ms)
 }
 
+/// The run `id`, and the machine due to it now by [`grant_choice`] (`None` when it is not
+/// queued, or must wait).
+fn grant_due(conn: &Connection, id: &RunId) -> Result<(Run, Option<MachineName>), OpError> {
+    let now = store_now(conn)?;
+    let run = load_run(conn, id)?;
+    if run.status != RunStatus::Queued {
+        return Ok((run, None));
+    }
+    let states = run
+        .waiting_for
+        .iter()
+        .map(|machine| machine_state(conn, machine))
+        .collect::<Result<Vec<_>, _>>()?;
+    let machine = grant_choice(&run, &states, now);
+    Ok((run, machine))
+}
+
 /// What a claim or a grant needs to know of `machine`: its holder, its waiters in arrival
 /// order, its newest run that started (for least-recently-used order).
 fn machine_state(conn: &Connection, machine: &MachineName) -> rusqlite::Result<MachineState> {
@@ -381,27 +398,35 @@ impl RunStore for SqliteStore {
     }
 
     async fn try_grant(&self, id: &RunId) -> Result<Run, StoreError> {
+        // A waiter asks often: first look without the write lock (WAL readers never block nor
+        // are blocked), and take it only when a grant looks due, deciding again under it.
+        let read_id = id.clone();
+        let looked = self
+            .blocking(
+                "look at a queued run's machines",
+                Access::Read,
+                move |conn| {
+                    let tx = conn.transaction()?;
+                    let (run, machine) = grant_due(&tx, &read_id)?;
+                    Ok(if machine.is_some() { None } else { Some(run) })
+                },
+            )
+            .await?;
+        if let Some(run) = looked {
+            return Ok(run);
+        }
         let id = id.clone();
         self.blocking(
             "grant a queued run its machine",
             Access::Write,
             move |conn| {
                 let tx = begin(conn)?;
-                let now = store_now(&tx)?;
-                let mut run = load_run(&tx, &id)?;
-                if run.status != RunStatus::Queued {
-                    return Ok(run);
-                }
-                let states = run
-                    .waiting_for
-                    .iter()
-                    .map(|machine| machine_state(&tx, machine))
-                    .collect::<Result<Vec<_>, _>>()?;
-                let Some(machine) = grant_choice(&run, &states, now) else {
+                let (mut run, machine) = grant_due(&tx, &id)?;
+                let Some(machine) = machine else {
                     return Ok(run);
                 };
                 let event = run
-                    .grant(&machine, now)
+                    .grant(&machine, store_now(&tx)?)
                     .map_err(|error| StoreError::refused(&id, error))?;
                 if !update_run(&tx, &run, RunStatus::Queued)? {
                     return load_run(&tx, &id);

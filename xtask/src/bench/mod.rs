@@ -13,6 +13,7 @@ mod data;
 mod fan_out;
 mod openssh;
 mod process;
+pub mod queue;
 pub mod results;
 mod runs;
 pub(crate) mod store;

@@ -6,6 +6,7 @@
 //! the host.
 
 mod basics;
+mod queue;
 pub mod reports;
 pub mod shared;
 mod survive;
@@ -93,6 +94,7 @@ pub fn run(bin: &Path) -> Result<()> {
         let scenarios = basics::SCENARIOS
             .iter()
             .chain(survive::SCENARIOS)
+            .chain(queue::SCENARIOS)
             .filter(|s| s.only.is_none_or(|only| only == backend))
             .filter(|s| only.as_deref().is_none_or(|only| s.name.contains(only)));
         for scenario in scenarios {

@@ -102,6 +102,8 @@ struct Shared<'a> {
     work: PathBuf,
     /// A fleet file whose lease outlasts a server restart.
     long_lease_fleet: PathBuf,
+    /// A fleet file whose two machines share the label `ci`.
+    queue_fleet: PathBuf,
     machine: String,
 }
 
@@ -126,6 +128,14 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ),
     ("B cancels A's run through the store", cancel_across),
     (
+        "-l ci --any --wait from both controllers: 5 runs on 2 machines, in queue order",
+        any_wait_across,
+    ),
+    (
+        "a SIGKILLed waiter of A keeps its place until its lease ran out, then B's waiter runs",
+        killed_waiter,
+    ),
+    (
         "PostgreSQL restarted mid-run: the run still completes",
         restart,
     ),
@@ -137,7 +147,8 @@ pub fn run(bin: &Path) -> Result<(usize, Vec<String>)> {
     cluster
         .create_database("fleet")
         .context("failed to create the fleet database")?;
-    let target = Target::sshd(1)?;
+    // Two machines on the one sshd: the queue scenario shares both, the others use the first.
+    let target = Target::sshd(2)?;
     let url = cluster.url(testfleet_testkit::postgres::SUPERUSER, "fleet");
     let fleet = with_store(
         &target.write_fleet("fleet.toml", |_| {})?,
@@ -150,6 +161,14 @@ pub fn run(bin: &Path) -> Result<(usize, Vec<String>)> {
         &url,
         "20s",
         "500ms",
+    )?;
+    let queue_fleet = with_store(
+        &target.write_fleet("fleet-queue.toml", |machine| {
+            machine.labels.push(super::queue::LABEL.to_owned());
+        })?,
+        &url,
+        LEASE,
+        HEARTBEAT,
     )?;
     let work = target.scratch().join("work-shared");
     std::fs::create_dir_all(&work)?;
@@ -169,6 +188,7 @@ pub fn run(bin: &Path) -> Result<(usize, Vec<String>)> {
         cluster: &mut cluster,
         work,
         long_lease_fleet,
+        queue_fleet,
         machine: target.machines[0].name.clone(),
     };
     eprintln!("\n== e2e with two controllers on one PostgreSQL and one OpenSSH sshd");
@@ -488,5 +508,133 @@ fn restart(ctx: &mut Shared<'_>) -> Result<()> {
         logs.stdout
     );
     ensure!(ctx.runs_on_machine()?.len() == before + 1, "nothing lost");
+    Ok(())
+}
+
+/// Five `-l ci --any --wait` runs, alternately from A and B: the queue is one across both
+/// controllers (super::queue::check_five).
+fn any_wait_across(ctx: &mut Shared<'_>) -> Result<()> {
+    use super::queue::{LABEL, RUNS, check_five, script};
+    let (a, b) = (
+        ctx.a.with_fleet(&ctx.queue_fleet),
+        ctx.b.with_fleet(&ctx.queue_fleet),
+    );
+    let log = ctx.work.join("queue-across.log");
+    if log.exists() {
+        std::fs::remove_file(&log)?;
+    }
+    let mut ids = Vec::new();
+    for idx in 0..RUNS {
+        let dir = ctx.test_dir(&format!("queue-across-{idx}"), &script(idx, &log))?;
+        let dir = dir.to_str().context("UTF-8")?;
+        let controller = if idx % 2 == 0 { &a } else { &b };
+        let data = controller
+            .call(&[
+                "run", dir, "-l", LABEL, "--any", "--wait", "--detach", "--json",
+            ])?
+            .expect_code(0)?
+            .data()?;
+        ids.push(text(&data["runs"][0], "/id"));
+    }
+    let mut runs = Vec::new();
+    for id in &ids {
+        runs.push(b.wait_until(id, Duration::from_secs(120), |run| {
+            run["status"] != "queued" && run["status"] != "pending" && run["status"] != "running"
+        })?);
+    }
+    check_five(&runs, &log)
+}
+
+/// A foreground `run --wait` of A is SIGKILLed while it waits behind a holder, with a waiter of
+/// B behind it. Once the holder ends, B's waiter stays queued while the dead waiter's lease
+/// holds, then is granted the machine and completes; the dead one is reaped `WORKER_LOST`.
+fn killed_waiter(ctx: &mut Shared<'_>) -> Result<()> {
+    let marker = ctx.work.join("killed-waiter-release");
+    if marker.exists() {
+        std::fs::remove_file(&marker)?;
+    }
+    let holder_dir = ctx.test_dir(
+        "killed-waiter-holder",
+        &format!(
+            "while [ ! -e '{}' ]; do sleep 0.05; done\n",
+            marker.display()
+        ),
+    )?;
+    let holder = ctx.detach(&ctx.a, &holder_dir)?;
+    ctx.b.wait_until(&holder, Duration::from_secs(30), |r| {
+        r["status"] == "running"
+    })?;
+    let dead_dir = ctx.test_dir("killed-waiter-dead", "echo never\n")?;
+    let mut dead = ctx.a.spawn(&[
+        "run",
+        dead_dir.to_str().context("UTF-8")?,
+        "-m",
+        &ctx.machine,
+        "--wait",
+        "--json",
+    ])?;
+    let queued = |ctx: &Shared<'_>| -> Result<Vec<String>> {
+        let data = ctx
+            .b
+            .call(&["list", "--status", "queued", "--json"])?
+            .expect_code(0)?
+            .data()?;
+        Ok(data["runs"]
+            .as_array()
+            .map(|runs| runs.iter().map(|run| text(run, "/id")).collect())
+            .unwrap_or_default())
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let dead_id = loop {
+        if let Some(id) = queued(ctx)?.into_iter().next() {
+            break id;
+        }
+        ensure!(Instant::now() < deadline, "A's waiter never queued");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let alive_dir = ctx.test_dir("killed-waiter-alive", "echo granted after all\n")?;
+    let alive = ctx
+        .b
+        .call(&[
+            "run",
+            alive_dir.to_str().context("UTF-8")?,
+            "-m",
+            &ctx.machine,
+            "--wait",
+            "--detach",
+            "--json",
+        ])?
+        .expect_code(0)?
+        .data()?;
+    ensure!(text(&alive["runs"][0], "/status") == "queued", "{alive}");
+    let alive_id = text(&alive["runs"][0], "/id");
+    dead.kill()?;
+    let killed_at = Instant::now();
+    dead.wait()?;
+    std::fs::write(&marker, "")?;
+    ctx.b.wait_until(&holder, Duration::from_secs(30), |r| {
+        r["status"] == "completed"
+    })?;
+    // The dead waiter's lease (3 s, renewed every 500 ms) still holds: B's waiter must wait.
+    let still = ctx.b.status(&alive_id)?;
+    if killed_at.elapsed() < Duration::from_millis(2_000) {
+        ensure!(
+            text(&still, "/status") == "queued",
+            "granted {:?} after the kill, before the dead waiter's lease ran out: {still}",
+            killed_at.elapsed()
+        );
+    }
+    let done = ctx.b.wait_until(&alive_id, Duration::from_secs(60), |r| {
+        r["status"] == "completed"
+    })?;
+    ensure!(
+        killed_at.elapsed() >= Duration::from_millis(2_000),
+        "B's waiter completed {:?} after the kill, before the lease could run out: {done}",
+        killed_at.elapsed()
+    );
+    let lost = ctx.b.wait_until(&dead_id, Duration::from_secs(30), |r| {
+        r["status"] == "interrupted"
+    })?;
+    ensure!(text(&lost, "/error/code") == "WORKER_LOST", "{lost}");
     Ok(())
 }

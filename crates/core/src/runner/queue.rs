@@ -13,7 +13,7 @@ use super::lease::HeldLease;
 use super::{RunObserver, Runner, StopSignals};
 
 /// How often the run at the head of a queue asks again when the store tells no changes.
-const HEAD_POLL: Duration = Duration::from_millis(50);
+const HEAD_POLL: Duration = Duration::from_millis(20);
 /// How often a run behind others asks again.
 const BEHIND_POLL: Duration = Duration::from_millis(500);
 /// How often the observer hears where the run stands (and the poll rate is decided).

@@ -14,12 +14,13 @@
 //! and ≤ 3 ms of testfleet's CPU per run.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
 use testfleet_testkit::postgres::PrivateCluster;
 
+use super::process::under_time;
 use crate::targets::Target;
 use crate::tf::Tf;
 
@@ -211,29 +212,8 @@ fn fan_out(
     args.extend(["--max-parallel", MAX_PARALLEL, "--json"].map(str::to_owned));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     eprintln!("  fan-out to {machines} machines, --max-parallel {MAX_PARALLEL}");
-    let command = tf.command(&args);
-    let mut timed = Command::new("/usr/bin/time");
-    timed
-        .arg("-f")
-        .arg("TF_TIME=%e %U %S %M")
-        .arg(command.get_program())
-        .args(command.get_args())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped());
-    for (key, value) in command.get_envs() {
-        if let Some(value) = value {
-            timed.env(key, value);
-        }
-    }
-    let output = timed
-        .output()
-        .context("failed to run /usr/bin/time (apt-get install time)")?;
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    if !output.status.success() {
-        bail!("the fan-out failed ({}): {stderr}\n{stdout}", output.status);
-    }
-    let json: serde_json::Value = serde_json::from_str(&stdout)?;
+    let usage = under_time(tf.command(&args))?;
+    let json: serde_json::Value = serde_json::from_str(&usage.stdout)?;
     let completed = json["data"]["runs"].as_array().map_or(0, |runs| {
         runs.iter()
             .filter(|run| run["status"] == "completed")
@@ -243,25 +223,14 @@ fn fan_out(
         completed == machines,
         "{completed} of {machines} runs completed"
     );
-    let figures = stderr
-        .lines()
-        .rev()
-        .find_map(|line| line.strip_prefix("TF_TIME="))
-        .context("GNU time printed nothing")?;
-    let parts: Vec<f64> = figures
-        .split_whitespace()
-        .map(str::parse)
-        .collect::<Result<_, _>>()?;
-    let [wall, user, system, rss_kib] = parts[..] else {
-        bail!("unexpected GNU time output {figures:?}");
-    };
-    let per_run_ms = (user + system) * 1e3 / machines as f64;
+    let (wall, cpu) = (usage.wall_secs, usage.cpu_secs);
+    let per_run_ms = cpu * 1e3 / machines as f64;
     Ok(format!(
         "| fan-out to {machines} test servers, --max-parallel {MAX_PARALLEL}, trivial run | \
          {wall:.2} s wall, peak RSS {:.1} MiB, testfleet CPU {:.2} s = {per_run_ms:.2} ms/run | \
          {} |",
-        rss_kib / 1024.0,
-        user + system,
+        usage.peak_rss_kib as f64 / 1024.0,
+        cpu,
         if machines == FAN_OUT {
             "< 128 MiB, ≤ 3 ms/run"
         } else {

@@ -10,7 +10,7 @@ use testfleet_core::run::{Run, RunStatus, Transition};
 use super::*;
 
 /// A lease short enough to wait for.
-const SHORT_LEASE: Duration = Duration::from_millis(300);
+pub(super) const SHORT_LEASE: Duration = Duration::from_millis(300);
 /// How long a case waits for the store's clock to pass a short lease.
 const EXPIRY_DEADLINE: Duration = Duration::from_secs(20);
 
@@ -124,7 +124,7 @@ pub(super) async fn renewals_are_refused_after_a_takeover(store: &Arc<dyn RunSto
 }
 
 /// Waits, by the store's clock, until `run`'s lease has passed.
-async fn wait_for_expiry(store: &Arc<dyn RunStore>, run: &Run) {
+pub(super) async fn wait_for_expiry(store: &Arc<dyn RunStore>, run: &Run) {
     let expires_at = run.lease_expires_at.expect("the run holds a lease");
     let deadline = Instant::now() + EXPIRY_DEADLINE;
     while store_now(store).await <= expires_at {

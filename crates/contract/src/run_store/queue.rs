@@ -3,19 +3,14 @@
 //! waiters out of every queue, and a run waiting for several machines started exactly once.
 
 use std::sync::{Arc, Barrier};
-use std::time::{Duration, Instant};
 
 use testfleet_core::ErrorCode;
 use testfleet_core::ports::{Claimed, RunStore, StoreError};
 use testfleet_core::queue::ClaimOn;
 use testfleet_core::run::{NewRun, Run, RunStatus, Transition};
 
+use super::leases::{SHORT_LEASE, wait_for_expiry};
 use super::*;
-
-/// A waiter's lease that runs out within a case.
-const SHORT_LEASE: Duration = Duration::from_millis(300);
-/// How long a case waits for the store's clock to pass a short lease.
-const EXPIRY_DEADLINE: Duration = Duration::from_secs(20);
 
 fn on(machines: &[&str], wait: bool) -> ClaimOn {
     ClaimOn {
@@ -101,18 +96,6 @@ async fn states(
     match store.machine_states(&names).await {
         Ok(states) => states,
         Err(error) => panic!("machine_states {machines:?}: {error:?}"),
-    }
-}
-
-async fn wait_for_expiry(store: &Arc<dyn RunStore>, run: &Run) {
-    let expires_at = run.lease_expires_at.expect("the run holds a lease");
-    let deadline = Instant::now() + EXPIRY_DEADLINE;
-    while store_now(store).await <= expires_at {
-        assert!(
-            Instant::now() < deadline,
-            "the store's clock did not pass {expires_at} within {EXPIRY_DEADLINE:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

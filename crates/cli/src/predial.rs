@@ -74,6 +74,12 @@ impl SshConnector for Predialer {
         };
         match dialing {
             Some(dialing) => match dialing.await {
+                // A queued run takes its login only once it is granted, maybe hours later: if
+                // the connection died meanwhile, dial again rather than fail the run.
+                Ok(Ok(session)) if session.is_closed() => {
+                    tracing::debug!(host = %target.host, "the pre-dialed login is gone: dialing again");
+                    self.inner.connect(target).await
+                }
                 Ok(connected) => connected,
                 // The dialing task panicked or was aborted: dial again, here.
                 Err(_) => self.inner.connect(target).await,

@@ -244,6 +244,10 @@ fn signal_text(signal: &Sig) -> String {
 
 #[async_trait]
 impl SshSession for RusshSession {
+    fn is_closed(&self) -> bool {
+        RusshSession::is_closed(self)
+    }
+
     async fn create_dir_all(&self, path: &str) -> Result<(), SshError> {
         crate::sftp::create_dir_all(self, path).await
     }

@@ -115,12 +115,15 @@ impl Queries {
             ),
             next_seq: format!("SELECT nextval('\"{schema}\".runs_queue_seq')"),
             grant: format!(
-                "WITH changed AS (UPDATE {runs} SET status = 'pending', machine = $3, \
+                // Guarded on the status only: the owner's heartbeat (or a cancel request) may
+                // change the row meanwhile without touching what the grant writes; a cancel or a
+                // reap that ended the run makes it match nothing.
+                "WITH changed AS (UPDATE {runs} SET status = 'pending', machine = $2, \
                  waiting_for = NULL, version = version + 1 \
-                 WHERE id = $1 AND status = 'queued' AND version = $2 RETURNING id) \
+                 WHERE id = $1 AND status = 'queued' RETURNING id) \
                  INSERT INTO {events} (run_id, seq, at, from_status, to_status, code, detail) \
                  SELECT id, (SELECT COALESCE(max(seq) + 1, 0) FROM {events} WHERE run_id = $1), \
-                 $4, 'queued', 'pending', NULL, $5 FROM changed RETURNING run_id"
+                 $3, 'queued', 'pending', NULL, $4 FROM changed RETURNING run_id"
             ),
             select: select.clone(),
         };
@@ -273,17 +276,51 @@ impl Session<'_> {
         work: impl FnOnce(&mut postgres::Transaction<'_>, &QueueSql) -> Result<T, OpError>,
     ) -> Result<T, OpError> {
         let queries = self.queries;
-        let mut tx = self.conn.client.transaction()?;
-        let mut names: Vec<&str> = machines.iter().map(MachineName::as_str).collect();
-        names.sort_unstable();
-        names.dedup();
-        for name in names {
-            let key = format!("testfleet queue {} {name}", queries.schema);
-            tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&key])?;
-        }
+        // READ COMMITTED whatever the database's default: every statement after the locks sees
+        // what the previous holder of a lock committed (a snapshot taken at the first statement,
+        // as REPEATABLE READ takes it, could miss it).
+        let mut tx = self
+            .conn
+            .client
+            .build_transaction()
+            .isolation_level(postgres::IsolationLevel::ReadCommitted)
+            .start()?;
+        let keys: Vec<String> = machines
+            .iter()
+            .map(|machine| format!("testfleet queue {} {machine}", queries.schema))
+            .collect();
+        // One lock per machine, taken in the order of the lock keys themselves, so that two
+        // transactions can never wait for each other (volatile functions run after ORDER BY).
+        tx.execute(
+            "SELECT pg_advisory_xact_lock(key) FROM \
+             (SELECT DISTINCT hashtext(name) AS key FROM unnest($1::text[]) AS name) AS keys \
+             ORDER BY key",
+            &[&keys],
+        )?;
         let out = work(&mut tx, &queries.queue)?;
         tx.commit()?;
         Ok(out)
+    }
+
+    /// Whether a grant looks due to queued `run` by a plain read (no lock): the caller decides
+    /// again under the machines' locks.
+    fn grant_looks_due(&mut self, run: &Run) -> Result<bool, OpError> {
+        let queries = self.queries;
+        let mut tx = self
+            .conn
+            .client
+            .build_transaction()
+            .isolation_level(postgres::IsolationLevel::ReadCommitted)
+            .read_only(true)
+            .start()?;
+        let now = time_from_sql(tx.query_one("SELECT now()", &[])?.try_get(0)?);
+        let states = run
+            .waiting_for
+            .iter()
+            .map(|machine| machine_state(&mut tx, &queries.queue, machine))
+            .collect::<Result<Vec<_>, _>>()?;
+        tx.commit()?;
+        Ok(grant_choice(run, &states, now).is_some())
     }
 
     /// Writes the owner, lease and cancel request of `run` if its version is still `version`.
@@ -579,6 +616,14 @@ impl RunStore for PostgresStore {
                     .map(|machine| machine_state(tx, sql, machine))
                     .collect::<Result<Vec<_>, _>>()?;
                 let run = match claim_choice(&on, &states, same, now) {
+                    // A retry after a lost commit reply finds its own run: that claim had won.
+                    ClaimDecision::Existing(run) if run.id == new.id => {
+                        return Ok(if run.status == RunStatus::Queued {
+                            Claimed::Queued(*run)
+                        } else {
+                            Claimed::Created(*run)
+                        });
+                    }
                     ClaimDecision::Existing(run) => return Ok(Claimed::Existing(*run)),
                     ClaimDecision::Busy(runs) => return Ok(Claimed::Busy(runs)),
                     ClaimDecision::Create(machine) => {
@@ -620,12 +665,17 @@ impl RunStore for PostgresStore {
             if run.status != RunStatus::Queued {
                 return Ok(run);
             }
+            // A waiter asks often: look first without the machines' locks, and take them only
+            // when a grant looks due, deciding again under them.
+            if !session.grant_looks_due(&run)? {
+                return Ok(run);
+            }
             session.with_machines_locked(&run.waiting_for, |tx, sql| {
                 let rows = tx.query(&format!("{} WHERE id = $1", sql.select), &[&id.as_str()])?;
                 let row = rows
                     .first()
                     .ok_or_else(|| OpError::Store(StoreError::NotFound(id.clone())))?;
-                let (mut run, version, now) = loaded(row)?;
+                let (mut run, _, now) = loaded(row)?;
                 if run.status != RunStatus::Queued {
                     return Ok(run);
                 }
@@ -641,20 +691,16 @@ impl RunStore for PostgresStore {
                     .grant(&machine, now)
                     .map_err(|error| StoreError::refused(&id, error))?;
                 let at = time_to_sql(event.at);
-                let granted = tx.query(
+                tx.query(
                     &sql.grant,
-                    &[
-                        &id.as_str(),
-                        &version,
-                        &machine.as_str(),
-                        &at,
-                        &event.detail,
-                    ],
+                    &[&id.as_str(), &machine.as_str(), &at, &event.detail],
                 )?;
-                if granted.is_empty() {
-                    return Err(unexpected("a queued run changed under the machines' locks"));
-                }
-                Ok(run)
+                // As stored now: granted, or ended by a cancel or a reaper just before.
+                let rows = tx.query(&format!("{} WHERE id = $1", sql.select), &[&id.as_str()])?;
+                let row = rows
+                    .first()
+                    .ok_or_else(|| OpError::Store(StoreError::NotFound(id.clone())))?;
+                Ok(loaded(row)?.0)
             })
         })
         .await
@@ -676,6 +722,10 @@ impl RunStore for PostgresStore {
             Ok(states)
         })
         .await
+    }
+
+    fn tells_changes(&self) -> bool {
+        true
     }
 
     fn change_token(&self) -> u64 {

@@ -515,4 +515,12 @@ pub trait SshSession: Send + Sync {
     /// # Errors
     /// [`SshError::ConnectionLost`] when it was already gone.
     async fn close(&self) -> Result<(), SshError>;
+
+    /// Whether the connection is known to be gone: its transport closed, or its keepalives went
+    /// unanswered. `false` promises nothing (the next call may still find it lost); a session
+    /// kept idle for a while (a queued run's pre-dialed login) is checked with it before use.
+    /// The default knows nothing.
+    fn is_closed(&self) -> bool {
+        false
+    }
 }

@@ -220,6 +220,13 @@ pub trait RunStore: Send + Sync + fmt::Debug {
         0
     }
 
+    /// Whether [`RunStore::wait_for_change`] returns as soon as runs change (a store with
+    /// notifications), so that waiters need only a slow poll as a safety net. The default (a
+    /// store that is polled) is `false`.
+    fn tells_changes(&self) -> bool {
+        false
+    }
+
     /// Returns after at most `timeout`, and as soon as the store can tell that some run changed
     /// status since `token` was taken (a machine freed, a waiter left or arrived), so that a
     /// waiter tries again at once. The default just sleeps: a store without notifications is

@@ -6,14 +6,20 @@ use std::time::{Duration, Instant};
 
 use crate::code::ErrorCode;
 use crate::error::DispatchError;
+use crate::ports::StoreError;
 use crate::queue::places;
 use crate::run::{Run, RunStatus, Transition};
 
 use super::lease::HeldLease;
 use super::{RunObserver, Runner, StopSignals};
 
-/// How often the run at the head of a queue asks again when the store tells no changes.
+/// How often the run at the head of a queue asks again on a store that is polled.
 const HEAD_POLL: Duration = Duration::from_millis(20);
+/// How often it asks on a store that tells every change ([`RunStore::tells_changes`]): only a
+/// safety net for a notification that never came.
+///
+/// [`RunStore::tells_changes`]: crate::ports::RunStore::tells_changes
+const TOLD_POLL: Duration = Duration::from_millis(250);
 /// How often a run behind others asks again.
 const BEHIND_POLL: Duration = Duration::from_millis(500);
 /// How often the observer hears where the run stands (and the poll rate is decided).
@@ -55,9 +61,29 @@ impl Runner {
     ) -> Result<Run, DispatchError> {
         let started = Instant::now();
         let signals = lease.signals();
-        let mut poll = HEAD_POLL;
+        let head_poll = if self.store.tells_changes() {
+            TOLD_POLL
+        } else {
+            HEAD_POLL
+        };
+        let mut poll = head_poll;
         let mut next_look = Instant::now();
         loop {
+            if signals.abandon.is_cancelled() {
+                // A heartbeat found another owner: the run is not ours to grant or to end.
+                return Err(StoreError::OwnerChanged { id: run.id.clone() }.into());
+            }
+            let waited = started.elapsed();
+            // Before asking for a grant: a cancelled run is never granted by its own owner.
+            if signals.cancel.is_cancelled() {
+                let message = format!(
+                    "the run was cancelled while it waited {} for a machine",
+                    humantime::format_duration(round(waited))
+                );
+                return self
+                    .end_queued(lease, &run, ErrorCode::Interrupted, message, observer)
+                    .await;
+            }
             let token = self.store.change_token();
             let current = self.store.try_grant(&run.id).await?;
             if current.status != RunStatus::Queued {
@@ -66,16 +92,6 @@ impl Runner {
                     observer.status(&current);
                 }
                 return Ok(current);
-            }
-            let waited = started.elapsed();
-            if signals.cancel.is_cancelled() {
-                let message = format!(
-                    "the run was cancelled while it waited {} for a machine",
-                    humantime::format_duration(round(waited))
-                );
-                return self
-                    .end_queued(lease, &current, ErrorCode::Interrupted, message, observer)
-                    .await;
             }
             if let Some(limit) = limit
                 && waited >= limit
@@ -97,7 +113,7 @@ impl Runner {
                 let places = places(&current, &states, now);
                 // The run next in line for a machine asks often; one behind others, rarely.
                 poll = if places.iter().any(|place| place.ahead == 0) {
-                    HEAD_POLL
+                    head_poll
                 } else {
                     BEHIND_POLL
                 };

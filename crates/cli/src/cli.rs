@@ -37,17 +37,32 @@ pub struct GlobalArgs {
 pub enum Command {
     /// Run a test directory on one or more machines
     Run(RunArgs),
+    /// Run a run's directory again on its machine, with its arguments and variables
+    Rerun {
+        #[arg(value_name = "RUN_ID", help = RUN_ID_HELP)]
+        run_id: String,
+        #[arg(short, long, value_name = "NAME", help = LAST_ON_MACHINE_HELP)]
+        machine: Option<String>,
+        /// Start the run in the background and print it at once
+        #[arg(long)]
+        detach: bool,
+    },
     /// Show one run (and its event history with --events)
     Status {
+        #[arg(value_name = "RUN_ID", help = RUN_ID_HELP)]
         run_id: String,
+        #[arg(short, long, value_name = "NAME", help = LAST_ON_MACHINE_HELP)]
+        machine: Option<String>,
         /// Also show the run's event history
         #[arg(long)]
         events: bool,
     },
     /// Wait until runs are finished
     Wait {
-        #[arg(required = true)]
+        #[arg(required = true, value_name = "RUN_ID", help = RUN_ID_HELP)]
         run_ids: Vec<String>,
+        #[arg(short, long, value_name = "NAME", help = LAST_ON_MACHINE_HELP)]
+        machine: Option<String>,
         /// Give up after this long (90s, 30m, 1h30m)
         #[arg(long, value_parser = duration, value_name = "DUR")]
         timeout: Option<Duration>,
@@ -57,7 +72,10 @@ pub enum Command {
     },
     /// Print a run's output (stdout unless --stderr)
     Logs {
+        #[arg(value_name = "RUN_ID", help = RUN_ID_HELP)]
         run_id: String,
+        #[arg(short, long, value_name = "NAME", help = LAST_ON_MACHINE_HELP)]
+        machine: Option<String>,
         /// The remote stderr instead of stdout
         #[arg(long)]
         stderr: bool,
@@ -78,14 +96,25 @@ pub enum Command {
         limit: usize,
     },
     /// Stop a run: kill its remote process tree, fetch its artifacts
-    Cancel { run_id: String },
+    Cancel {
+        #[arg(value_name = "RUN_ID", help = RUN_ID_HELP)]
+        run_id: String,
+        #[arg(short, long, value_name = "NAME", help = LAST_ON_MACHINE_HELP)]
+        machine: Option<String>,
+    },
     /// Merge runs into a test × machine matrix (table, --json, --junit FILE, --html FILE)
     Report(ReportArgs),
     /// Show and edit the machines of the fleet file
     #[command(subcommand)]
     Machines(MachinesCommand),
-    /// Print the hash of a test directory
-    Hash { dir: PathBuf },
+    /// Print the hash of a test directory (what `run` would upload)
+    Hash {
+        #[arg(value_name = "DIR", help = DIR_HELP)]
+        dir: PathBuf,
+        /// Leave out what this gitignore pattern matches, as `run --exclude` does (repeatable)
+        #[arg(long = "exclude", value_name = "GLOB")]
+        excludes: Vec<String>,
+    },
     /// Delete the local folders (logs, artifacts) of old finished runs
     Gc {
         /// Only runs finished longer ago than this
@@ -112,7 +141,7 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// The test directory (holds run.sh, or run.ps1 for Windows)
+    #[arg(value_name = "DIR", help = DIR_HELP)]
     pub dir: PathBuf,
     /// A machine to run on (repeat for several)
     #[arg(short, long = "machine", value_name = "NAME")]
@@ -139,13 +168,36 @@ pub struct RunArgs {
     /// Write the HTML test report of the runs to this file at the end (not with --detach)
     #[arg(long, value_name = "FILE.html", conflicts_with = "detach")]
     pub report: Option<PathBuf>,
+    /// Set a variable for the script: KEY=VALUE is recorded with the run; KEY alone is a
+    /// secret, its value taken from this environment and never stored (repeatable)
+    #[arg(short = 'e', long = "env", value_name = "KEY[=VALUE]")]
+    pub env: Vec<String>,
+    /// Leave out of the hash and the upload what this gitignore pattern matches, after
+    /// .testfleetignore (repeatable)
+    #[arg(long = "exclude", value_name = "GLOB")]
+    pub excludes: Vec<String>,
+    /// Arguments for run.sh / run.ps1, passed exactly, after `--`
+    #[arg(last = true, value_name = "ARGS")]
+    pub args: Vec<String>,
 }
+
+/// What every `DIR` argument is.
+const DIR_HELP: &str = "The test directory: holds run.sh (run.ps1 for Windows) at its root; .git/ and what its .testfleetignore lists are left out";
+
+/// What every `RUN_ID` argument accepts.
+const RUN_ID_HELP: &str =
+    "The run: its id, the first 4 or more characters of it, or `last` (or `@`) for the newest run";
+
+/// `-m` beside a `RUN_ID`.
+const LAST_ON_MACHINE_HELP: &str = "With `last`: the newest run of this machine";
 
 /// Which runs `report` merges: ids, the newest N, or each labelled machine's newest.
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("runs").required(true).multiple(false).args(["run_ids", "last", "label"])))]
 pub struct ReportArgs {
-    /// The runs to merge, one column each
+    /// The runs to merge, one column each: ids, the first 4 or more characters of ids, or
+    /// `last`
+    #[arg(value_name = "RUN_ID")]
     pub run_ids: Vec<String>,
     /// The newest N runs
     #[arg(long, value_name = "N")]

@@ -28,6 +28,25 @@ pub enum CliError {
     },
     #[error("run {id} not found; `testfleet list` shows the known runs")]
     RunNotFound { id: String },
+    /// `last` when there is no run (on the machine asked for).
+    #[error(
+        "there is no run{} yet, so `last` names none; start one with `testfleet run DIR -m MACHINE`",
+        machine.as_ref().map(|m| format!(" on {m}")).unwrap_or_default()
+    )]
+    NoRuns { machine: Option<String> },
+    /// A run id prefix that starts the ids of several runs.
+    #[error(
+        "the run id prefix {typed:?} is ambiguous: it starts the ids of {}{} runs:{}{}\ntype more characters of the id",
+        candidates.len(),
+        if *more { " or more" } else { "" },
+        candidates.iter().map(|run| format!("\n  {}  {}  {}  {}", run.id, run.machine, run.status, run.created_at)).collect::<String>(),
+        if *more { "\n  …" } else { "" }
+    )]
+    AmbiguousRunId {
+        typed: String,
+        candidates: Vec<testfleet_core::Run>,
+        more: bool,
+    },
     /// `logs` of a run whose files another controller keeps.
     #[error(
         "the logs of run {id} are on controller {controller}, at {}; run `testfleet logs {id}` there",
@@ -74,10 +93,12 @@ impl CliError {
     /// The stable code of this error: one exhaustive match.
     pub fn code(&self) -> ErrorCode {
         match self {
-            Self::InvalidArgument { .. } => ErrorCode::InvalidArgument,
+            Self::InvalidArgument { .. } | Self::AmbiguousRunId { .. } => {
+                ErrorCode::InvalidArgument
+            }
             Self::FleetConfig { .. } => ErrorCode::FleetConfigInvalid,
             Self::UnknownMachine { .. } => ErrorCode::UnknownMachine,
-            Self::RunNotFound { .. } => ErrorCode::RunNotFound,
+            Self::RunNotFound { .. } | Self::NoRuns { .. } => ErrorCode::RunNotFound,
             Self::LogsOnOtherController { .. } => ErrorCode::LogsOnOtherController,
             Self::Dispatch(error) => error.code(),
             Self::Store(error) => error.code(),
@@ -113,22 +134,41 @@ impl CliError {
             } => json!({ "file": file, "line": line, "column": column }),
             Self::UnknownMachine { name, known, .. } => json!({ "name": name, "known": known }),
             Self::RunNotFound { id } => json!({ "id": id }),
+            Self::NoRuns { machine } => json!({ "id": "last", "machine": machine }),
+            Self::AmbiguousRunId {
+                typed,
+                candidates,
+                more,
+                ..
+            } => json!({
+                "id": typed,
+                "candidates": candidates.iter().map(|run| json!({
+                    "id": run.id, "machine": run.machine, "status": run.status,
+                    "created_at": run.created_at,
+                })).collect::<Vec<_>>(),
+                "more": more,
+            }),
             Self::LogsOnOtherController {
                 id,
                 controller,
                 path,
             } => json!({ "run": id, "controller": controller, "path": path }),
             Self::Dispatch(DispatchError::MachineBusy {
+                other_invocation,
                 machine,
                 active_run,
                 active_hash,
-            }) => {
-                json!({ "machine": machine, "active_run": active_run, "active_hash": active_hash })
-            }
+            }) => json!({
+                "machine": machine,
+                "active_run": active_run,
+                "active_hash": active_hash,
+                "other_invocation": other_invocation,
+            }),
             Self::Dispatch(DispatchError::TestDirNotFound { path, .. }) => json!({ "path": path }),
-            Self::Dispatch(DispatchError::Hash(testfleet_core::HashError::Io { path, .. })) => {
-                json!({ "path": path })
-            }
+            Self::Dispatch(DispatchError::Hash(
+                testfleet_core::HashError::Io { path, .. }
+                | testfleet_core::HashError::IgnoreFile { path, .. },
+            )) => json!({ "path": path }),
             Self::Dispatch(DispatchError::MissingEntrypoint(error)) => {
                 json!({ "os": error.os.as_str(), "dir": error.dir, "wanted": error.wanted })
             }

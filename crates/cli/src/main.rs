@@ -58,7 +58,7 @@ fn worker_threads(command: &Command) -> usize {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let machines = match command {
         Command::Run(args) if args.labels.is_empty() => args.machines.len(),
-        Command::Worker { .. } | Command::Cleanup { .. } => 1,
+        Command::Worker { .. } | Command::Cleanup { .. } | Command::Rerun { .. } => 1,
         _ => cores,
     };
     machines.clamp(1, cores)
@@ -124,24 +124,46 @@ fn init_tracing(cli: &Cli) {
 async fn execute(ctx: &Context, command: Command) -> Result<Report, CliError> {
     match command {
         Command::Run(args) => commands::run::run(ctx, args).await,
-        Command::Status { run_id, events } => commands::runs::status(ctx, &run_id, events).await,
+        Command::Rerun {
+            run_id,
+            machine,
+            detach,
+        } => commands::run::rerun(ctx, &run_id, machine.as_deref(), detach).await,
+        Command::Status {
+            run_id,
+            machine,
+            events,
+        } => commands::runs::status(ctx, &run_id, machine.as_deref(), events).await,
         Command::Wait {
             run_ids,
+            machine,
             timeout,
             report,
-        } => commands::runs::wait(ctx, &run_ids, timeout, report.as_deref()).await,
+        } => {
+            commands::runs::wait(
+                ctx,
+                &run_ids,
+                machine.as_deref(),
+                timeout,
+                report.as_deref(),
+            )
+            .await
+        }
         Command::Report(args) => commands::report::report(ctx, args).await,
         Command::Logs {
             run_id,
+            machine,
             stderr,
             follow,
-        } => commands::runs::logs(ctx, &run_id, stderr, follow).await,
+        } => commands::runs::logs(ctx, &run_id, machine.as_deref(), stderr, follow).await,
         Command::List {
             machine,
             status,
             limit,
         } => commands::runs::list(ctx, machine.as_deref(), status, limit).await,
-        Command::Cancel { run_id } => commands::runs::cancel(ctx, &run_id).await,
+        Command::Cancel { run_id, machine } => {
+            commands::runs::cancel(ctx, &run_id, machine.as_deref()).await
+        }
         Command::Machines(command) => match command {
             MachinesCommand::List => commands::machines::list(ctx),
             MachinesCommand::Add(args) => commands::machines::add(ctx, &args),
@@ -151,7 +173,7 @@ async fn execute(ctx: &Context, command: Command) -> Result<Report, CliError> {
             }
             MachinesCommand::Trust { name } => commands::machines::trust(ctx, &name).await,
         },
-        Command::Hash { dir } => commands::hash::hash(dir).await,
+        Command::Hash { dir, excludes } => commands::hash::hash(ctx, dir, excludes).await,
         Command::Gc { older_than } => commands::runs::gc(ctx, older_than).await,
         Command::Completions { shell } => {
             use clap::CommandFactory as _;

@@ -44,6 +44,8 @@ pub struct Style {
     pub color: bool,
     /// ANSI colour on stderr.
     pub color_stderr: bool,
+    /// stdout is a terminal (tables get a header row).
+    pub stdout_tty: bool,
 }
 
 impl Style {
@@ -53,6 +55,7 @@ impl Style {
             json,
             color: !json && !no_color && std::io::stdout().is_terminal(),
             color_stderr: !no_color && std::io::stderr().is_terminal(),
+            stdout_tty: !json && std::io::stdout().is_terminal(),
         }
     }
 
@@ -141,6 +144,13 @@ pub fn run_table(style: Style, runs: &[Run]) -> String {
         return "no runs\n".to_owned();
     }
     let mut text = String::new();
+    if style.stdout_tty {
+        let _ = writeln!(
+            text,
+            "{:<26}  {:<16} {:<11} {:<24}  TEST DIR",
+            "ID", "MACHINE", "STATUS", "CREATED"
+        );
+    }
     for run in runs {
         let _ = writeln!(
             text,
@@ -218,6 +228,11 @@ pub fn test_counts(tests: &TestSummary) -> String {
 
 fn plural(n: u64) -> &'static str {
     if n == 1 { "" } else { "s" }
+}
+
+/// `n` and the noun that goes with it: `1 file`, `0 files`, `2 files`.
+pub fn counted(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 /// One line per failed case (`failed CLASS::NAME: message`), then per unreadable report.

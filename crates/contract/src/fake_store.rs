@@ -17,7 +17,7 @@ use testfleet_core::ports::{Claim, RunFilter, RunStore, StoreError};
 use testfleet_core::run::{
     Amendment, ApplyError, NewRun, Run, RunEventRecord, RunOwner, Transition,
 };
-use testfleet_core::{RunId, Timestamp};
+use testfleet_core::{RunId, RunIdPrefix, Timestamp};
 
 /// An in-memory [`RunStore`].
 #[derive(Debug, Default)]
@@ -143,6 +143,23 @@ impl RunStore for FakeStore {
         let mut inner = self.lock();
         inner.check_broken()?;
         inner.run_mut(id).map(|run| run.clone())
+    }
+
+    async fn find_by_id_prefix(
+        &self,
+        prefix: &RunIdPrefix,
+        limit: usize,
+    ) -> Result<Vec<Run>, StoreError> {
+        let inner = self.lock();
+        inner.check_broken()?;
+        Ok(inner
+            .runs
+            .values()
+            .rev()
+            .filter(|run| prefix.matches(&run.id))
+            .take(limit)
+            .cloned()
+            .collect())
     }
 
     async fn transition(&self, id: &RunId, change: Transition) -> Result<Run, StoreError> {

@@ -30,9 +30,15 @@ pub enum DispatchError {
     /// A file of the test directory could not be read.
     #[error("failed to read the test directory")]
     Hash(#[source] HashError),
-    /// Another test directory is pending or running on the machine.
-    #[error("machine {machine} is busy with run {active_run} (test directory hash {active_hash})")]
+    /// Another test directory, or the same one with other arguments or variables, is pending
+    /// or running on the machine.
+    #[error(
+        "machine {machine} is busy with run {active_run} (test directory hash {active_hash}{})",
+        if *other_invocation { ", the same directory with other arguments or variables" } else { "" }
+    )]
     MachineBusy {
+        /// The active run has the same hash, and other arguments or variables.
+        other_invocation: bool,
         /// The machine asked for.
         machine: MachineName,
         /// The run that holds it.
@@ -62,7 +68,9 @@ impl From<HashError> for DispatchError {
     fn from(error: HashError) -> Self {
         match error {
             HashError::NotADirectory { path, source } => Self::TestDirNotFound { path, source },
-            error @ HashError::Io { .. } => Self::Hash(error),
+            error @ (HashError::Io { .. }
+            | HashError::IgnoreFile { .. }
+            | HashError::Exclude(_)) => Self::Hash(error),
         }
     }
 }

@@ -173,13 +173,10 @@ impl RusshSession {
                 biased;
                 opened = async { gate.as_mut().expect("guarded").await }, if gate.is_some() => {
                     gate = None;
-                    if opened {
+                    if let Some(line) = opened {
                         // stdin stays open from here on: its end tells the remote wrapper that
                         // the connection is gone.
-                        channel
-                            .data(ExecGate::OPEN_LINE)
-                            .await
-                            .map_err(exec_failed)?;
+                        channel.data(line.as_slice()).await.map_err(exec_failed)?;
                     } else {
                         channel.eof().await.map_err(exec_failed)?;
                     }

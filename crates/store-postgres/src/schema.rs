@@ -10,7 +10,13 @@ use postgres::Client;
 use crate::error::Error;
 
 /// The migrations, in order; the schema version is the number applied.
-const MIGRATIONS: &[(&str, &str)] = &[("runs", include_str!("../migrations/0001_runs.sql"))];
+const MIGRATIONS: &[(&str, &str)] = &[
+    ("runs", include_str!("../migrations/0001_runs.sql")),
+    (
+        "invocation",
+        include_str!("../migrations/0002_invocation.sql"),
+    ),
+];
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;

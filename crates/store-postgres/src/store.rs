@@ -22,7 +22,7 @@ use testfleet_core::ports::{Claim, RunFilter, RunStore, StoreError};
 use testfleet_core::run::{
     Amendment, ApplyError, NewRun, Run, RunEventRecord, RunOwner, RunStatus, Transition,
 };
-use testfleet_core::{RunId, Timestamp};
+use testfleet_core::{RunId, RunIdPrefix, Timestamp};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::codec::{
@@ -60,9 +60,10 @@ enum Query {
     ListByMachine,
     ListByStatus,
     ListByBoth,
+    ByIdPrefix,
 }
 
-const QUERY_COUNT: usize = 15;
+const QUERY_COUNT: usize = 16;
 
 /// The SQL of every [`Query`], with the schema written in.
 struct Queries([String; QUERY_COUNT]);
@@ -125,6 +126,8 @@ impl Queries {
             list(" WHERE machine = $1", 2),
             list(" WHERE status = $1", 2),
             list(" WHERE machine = $1 AND status = $2", 3),
+            // Ids and prefixes are upper-case Crockford base32: no LIKE wildcard can occur.
+            list(" WHERE id LIKE $1", 2),
         ])
     }
 
@@ -490,6 +493,19 @@ impl RunStore for PostgresStore {
         let id = id.clone();
         self.blocking("read a run", move |session| Ok(session.load(&id)?.0))
             .await
+    }
+
+    async fn find_by_id_prefix(
+        &self,
+        prefix: &RunIdPrefix,
+        limit: usize,
+    ) -> Result<Vec<Run>, StoreError> {
+        let pattern = format!("{prefix}%");
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.blocking("find runs by id prefix", move |session| {
+            session.runs(Query::ByIdPrefix, &[&pattern, &limit])
+        })
+        .await
     }
 
     async fn transition(&self, id: &RunId, change: Transition) -> Result<Run, StoreError> {

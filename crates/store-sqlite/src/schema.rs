@@ -20,6 +20,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0002_remote_cleanup.sql"),
     include_str!("../migrations/0003_leases.sql"),
     include_str!("../migrations/0004_tests.sql"),
+    include_str!("../migrations/0005_invocation.sql"),
 ];
 
 /// The schema version this build writes.

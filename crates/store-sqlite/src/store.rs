@@ -20,7 +20,7 @@ use testfleet_core::ports::{Claim, RunFilter, RunStore, StoreError};
 use testfleet_core::run::{
     Amendment, ApplyError, NewRun, Run, RunEventRecord, RunOwner, Transition,
 };
-use testfleet_core::{RunId, Timestamp};
+use testfleet_core::{RunId, RunIdPrefix, Timestamp};
 
 use crate::codec::{
     EVENT_COLUMNS, RUN_COLUMNS, event_from_row, insert_event, insert_run, run_from_row, update_run,
@@ -333,6 +333,25 @@ impl RunStore for SqliteStore {
         let id = id.clone();
         self.blocking("read a run", Access::Read, move |conn| load_run(conn, &id))
             .await
+    }
+
+    async fn find_by_id_prefix(
+        &self,
+        prefix: &RunIdPrefix,
+        limit: usize,
+    ) -> Result<Vec<Run>, StoreError> {
+        // Ids and prefixes are upper-case Crockford base32, so GLOB needs no escaping; it is
+        // case-sensitive and can use the primary key's index.
+        let pattern = format!("{prefix}*");
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.blocking("find runs by id prefix", Access::Read, move |conn| {
+            let mut statement = conn.prepare_cached(&format!(
+                "SELECT {RUN_COLUMNS} FROM runs WHERE id GLOB ?1 ORDER BY id DESC LIMIT ?2"
+            ))?;
+            let runs = statement.query_map(params![pattern, limit], run_from_row)?;
+            Ok(runs.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
     }
 
     async fn transition(&self, id: &RunId, change: Transition) -> Result<Run, StoreError> {

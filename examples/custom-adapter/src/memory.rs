@@ -12,7 +12,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use testfleet_core::ports::{Claim, RunFilter, RunStore, StoreError};
 use testfleet_core::run::{Amendment, NewRun, Run, RunEventRecord, RunOwner, Transition};
-use testfleet_core::{RunId, Timestamp};
+use testfleet_core::{RunId, RunIdPrefix, Timestamp};
 
 /// Runs in memory, oldest first, each with its event history.
 #[derive(Debug, Default)]
@@ -59,6 +59,21 @@ impl RunStore for MemoryStore {
 
     async fn get(&self, id: &RunId) -> Result<Run, StoreError> {
         self.with_run(id, |(run, _)| Ok(run.clone()))
+    }
+
+    async fn find_by_id_prefix(
+        &self,
+        prefix: &RunIdPrefix,
+        limit: usize,
+    ) -> Result<Vec<Run>, StoreError> {
+        let mut runs: Vec<Run> = self
+            .runs()
+            .into_iter()
+            .filter(|run| prefix.matches(&run.id))
+            .collect();
+        runs.sort_by(|a, b| b.id.cmp(&a.id));
+        runs.truncate(limit);
+        Ok(runs)
     }
 
     async fn transition(&self, id: &RunId, change: Transition) -> Result<Run, StoreError> {

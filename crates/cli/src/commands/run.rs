@@ -12,7 +12,8 @@ use serde_json::{Value, json};
 use testfleet_core::ports::{HostKeyPolicy, OutputStream, SshConnector, TransferProgress};
 use testfleet_core::runner::{DispatchRequest, MachineSpec, Prepared, RunObserver, Runner};
 use testfleet_core::{
-    DirManifest, DispatchError, DispatchedRun, ErrorCode, Run, RunId, RunOwner, RunStatus,
+    DirManifest, DispatchError, DispatchedRun, EnvVar, ErrorCode, Invocation, Run, RunId, RunOwner,
+    RunStatus,
 };
 use testfleet_results::ResultGlobs;
 use testfleet_ssh::RusshConnector;
@@ -52,6 +53,7 @@ impl MachineError {
 /// machine; `STORE_ERROR`.
 pub async fn run(ctx: &Context, args: RunArgs) -> Result<Report, CliError> {
     ResultGlobs::new(&args.results).map_err(|error| CliError::invalid(error.to_string()))?;
+    let invocation = invocation(&args, |name| std::env::var_os(name).is_some())?;
     let fleet = ctx.fleet()?;
     let selected = fleet.select(&args.machines, &args.labels)?;
     // A foreground run logs in while the directory is hashed and the machines are claimed (a
@@ -62,9 +64,87 @@ pub async fn run(ctx: &Context, args: RunArgs) -> Result<Report, CliError> {
             predialer.dial(run_spec(machine, &args).ssh);
         }
     }
-    let dispatched = dispatch(ctx, args, &selected, predialer.clone()).await;
+    let dispatched = dispatch(ctx, args, invocation, &selected, predialer.clone()).await;
     predialer.close_unused().await;
     dispatched
+}
+
+/// `rerun RUN_ID [-m NAME] [--detach]`: the run's directory on its machine again, with its
+/// arguments, variables (a secret's value read from this environment again), excludes,
+/// timeout and `--keep-remote`.
+///
+/// # Errors
+/// As [`run`]; `INVALID_ARGUMENT`/`RUN_NOT_FOUND` for the id.
+pub async fn rerun(
+    ctx: &Context,
+    run_id: &str,
+    machine: Option<&str>,
+    detach: bool,
+) -> Result<Report, CliError> {
+    let store = ctx.open_for_reading().await?;
+    let old = crate::context::find_run(store.as_ref(), run_id, machine).await?;
+    drop(store);
+    let args = RunArgs {
+        dir: old.test_dir.clone(),
+        machines: vec![old.machine.to_string()],
+        labels: Vec::new(),
+        timeout: old.timeout_ms.map(std::time::Duration::from_millis),
+        detach,
+        keep_remote: old.keep_remote,
+        accept_new_host_key: false,
+        results: Vec::new(),
+        report: None,
+        env: old
+            .invocation
+            .env
+            .iter()
+            .map(|var| match var.value() {
+                Some(value) => format!("{}={value}", var.name()),
+                None => var.name().to_owned(),
+            })
+            .collect(),
+        excludes: old.invocation.excludes.clone(),
+        args: old.invocation.args.clone(),
+    };
+    run(ctx, args).await
+}
+
+/// What the script is given, from `-e`, `--exclude` and `-- ARGS`. `is_set` says whether a
+/// variable is in this environment: a secret (`-e KEY`) must be, or the run could not have it.
+///
+/// # Errors
+/// `INVALID_ARGUMENT` for a bad name, a NUL byte, a variable given twice, an unset secret or a
+/// bad `--exclude` pattern.
+pub fn invocation(args: &RunArgs, is_set: impl Fn(&str) -> bool) -> Result<Invocation, CliError> {
+    let invalid = |error: &dyn std::fmt::Display| CliError::invalid(format!("-e: {error}"));
+    let mut env = Vec::with_capacity(args.env.len());
+    for given in &args.env {
+        let var = match given.split_once('=') {
+            Some((name, value)) => EnvVar::public(name, value).map_err(|e| invalid(&e))?,
+            None => {
+                let var = EnvVar::secret(given).map_err(|e| invalid(&e))?;
+                if !is_set(given) {
+                    return Err(CliError::invalid(format!(
+                        "-e {given}: {given} is not set in this environment; -e {given} passes \
+                         its value from here as a secret, -e {given}=VALUE sets (and records) a value"
+                    )));
+                }
+                var
+            }
+        };
+        env.push(var);
+    }
+    let invocation = Invocation {
+        args: args.args.clone(),
+        env,
+        excludes: args.excludes.clone(),
+    };
+    invocation
+        .check()
+        .map_err(|e| CliError::invalid(e.to_string()))?;
+    testfleet_core::hash::check_excludes(&invocation.excludes)
+        .map_err(|e| CliError::invalid(e.to_string()))?;
+    Ok(invocation)
 }
 
 /// The machine as a run sees it: the fleet's, with `--accept-new-host-key` and `--results`
@@ -83,10 +163,13 @@ fn run_spec(machine: &FleetMachine, args: &RunArgs) -> MachineSpec {
 async fn dispatch(
     ctx: &Context,
     args: RunArgs,
+    invocation: Invocation,
     selected: &[&FleetMachine],
     connector: Arc<dyn SshConnector>,
 ) -> Result<Report, CliError> {
-    let manifest = ctx.hash_for_run(args.dir.clone()).await?;
+    let manifest = ctx
+        .hash_for_run(args.dir.clone(), invocation.excludes.clone())
+        .await?;
     warn_skipped(&manifest);
     // Every machine's entrypoint is checked before any machine is claimed.
     for machine in selected {
@@ -108,6 +191,7 @@ async fn dispatch(
             timeout: args.timeout.or(machine.timeout),
             keep_remote: args.keep_remote,
             owner: Some(me.clone()),
+            invocation: invocation.clone(),
         };
         match runner.prepare(&manifest, &request).await {
             Ok(prepared) => prepared_runs.push((request, prepared)),

@@ -9,7 +9,7 @@ use serde_json::json;
 use testfleet_core::ports::{RunFilter, StoreError};
 use testfleet_core::{MachineName, Run, RunStatus, Timestamp};
 
-use crate::context::{Context, POLL_INTERVAL, get_run, parse_run_id};
+use crate::context::{Context, POLL_INTERVAL, find_run, get_run};
 use crate::error::{CliError, Exit};
 use crate::output::{self, Report};
 /// How long `cancel` waits for the owner to record the run's end.
@@ -19,11 +19,16 @@ const CANCEL_DEADLINE: Duration = Duration::from_secs(90);
 ///
 /// # Errors
 /// `INVALID_ARGUMENT`, `RUN_NOT_FOUND`, `STORE_ERROR`.
-pub async fn status(ctx: &Context, run_id: &str, show_events: bool) -> Result<Report, CliError> {
-    let id = parse_run_id(run_id)?;
+pub async fn status(
+    ctx: &Context,
+    run_id: &str,
+    machine: Option<&str>,
+    show_events: bool,
+) -> Result<Report, CliError> {
+    crate::context::parse_run_ref(run_id)?;
     let store = ctx.open_for_reading().await?;
-    let run = get_run(store.as_ref(), &id).await?;
-    let events = store.events(&id).await?;
+    let run = find_run(store.as_ref(), run_id, machine).await?;
+    let events = store.events(&run.id).await?;
     let mut human = output::run_detail(ctx.style, &run);
     if show_events {
         human.push_str(&output::events_table(&events));
@@ -74,16 +79,17 @@ pub fn runs_exit(runs: &[Run]) -> Exit {
 pub async fn wait(
     ctx: &Context,
     run_ids: &[String],
+    machine: Option<&str>,
     timeout: Option<Duration>,
     report: Option<&Path>,
 ) -> Result<Report, CliError> {
-    let ids = run_ids
-        .iter()
-        .map(|id| parse_run_id(id))
-        .collect::<Result<Vec<_>, _>>()?;
+    for typed in run_ids {
+        crate::context::parse_run_ref(typed)?;
+    }
     let store = ctx.open_and_reap().await?;
-    for id in &ids {
-        get_run(store.as_ref(), id).await?;
+    let mut ids = Vec::with_capacity(run_ids.len());
+    for typed in run_ids {
+        ids.push(find_run(store.as_ref(), typed, machine).await?.id);
     }
     let give_up = async {
         match timeout {
@@ -119,13 +125,15 @@ pub async fn wait(
 pub async fn logs(
     ctx: &Context,
     run_id: &str,
+    machine: Option<&str>,
     stderr: bool,
     follow: bool,
 ) -> Result<Report, CliError> {
-    let id = parse_run_id(run_id)?;
+    crate::context::parse_run_ref(run_id)?;
     let store = ctx.open_for_reading().await?;
     let probe = ctx.probe()?;
-    let mut run = get_run(store.as_ref(), &id).await?;
+    let mut run = find_run(store.as_ref(), run_id, machine).await?;
+    let id = run.id.clone();
     let path = if stderr {
         run.paths.stderr.clone()
     } else {
@@ -194,13 +202,18 @@ fn read_from(path: &Path, offset: u64) -> Result<Vec<u8>, CliError> {
 /// # Errors
 /// `INVALID_ARGUMENT`, `RUN_NOT_FOUND`, `STORE_ERROR`, `INTERNAL` (the owner cannot be
 /// signalled).
-pub async fn cancel(ctx: &Context, run_id: &str) -> Result<Report, CliError> {
+pub async fn cancel(
+    ctx: &Context,
+    run_id: &str,
+    machine: Option<&str>,
+) -> Result<Report, CliError> {
     use testfleet_core::runner::{Liveness, OwnerProbe as _};
 
-    let id = parse_run_id(run_id)?;
+    crate::context::parse_run_ref(run_id)?;
     let store = ctx.open_and_reap().await?;
     let probe = ctx.probe()?;
-    let mut run = get_run(store.as_ref(), &id).await?;
+    let mut run = find_run(store.as_ref(), run_id, machine).await?;
+    let id = run.id.clone();
     let mut exit = Exit::Ok;
     if run.status.is_active() {
         run = match store.request_cancel(&id).await {

@@ -68,7 +68,10 @@ pub async fn worker(
     }
     // Hashed again (with the digest cache) to check that the directory is still the one
     // claimed; when that fails, the runner hashes once more and records why.
-    let manifest = ctx.hash_for_run(run.test_dir.clone()).await.ok();
+    let manifest = ctx
+        .hash_for_run(run.test_dir.clone(), run.invocation.excludes.clone())
+        .await
+        .ok();
     keeper.abort();
     let run = runner
         .execute(run, &spec, manifest.as_ref(), &watch.signals, &NoObserver)

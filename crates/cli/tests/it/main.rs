@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod faults;
+mod invocation;
 mod offline;
 mod remote;
 mod reports;

@@ -12,11 +12,12 @@ use super::{DispatchRequest, Prepared, Runner};
 
 impl Runner {
     /// Takes the entrypoint from the manifest and claims the machine. Creates the pending run
-    /// and its local folder, or returns the active run with the same hash (`reused`).
+    /// and its local folder, or returns the active run with the same hash, arguments and
+    /// variables (`reused`).
     ///
     /// # Errors
-    /// [`DispatchError::MissingEntrypoint`]; [`DispatchError::MachineBusy`] when another hash
-    /// is active on the machine; [`DispatchError::Store`]. Nothing is persisted for these.
+    /// [`DispatchError::MissingEntrypoint`]; [`DispatchError::MachineBusy`] when another hash,
+    /// or the same hash with other arguments or variables, is active on the machine; [`DispatchError::Store`]. Nothing is persisted for these.
     pub async fn prepare(
         &self,
         manifest: &DirManifest,
@@ -34,6 +35,7 @@ impl Runner {
             test_dir: manifest.root.clone(),
             test_dir_hash: manifest.hash.clone(),
             entrypoint: entrypoint.to_owned(),
+            invocation: request.invocation.clone(),
             created_at: now,
             timeout_ms: request
                 .timeout
@@ -44,10 +46,14 @@ impl Runner {
             controller: self.config.controller.clone(),
         };
         match self.store.claim(new).await? {
-            Claim::Active(run) if run.test_dir_hash == manifest.hash => {
+            Claim::Active(run)
+                if run.test_dir_hash == manifest.hash
+                    && run.invocation.same_key(&request.invocation) =>
+            {
                 Ok(Prepared { run, reused: true })
             }
             Claim::Active(run) => Err(DispatchError::MachineBusy {
+                other_invocation: run.test_dir_hash == manifest.hash,
                 machine: run.machine,
                 active_run: run.id,
                 active_hash: run.test_dir_hash,

@@ -120,6 +120,9 @@ pub enum Command {
         /// Only runs finished longer ago than this
         #[arg(long, value_parser = duration, default_value = "7d", value_name = "DUR")]
         older_than: Duration,
+        /// Only list the runs whose folders would be removed
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Print a shell completion script
     Completions { shell: clap_complete::Shell },
@@ -224,7 +227,16 @@ pub enum MachinesCommand {
     /// Dial machines (all without NAME): host key, login, OS and latency
     Check { name: Option<String> },
     /// Show a machine's host key fingerprint and add it to known_hosts
-    Trust { name: String },
+    Trust {
+        name: String,
+        /// Trust the key without asking (needed when stdin is not a terminal)
+        #[arg(long, short = 'y')]
+        yes: bool,
+        /// Trust the key only if it has this fingerprint (SHA256:… as `ssh-keygen -lf`
+        /// prints it); another key is refused
+        #[arg(long, value_name = "SHA256:…")]
+        fingerprint: Option<String>,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -271,7 +271,7 @@ impl Context {
     /// # Errors
     /// As [`Context::state_dir`].
     pub fn runner(&self, store: Arc<dyn RunStore>) -> Result<Runner, CliError> {
-        self.runner_with(store, Arc::new(RusshConnector::new()))
+        self.runner_with(store, Arc::new(connector()))
     }
 
     /// [`Context::runner`] dialing through `connector`.
@@ -297,6 +297,17 @@ impl Context {
             config,
         ))
     }
+}
+
+/// The russh connector of every command: it says on stderr which host key it recorded when a
+/// run or a check accepts a new one (`--accept-new-host-key`).
+pub fn connector() -> RusshConnector {
+    RusshConnector::new().on_new_host_key(Arc::new(|host, port, fingerprint, known_hosts| {
+        eprintln!(
+            "note: recorded the host key of {host}:{port}, {fingerprint}, in {} (--accept-new-host-key)",
+            known_hosts.display()
+        );
+    }))
 }
 
 /// The values of secret variables (`run -e KEY`): this process's environment, which a detached

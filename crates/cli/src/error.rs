@@ -57,6 +57,12 @@ pub enum CliError {
         controller: String,
         path: PathBuf,
     },
+    /// `logs` of a run whose local folder is gone (`gc`).
+    #[error(
+        "the logs of run {id} were removed from {}: `testfleet gc` removes the local files (logs, artifacts) of old runs; the record stays (`testfleet status {id}`)",
+        dir.display()
+    )]
+    LogsRemoved { id: String, dir: PathBuf },
     #[error(transparent)]
     Dispatch(#[from] DispatchError),
     #[error(transparent)]
@@ -73,6 +79,9 @@ pub enum CliError {
     },
     #[error("internal error: {0}")]
     Internal(String),
+    /// `machines trust --fingerprint` and the machine offered another key.
+    #[error("{0}")]
+    PinnedKeyMismatch(String),
 }
 
 impl CliError {
@@ -100,10 +109,12 @@ impl CliError {
             Self::UnknownMachine { .. } => ErrorCode::UnknownMachine,
             Self::RunNotFound { .. } | Self::NoRuns { .. } => ErrorCode::RunNotFound,
             Self::LogsOnOtherController { .. } => ErrorCode::LogsOnOtherController,
+            Self::LogsRemoved { .. } => ErrorCode::LogsRemoved,
             Self::Dispatch(error) => error.code(),
             Self::Store(error) => error.code(),
             Self::Ssh(error) => error.code(),
             Self::Io { .. } | Self::Internal(_) => ErrorCode::Internal,
+            Self::PinnedKeyMismatch(_) => ErrorCode::HostKeyMismatch,
         }
     }
 
@@ -153,6 +164,7 @@ impl CliError {
                 controller,
                 path,
             } => json!({ "run": id, "controller": controller, "path": path }),
+            Self::LogsRemoved { id, dir } => json!({ "run": id, "dir": dir }),
             Self::Dispatch(DispatchError::MachineBusy {
                 other_invocation,
                 machine,
@@ -178,7 +190,8 @@ impl CliError {
             | Self::Dispatch(_)
             | Self::Store(_)
             | Self::Ssh(_)
-            | Self::Internal(_) => json!({}),
+            | Self::Internal(_)
+            | Self::PinnedKeyMismatch(_) => json!({}),
         }
     }
 }
@@ -227,7 +240,8 @@ impl Exit {
             | ErrorCode::InvalidArgument
             | ErrorCode::FleetConfigInvalid
             | ErrorCode::RunNotFound
-            | ErrorCode::LogsOnOtherController => Self::Usage,
+            | ErrorCode::LogsOnOtherController
+            | ErrorCode::LogsRemoved => Self::Usage,
             // Run-level codes reach the command level only from commands that dial a machine
             // themselves (`machines check`, `machines trust`): the machine failed, not testfleet.
             ErrorCode::HostKeyUnknown
@@ -264,7 +278,8 @@ mod tests {
                 | "INVALID_ARGUMENT"
                 | "FLEET_CONFIG_INVALID"
                 | "RUN_NOT_FOUND"
-                | "LOGS_ON_OTHER_CONTROLLER" => 2,
+                | "LOGS_ON_OTHER_CONTROLLER"
+                | "LOGS_REMOVED" => 2,
                 "STORE_ERROR" | "INTERNAL" => 3,
                 "INTERRUPTED" => 130,
                 _ => 1,

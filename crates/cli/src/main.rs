@@ -171,10 +171,17 @@ async fn execute(ctx: &Context, command: Command) -> Result<Report, CliError> {
             MachinesCommand::Check { name } => {
                 commands::machines::check(ctx, name.as_deref()).await
             }
-            MachinesCommand::Trust { name } => commands::machines::trust(ctx, &name).await,
+            MachinesCommand::Trust {
+                name,
+                yes,
+                fingerprint,
+            } => commands::machines::trust(ctx, &name, yes, fingerprint.as_deref()).await,
         },
         Command::Hash { dir, excludes } => commands::hash::hash(ctx, dir, excludes).await,
-        Command::Gc { older_than } => commands::runs::gc(ctx, older_than).await,
+        Command::Gc {
+            older_than,
+            dry_run,
+        } => commands::runs::gc(ctx, older_than, dry_run).await,
         Command::Completions { shell } => {
             use clap::CommandFactory as _;
             let mut out = Vec::new();

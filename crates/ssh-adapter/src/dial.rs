@@ -77,6 +77,7 @@ pub(crate) async fn connect(
     target: &SshTarget,
     options: &ConnectorOptions,
     keys: &crate::auth::KeyCache,
+    notice: &crate::NewHostKeyNotice,
 ) -> Result<RusshSession, SshError> {
     let deadline = tokio::time::Instant::now() + target.connect_timeout;
     let timed_out = || {
@@ -111,6 +112,7 @@ pub(crate) async fn connect(
         known_hosts: target.known_hosts.clone(),
         policy: target.host_key_policy,
         state: Arc::clone(&state),
+        notice: notice.clone(),
     };
     let config = Arc::new(client_config(target));
     let handshake =

@@ -89,11 +89,18 @@ pub async fn hash(ctx: &Context, dir: PathBuf, excludes: Vec<String>) -> Result<
 
 /// Tells the user on stderr about what was found but will not be uploaded.
 pub fn warn_skipped(manifest: &testfleet_core::DirManifest) {
-    for path in &manifest.skipped_symlinks {
-        eprintln!(
+    // Once, with a count: a tree such as node_modules/.bin holds hundreds of them.
+    match manifest.skipped_symlinks.as_slice() {
+        [] => {}
+        [path] => eprintln!(
             "warning: skipped symlink {} (symlinks are neither hashed nor uploaded)",
             path.to_string_lossy()
-        );
+        ),
+        [first, ..] => eprintln!(
+            "warning: skipped {} symlinks, {} and others (symlinks are neither hashed nor uploaded; `testfleet hash DIR --json` lists them)",
+            manifest.skipped_symlinks.len(),
+            first.to_string_lossy()
+        ),
     }
     for path in &manifest.skipped_special {
         eprintln!(

@@ -16,7 +16,6 @@ use testfleet_core::{
     RunStatus,
 };
 use testfleet_results::ResultGlobs;
-use testfleet_ssh::RusshConnector;
 
 use crate::cli::RunArgs;
 use crate::commands::hash::warn_skipped;
@@ -58,7 +57,7 @@ pub async fn run(ctx: &Context, args: RunArgs) -> Result<Report, CliError> {
     let selected = fleet.select(&args.machines, &args.labels)?;
     // A foreground run logs in while the directory is hashed and the machines are claimed (a
     // detached worker dials on its own).
-    let predialer = Arc::new(Predialer::new(Arc::new(RusshConnector::new())));
+    let predialer = Arc::new(Predialer::new(Arc::new(crate::context::connector())));
     if !args.detach && args.dir.is_dir() {
         for machine in &selected {
             predialer.dial(run_spec(machine, &args).ssh);
@@ -210,7 +209,21 @@ async fn dispatch(
     let results = if args.detach {
         detach_all(ctx, &runner, prepared_runs, &args).await?
     } else {
-        let watch = SignalWatch::install(!ctx.style.json)?;
+        let n_executed = prepared_runs
+            .iter()
+            .filter(|(_, prepared)| prepared.needs_execution())
+            .count();
+        let what_stops = match (n_executed, prepared_runs.len() - n_executed) {
+            (_, 0) => crate::commands::signals::STOPS_RUNS,
+            (0, _) => {
+                "no longer following the run(s), which go on (`testfleet cancel ID` stops one)"
+            }
+            _ => {
+                "stopping the run(s) started here, fetching artifacts (again to abandon); \
+                 the run(s) only followed go on"
+            }
+        };
+        let watch = SignalWatch::install(!ctx.style.json, what_stops)?;
         let queued = keep_queued_leases(&runner, &prepared_runs, &me);
         let results = foreground_all(ctx, &runner, &manifest, prepared_runs, &watch, !single).await;
         if let Some(keeper) = queued {
@@ -299,7 +312,7 @@ async fn foreground_all(
                         .map(|run| DispatchedRun { run, reused: false })
                         .map_err(CliError::from)
                 } else if prepared.reused {
-                    wait_for(ctx, runner, &prepared.run.id, watch)
+                    follow(ctx, runner, &prepared.run, watch, observer)
                         .await
                         .map(|run| DispatchedRun { run, reused: true })
                 } else {
@@ -341,6 +354,50 @@ fn keep_queued_leases(
         me.clone(),
         runner.config().lease,
     ))
+}
+
+/// Follows a run another process owns until it is terminal (or until we are interrupted): says
+/// so at once, and streams its output from its logs as they grow.
+async fn follow(
+    ctx: &Context,
+    runner: &Runner,
+    run: &Run,
+    watch_signals: &SignalWatch,
+    observer: &TerminalObserver,
+) -> Result<Run, CliError> {
+    eprintln!(
+        "{}: {} is already running as {}, following its output (Ctrl-C stops following, not the run)",
+        run.machine,
+        run.test_dir.display(),
+        run.id
+    );
+    let (mut stdout_offset, mut stderr_offset) = (0u64, 0u64);
+    let mut pump = |observer: &TerminalObserver| {
+        for (stream, path, offset) in [
+            (OutputStream::Stdout, &run.paths.stdout, &mut stdout_offset),
+            (OutputStream::Stderr, &run.paths.stderr, &mut stderr_offset),
+        ] {
+            if let Ok(bytes) = crate::commands::runs::read_from(path, *offset)
+                && !bytes.is_empty()
+            {
+                *offset += bytes.len() as u64;
+                observer.output(run, stream, &bytes);
+            }
+        }
+    };
+    let waiting = wait_for(ctx, runner, &run.id, watch_signals);
+    tokio::pin!(waiting);
+    let mut tick = tokio::time::interval(crate::context::POLL_INTERVAL);
+    let ended = loop {
+        tokio::select! {
+            ended = &mut waiting => break ended,
+            _ = tick.tick() => pump(observer),
+        }
+    };
+    if !watch_signals.interrupted() {
+        pump(observer);
+    }
+    ended
 }
 
 /// Polls a run another process owns until it is terminal (or until we are interrupted).
@@ -473,6 +530,9 @@ struct TerminalObserver {
     /// Prefix every line with `[machine] ` (several machines).
     prefix: bool,
     partial_lines: Mutex<HashMap<(RunId, bool), PartialLine>>,
+    /// Whether what was last written to stdout and to stderr ended a line (or nothing was
+    /// written): the summary must start on a line of its own.
+    line_ended: Mutex<[bool; 2]>,
     progress: Option<(MultiProgress, Mutex<HashMap<RunId, ProgressBar>>)>,
 }
 
@@ -484,6 +544,7 @@ impl TerminalObserver {
             stream_output: !ctx.style.json,
             prefix,
             partial_lines: Mutex::new(HashMap::new()),
+            line_ended: Mutex::new([true, true]),
             progress: show_progress.then(|| {
                 (
                     MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
@@ -491,6 +552,18 @@ impl TerminalObserver {
                 )
             }),
         }
+    }
+
+    /// [`Self::write`], remembering whether the bytes ended a line.
+    fn write_tracked(&self, stream: OutputStream, bytes: &[u8]) {
+        if let Some(&last) = bytes.last() {
+            let mut ended = self
+                .line_ended
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner());
+            ended[usize::from(stream == OutputStream::Stderr)] = last == b'\n';
+        }
+        Self::write(stream, bytes);
     }
 
     fn write(stream: OutputStream, bytes: &[u8]) {
@@ -507,8 +580,23 @@ impl TerminalObserver {
         };
     }
 
-    /// Writes out what is left of unterminated prefixed lines.
+    /// Writes out what is left of unterminated prefixed lines, and ends an unterminated line
+    /// of output so that the summary starts on a line of its own.
     fn finish(&self) {
+        self.finish_prefixed();
+        let ended = *self
+            .line_ended
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        if !ended[0] {
+            Self::write(OutputStream::Stdout, b"\n");
+        }
+        if !ended[1] {
+            Self::write(OutputStream::Stderr, b"\n");
+        }
+    }
+
+    fn finish_prefixed(&self) {
         let mut partial = self
             .partial_lines
             .lock()
@@ -561,7 +649,7 @@ impl RunObserver for TerminalObserver {
             return;
         }
         if !self.prefix {
-            Self::write(stream, data);
+            self.write_tracked(stream, data);
             return;
         }
         let is_stderr = stream == OutputStream::Stderr;

@@ -29,11 +29,21 @@ pub async fn status(
     let store = ctx.open_for_reading().await?;
     let run = find_run(store.as_ref(), run_id, machine).await?;
     let events = store.events(&run.id).await?;
+    let files_removed = run.status.is_terminal() && !run.paths.dir.exists();
     let mut human = output::run_detail(ctx.style, &run);
+    if files_removed {
+        human.push_str(&format!(
+            "local files  removed: {} is gone (`testfleet gc`); the logs and artifacts above are no longer there\n",
+            run.paths.dir.display()
+        ));
+    }
     if show_events {
         human.push_str(&output::events_table(&events));
     }
-    Ok(Report::new(json!({ "run": run, "events": events }), human))
+    Ok(Report::new(
+        json!({ "run": run, "events": events, "files_removed": files_removed }),
+        human,
+    ))
 }
 
 /// `list [-m NAME] [--status S] [--limit N]`.
@@ -146,6 +156,12 @@ pub async fn logs(
             path,
         });
     }
+    if run.status.is_terminal() && !run.paths.dir.exists() {
+        return Err(CliError::LogsRemoved {
+            id: run.id.to_string(),
+            dir: run.paths.dir.clone(),
+        });
+    }
     let stream = if stderr { "stderr" } else { "stdout" };
     let mut offset = 0u64;
     let mut collected = Vec::new();
@@ -181,7 +197,7 @@ pub async fn logs(
 }
 
 /// The bytes of `path` from `offset` on; nothing when the file does not exist yet.
-fn read_from(path: &Path, offset: u64) -> Result<Vec<u8>, CliError> {
+pub(crate) fn read_from(path: &Path, offset: u64) -> Result<Vec<u8>, CliError> {
     let mut file = match std::fs::File::open(path) {
         Ok(file) => file,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -265,7 +281,7 @@ pub async fn cancel(
 ///
 /// # Errors
 /// `STORE_ERROR`; `INTERNAL` when a folder cannot be removed.
-pub async fn gc(ctx: &Context, older_than: Duration) -> Result<Report, CliError> {
+pub async fn gc(ctx: &Context, older_than: Duration, dry_run: bool) -> Result<Report, CliError> {
     let store = ctx.open_and_reap().await?;
     let here = ctx.controller()?;
     let runs = store.list(&RunFilter::default()).await?;
@@ -281,10 +297,32 @@ pub async fn gc(ctx: &Context, older_than: Duration) -> Result<Report, CliError>
             .as_ref()
             .is_none_or(|controller| *controller == here);
         if ours && run.status.is_terminal() && old_enough && run.paths.dir.exists() {
-            std::fs::remove_dir_all(&run.paths.dir)
-                .map_err(|error| CliError::io("remove", &run.paths.dir, error))?;
+            if !dry_run {
+                std::fs::remove_dir_all(&run.paths.dir)
+                    .map_err(|error| CliError::io("remove", &run.paths.dir, error))?;
+            }
             removed.push(run.id);
         }
+    }
+    if dry_run {
+        let mut human = if removed.is_empty() {
+            format!(
+                "nothing to remove: no finished run with a local folder is older than {}\n",
+                humantime::format_duration(older_than)
+            )
+        } else {
+            format!(
+                "would remove the local folders (logs, artifacts) of {}:\n",
+                output::counted(removed.len(), "run", "runs")
+            )
+        };
+        for id in &removed {
+            human.push_str(&format!("  {id}\n"));
+        }
+        return Ok(Report::new(
+            json!({ "removed": [], "would_remove": removed, "dry_run": true }),
+            human,
+        ));
     }
     let human = if removed.is_empty() {
         format!(
@@ -293,8 +331,8 @@ pub async fn gc(ctx: &Context, older_than: Duration) -> Result<Report, CliError>
         )
     } else {
         format!(
-            "removed the local folders (logs, artifacts) of {} run(s); their records stay in `testfleet list`\n",
-            removed.len()
+            "removed the local folders (logs, artifacts) of {}; their records stay in `testfleet list`\n",
+            output::counted(removed.len(), "run", "runs")
         )
     };
     Ok(Report::new(json!({ "removed": removed }), human))

@@ -28,7 +28,7 @@ pub async fn worker(
     if let Err(error) = nix::unistd::setsid() {
         tracing::warn!(%error, "setsid failed; the worker stays in its parent's session");
     }
-    let watch = SignalWatch::install(false)?;
+    let watch = SignalWatch::install(false, super::signals::STOPS_RUNS)?;
     let id = parse_run_id(run_id)?;
     let store = ctx.open_store().await?;
     let lease = ctx.store_choice()?.lease.duration;
@@ -104,7 +104,7 @@ pub async fn cleanup(ctx: &Context, run_id: &str) -> Result<Report, CliError> {
     if let Err(error) = nix::unistd::setsid() {
         tracing::warn!(%error, "setsid failed; the cleanup stays in its parent's session");
     }
-    let watch = SignalWatch::install(false)?;
+    let watch = SignalWatch::install(false, super::signals::STOPS_RUNS)?;
     let id = parse_run_id(run_id)?;
     let store = ctx.open_store().await?;
     let run = get_run(store.as_ref(), &id).await?;

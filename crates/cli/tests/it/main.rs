@@ -4,6 +4,7 @@
 mod bad_input;
 mod faults;
 mod invocation;
+mod messages;
 mod offline;
 mod remote;
 mod reports;

@@ -22,6 +22,30 @@ pub enum HostKeyPolicy {
     /// Record it in known_hosts and go on, like OpenSSH's `accept-new`. A changed key is still
     /// refused.
     AcceptNew,
+    /// Record it only if its SHA-256 fingerprint is this one (the raw 32 bytes of
+    /// `SHA256:<base64>`), as `machines trust --fingerprint` pins it; refuse any other key
+    /// (`HOST_KEY_UNKNOWN`, naming the key offered). A changed key is still refused.
+    AcceptPinned([u8; 32]),
+}
+
+impl HostKeyPolicy {
+    /// Parses `SHA256:<base64, unpadded>` (as OpenSSH prints it) into the 32 bytes of
+    /// [`HostKeyPolicy::AcceptPinned`].
+    ///
+    /// # Errors
+    /// A message saying what is wrong with `fingerprint`.
+    pub fn parse_fingerprint(fingerprint: &str) -> Result<[u8; 32], String> {
+        use base64::Engine as _;
+        let encoded = fingerprint
+            .strip_prefix("SHA256:")
+            .ok_or_else(|| format!("{fingerprint:?} is not a SHA256:… fingerprint"))?;
+        let bytes = base64::engine::general_purpose::STANDARD_NO_PAD
+            .decode(encoded.trim_end_matches('='))
+            .map_err(|error| format!("{fingerprint:?} is not a SHA256:… fingerprint: {error}"))?;
+        bytes
+            .try_into()
+            .map_err(|_| format!("{fingerprint:?} is not 32 bytes long, as a SHA-256 is"))
+    }
 }
 
 /// Everything needed to reach one machine.

@@ -186,6 +186,8 @@ pub fn fake_target(host: &str) -> SshTarget {
         connect_timeout: SshTarget::DEFAULT_CONNECT_TIMEOUT,
         keepalive_interval: SshTarget::DEFAULT_KEEPALIVE_INTERVAL,
         keepalive_max: SshTarget::DEFAULT_KEEPALIVE_MAX,
+        jumps: Vec::new(),
+        identities_only: false,
     }
 }
 

@@ -23,6 +23,9 @@ pub(crate) struct RusshSession {
     pub(crate) host: String,
     pub(crate) tuning: TransferTuning,
     sftp: tokio::sync::OnceCell<Arc<SftpSession>>,
+    /// The jump hosts' connections this one is tunnelled through, first hop first; they live
+    /// as long as the session.
+    hops: Vec<client::Handle<ClientHandler>>,
 }
 
 impl std::fmt::Debug for RusshSession {
@@ -46,7 +49,14 @@ impl RusshSession {
             host,
             tuning,
             sftp: tokio::sync::OnceCell::new(),
+            hops: Vec::new(),
         }
+    }
+
+    /// The session, keeping the jump hosts' connections `hops` open while it lives.
+    pub(crate) fn with_hops(mut self, hops: Vec<client::Handle<ClientHandler>>) -> Self {
+        self.hops = hops;
+        self
     }
 
     /// Why the connection is gone, for messages.
@@ -316,6 +326,10 @@ impl SshSession for RusshSession {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while !self.is_closed() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Then the jump hosts, last hop first; the target's connection is already closed.
+        for hop in self.hops.iter().rev() {
+            let _ = hop.disconnect(Disconnect::ByApplication, "", "en").await;
         }
         Ok(())
     }

@@ -52,6 +52,8 @@ pub fn local_machine(name: &str) -> MachineSpec {
             connect_timeout: Duration::from_secs(1),
             keepalive_interval: Duration::from_secs(15),
             keepalive_max: 3,
+            jumps: Vec::new(),
+            identities_only: false,
         },
     }
 }

@@ -277,7 +277,14 @@ pub async fn trust(
                 ),
             ));
         }
-        Err(SshError::HostKeyUnknown { fingerprint, .. }) => fingerprint,
+        Err(SshError::HostKeyUnknown {
+            fingerprint,
+            host,
+            port,
+            ..
+        }) if host == target.host && port == target.port => fingerprint,
+        // Any other unknown key is a jump host's: it is trusted on its own (as a machine of
+        // the fleet, or with ssh), never as this machine's.
         Err(error) => return Err(error.into()),
     };
     if let Some(pinned) = pinned

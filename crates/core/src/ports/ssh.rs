@@ -72,6 +72,13 @@ pub struct SshTarget {
     pub keepalive_interval: Duration,
     /// Keepalives missed in a row before the connection counts as lost.
     pub keepalive_max: u32,
+    /// The jump hosts to go through, first hop first (`proxy_jump`, `ProxyJump`): the first is
+    /// dialled over TCP, each next one and then this host over a `direct-tcpip` channel of
+    /// the hop before. Each hop's host key is checked with its own `known_hosts` and policy,
+    /// and each hop has its own `connect_timeout`. Empty: dial directly.
+    pub jumps: Vec<SshTarget>,
+    /// Log in with the identity files only, never the agent's keys (`IdentitiesOnly yes`).
+    pub identities_only: bool,
 }
 
 impl SshTarget {

@@ -122,6 +122,8 @@ pub(crate) fn machine(name: &str, os: &str) -> MachineSpec {
             connect_timeout: SshTarget::DEFAULT_CONNECT_TIMEOUT,
             keepalive_interval: SshTarget::DEFAULT_KEEPALIVE_INTERVAL,
             keepalive_max: SshTarget::DEFAULT_KEEPALIVE_MAX,
+            jumps: Vec::new(),
+            identities_only: false,
         },
     }
 }

@@ -36,8 +36,12 @@ pub struct GlobalArgs {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a test directory on one or more machines
+    #[command(
+        after_help = "Examples:\n  testfleet run ./suite -m linux-1\n  testfleet run ./suite -l linux --detach --json\n  testfleet run ./suite -m linux-1 -e MODE=fast -e API_TOKEN -- --filter net"
+    )]
     Run(RunArgs),
     /// Run a run's directory again on its machine, with its arguments and variables
+    #[command(after_help = "Examples:\n  testfleet rerun last\n  testfleet rerun 01M8RF --detach")]
     Rerun {
         #[arg(value_name = "RUN_ID", help = RUN_ID_HELP)]
         run_id: String,
@@ -48,6 +52,9 @@ pub enum Command {
         detach: bool,
     },
     /// Show one run (and its event history with --events)
+    #[command(
+        after_help = "Examples:\n  testfleet status last\n  testfleet status 01M8RF --events\n  testfleet status @ -m linux-1 --json"
+    )]
     Status {
         #[arg(value_name = "RUN_ID", help = RUN_ID_HELP)]
         run_id: String,
@@ -58,6 +65,9 @@ pub enum Command {
         events: bool,
     },
     /// Wait until runs are finished
+    #[command(
+        after_help = "Examples:\n  testfleet wait 01M8RF --timeout 30m\n  testfleet wait last -m linux-1 --json"
+    )]
     Wait {
         #[arg(required = true, value_name = "RUN_ID", help = RUN_ID_HELP)]
         run_ids: Vec<String>,
@@ -71,6 +81,9 @@ pub enum Command {
         report: Option<PathBuf>,
     },
     /// Print a run's output (stdout unless --stderr)
+    #[command(
+        after_help = "Examples:\n  testfleet logs last\n  testfleet logs 01M8RF --stderr\n  testfleet logs @ -f"
+    )]
     Logs {
         #[arg(value_name = "RUN_ID", help = RUN_ID_HELP)]
         run_id: String,
@@ -84,6 +97,9 @@ pub enum Command {
         follow: bool,
     },
     /// List runs, newest first
+    #[command(
+        after_help = "Examples:\n  testfleet list\n  testfleet list -m linux-1 --status failed --limit 5"
+    )]
     List {
         /// Only runs on this machine
         #[arg(short, long, value_name = "NAME")]
@@ -96,6 +112,7 @@ pub enum Command {
         limit: usize,
     },
     /// Stop a run: kill its remote process tree, fetch its artifacts
+    #[command(after_help = "Examples:\n  testfleet cancel last\n  testfleet cancel 01M8RF --json")]
     Cancel {
         #[arg(value_name = "RUN_ID", help = RUN_ID_HELP)]
         run_id: String,
@@ -103,11 +120,20 @@ pub enum Command {
         machine: Option<String>,
     },
     /// Merge runs into a test × machine matrix (table, --json, --junit FILE, --html FILE)
+    #[command(
+        after_help = "Examples:\n  testfleet report --last 3\n  testfleet report --label linux --junit merged.xml --html report.html"
+    )]
     Report(ReportArgs),
     /// Show and edit the machines of the fleet file
     #[command(subcommand)]
+    #[command(
+        after_help = "Examples:\n  testfleet machines list\n  testfleet machines check\n  testfleet machines trust linux-1 --fingerprint SHA256:…"
+    )]
     Machines(MachinesCommand),
     /// Print the hash of a test directory (what `run` would upload)
+    #[command(
+        after_help = "Examples:\n  testfleet hash ./suite\n  testfleet hash ./suite --exclude '*.log' -v --json"
+    )]
     Hash {
         #[arg(value_name = "DIR", help = DIR_HELP)]
         dir: PathBuf,
@@ -116,6 +142,7 @@ pub enum Command {
         excludes: Vec<String>,
     },
     /// Delete the local folders (logs, artifacts) of old finished runs
+    #[command(after_help = "Examples:\n  testfleet gc --dry-run\n  testfleet gc --older-than 30d")]
     Gc {
         /// Only runs finished longer ago than this
         #[arg(long, value_parser = duration, default_value = "7d", value_name = "DUR")]
@@ -125,6 +152,9 @@ pub enum Command {
         dry_run: bool,
     },
     /// Print a shell completion script
+    #[command(
+        after_help = "Examples:\n  testfleet completions bash > ~/.local/share/bash-completion/completions/testfleet\n  testfleet completions zsh > \"${fpath[1]}/_testfleet\""
+    )]
     Completions { shell: clap_complete::Shell },
     /// Execute a pending run detached (started by `run --detach`)
     #[command(name = "_worker", hide = true)]
@@ -219,14 +249,25 @@ pub struct ReportArgs {
 #[derive(Debug, Subcommand)]
 pub enum MachinesCommand {
     /// List the machines of the fleet file
+    #[command(after_help = "Examples:\n  testfleet machines list --json")]
     List,
     /// Add a machine to the fleet file
+    #[command(
+        after_help = "Examples:\n  testfleet machines add linux-1 --host 10.0.0.5 --user ci -l linux\n  testfleet machines add win-1 --host 10.0.0.9 --os windows"
+    )]
     Add(AddMachineArgs),
     /// Remove a machine from the fleet file
+    #[command(after_help = "Examples:\n  testfleet machines remove linux-1")]
     Remove { name: String },
     /// Dial machines (all without NAME): host key, login, OS and latency
+    #[command(
+        after_help = "Examples:\n  testfleet machines check\n  testfleet machines check linux-1 --json"
+    )]
     Check { name: Option<String> },
     /// Show a machine's host key fingerprint and add it to known_hosts
+    #[command(
+        after_help = "Examples:\n  testfleet machines trust linux-1\n  testfleet machines trust linux-1 --fingerprint SHA256:rkWhiMS48jTYga8LQRSwwgSV7tqbLob3vYWGsy4yuB4"
+    )]
     Trust {
         name: String,
         /// Trust the key without asking (needed when stdin is not a terminal)

@@ -172,8 +172,15 @@ fn completions_and_help() {
     let out = env.run(&["completions", "bash"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(out.stdout.starts_with("_testfleet() {\n"), "{}", out.stdout);
-    for command in ["machines", "logs", "gc", "completions"] {
+    for command in ["machines", "logs", "gc", "completions", "rerun"] {
         assert!(out.stdout.contains(command), "completes {command}");
+    }
+    for shell in ["bash", "zsh", "fish"] {
+        let script = env.run(&["completions", shell]).stdout;
+        assert!(
+            !script.contains("_worker") && !script.contains("_cleanup"),
+            "{shell} offers no hidden command"
+        );
     }
     assert!(
         out.stdout
@@ -193,4 +200,42 @@ fn completions_and_help() {
     assert_eq!(help.code, 0);
     assert!(!help.stdout.contains("_worker"), "the worker is hidden");
     snapshot(&env, "help", &help.stdout);
+    // Every command's help ends with examples.
+    for command in [
+        &["run"][..],
+        &["rerun"],
+        &["status"],
+        &["wait"],
+        &["logs"],
+        &["list"],
+        &["cancel"],
+        &["report"],
+        &["machines"],
+        &["machines", "list"],
+        &["machines", "add"],
+        &["machines", "remove"],
+        &["machines", "check"],
+        &["machines", "trust"],
+        &["hash"],
+        &["gc"],
+        &["completions"],
+    ] {
+        let mut args = command.to_vec();
+        args.push("--help");
+        let help = env.run(&args);
+        assert_eq!(help.code, 0, "{command:?}");
+        let examples = help
+            .stdout
+            .rfind("Examples:\n")
+            .unwrap_or_else(|| panic!("{command:?} has examples: {}", help.stdout));
+        assert!(
+            help.stdout[examples..]
+                .lines()
+                .skip(1)
+                .all(|line| line.starts_with("  testfleet ")),
+            "{command:?}: the help ends with examples: {}",
+            help.stdout
+        );
+    }
+    snapshot(&env, "run_help", &env.run(&["run", "--help"]).stdout);
 }

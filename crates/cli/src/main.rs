@@ -199,6 +199,26 @@ async fn execute(ctx: &Context, command: Command) -> Result<Report, CliError> {
     }
 }
 
+/// The command line as completions offer it: without the hidden commands (`_worker`,
+/// `_cleanup`), which only testfleet itself starts. clap cannot remove a subcommand, so the
+/// command is built again from its arguments and visible subcommands.
+fn visible_command() -> clap::Command {
+    use clap::CommandFactory as _;
+    let full = Cli::command();
+    let visible: Vec<clap::Command> = full
+        .get_subcommands()
+        .filter(|sub| !sub.is_hide_set())
+        .cloned()
+        .collect();
+    let mut rebuilt = clap::Command::new("testfleet")
+        .version(env!("CARGO_PKG_VERSION"))
+        .subcommand_required(true);
+    for arg in full.get_arguments() {
+        rebuilt = rebuilt.arg(arg.clone());
+    }
+    rebuilt.subcommands(visible)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -220,24 +240,4 @@ mod tests {
         assert_eq!(workers(&["testfleet", "run", "d", "-l", "linux"]), cores);
         assert_eq!(workers(&["testfleet", "machines", "check"]), cores);
     }
-}
-
-/// The command line as completions offer it: without the hidden commands (`_worker`,
-/// `_cleanup`), which only testfleet itself starts. clap cannot remove a subcommand, so the
-/// command is built again from its arguments and visible subcommands.
-fn visible_command() -> clap::Command {
-    use clap::CommandFactory as _;
-    let full = Cli::command();
-    let visible: Vec<clap::Command> = full
-        .get_subcommands()
-        .filter(|sub| !sub.is_hide_set())
-        .cloned()
-        .collect();
-    let mut rebuilt = clap::Command::new("testfleet")
-        .version(env!("CARGO_PKG_VERSION"))
-        .subcommand_required(true);
-    for arg in full.get_arguments() {
-        rebuilt = rebuilt.arg(arg.clone());
-    }
-    rebuilt.subcommands(visible)
 }

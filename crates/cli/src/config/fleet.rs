@@ -409,7 +409,8 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
 /// How `~/.ssh/config` is read: unknown directives are skipped, and those ssh2-config does not
 /// interpret itself are kept (`UserKnownHostsFile`, `StrictHostKeyChecking`, …) for testfleet
 /// to read.
-const SSH_CONFIG_RULES: ParseRule = ParseRule::ALLOW_UNKNOWN_FIELDS.union(ParseRule::ALLOW_UNSUPPORTED_FIELDS);
+const SSH_CONFIG_RULES: ParseRule =
+    ParseRule::ALLOW_UNKNOWN_FIELDS.union(ParseRule::ALLOW_UNSUPPORTED_FIELDS);
 
 fn load_ssh_config(env: &Env) -> Result<Option<SshConfig>, CliError> {
     let Some(path) = env.ssh_config_file() else {
@@ -425,10 +426,7 @@ fn load_ssh_config(env: &Env) -> Result<Option<SshConfig>, CliError> {
         config = config.home_dir(home);
     }
     config
-        .parse(
-            &mut BufReader::new(file),
-            SSH_CONFIG_RULES,
-        )
+        .parse(&mut BufReader::new(file), SSH_CONFIG_RULES)
         .map(Some)
         .map_err(|error| CliError::FleetConfig {
             message: format!("cannot parse {}: {error}", path.display()),

@@ -43,9 +43,9 @@ pub enum Command {
     /// Run a run's directory again on its machine, with its arguments and variables
     #[command(after_help = "Examples:\n  testfleet rerun last\n  testfleet rerun 01M8RF --detach")]
     Rerun {
-        #[arg(value_name = "RUN_ID", help = RUN_ID_HELP)]
+        #[arg(value_name = "RUN_ID", help = RUN_ID_HELP, add = clap_complete::ArgValueCompleter::new(crate::complete::run_ids))]
         run_id: String,
-        #[arg(short, long, value_name = "NAME", help = LAST_ON_MACHINE_HELP)]
+        #[arg(short, long, value_name = "NAME", help = LAST_ON_MACHINE_HELP, add = clap_complete::ArgValueCompleter::new(crate::complete::machine_names))]
         machine: Option<String>,
         /// Start the run in the background and print it at once
         #[arg(long)]
@@ -56,9 +56,9 @@ pub enum Command {
         after_help = "Examples:\n  testfleet status last\n  testfleet status 01M8RF --events\n  testfleet status @ -m linux-1 --json"
     )]
     Status {
-        #[arg(value_name = "RUN_ID", help = RUN_ID_HELP)]
+        #[arg(value_name = "RUN_ID", help = RUN_ID_HELP, add = clap_complete::ArgValueCompleter::new(crate::complete::run_ids))]
         run_id: String,
-        #[arg(short, long, value_name = "NAME", help = LAST_ON_MACHINE_HELP)]
+        #[arg(short, long, value_name = "NAME", help = LAST_ON_MACHINE_HELP, add = clap_complete::ArgValueCompleter::new(crate::complete::machine_names))]
         machine: Option<String>,
         /// Also show the run's event history
         #[arg(long)]
@@ -69,9 +69,9 @@ pub enum Command {
         after_help = "Examples:\n  testfleet wait 01M8RF --timeout 30m\n  testfleet wait last -m linux-1 --json"
     )]
     Wait {
-        #[arg(required = true, value_name = "RUN_ID", help = RUN_ID_HELP)]
+        #[arg(required = true, value_name = "RUN_ID", help = RUN_ID_HELP, add = clap_complete::ArgValueCompleter::new(crate::complete::run_ids))]
         run_ids: Vec<String>,
-        #[arg(short, long, value_name = "NAME", help = LAST_ON_MACHINE_HELP)]
+        #[arg(short, long, value_name = "NAME", help = LAST_ON_MACHINE_HELP, add = clap_complete::ArgValueCompleter::new(crate::complete::machine_names))]
         machine: Option<String>,
         /// Give up after this long (90s, 30m, 1h30m)
         #[arg(long, value_parser = duration, value_name = "DUR")]
@@ -85,9 +85,9 @@ pub enum Command {
         after_help = "Examples:\n  testfleet logs last\n  testfleet logs 01M8RF --stderr\n  testfleet logs @ -f"
     )]
     Logs {
-        #[arg(value_name = "RUN_ID", help = RUN_ID_HELP)]
+        #[arg(value_name = "RUN_ID", help = RUN_ID_HELP, add = clap_complete::ArgValueCompleter::new(crate::complete::run_ids))]
         run_id: String,
-        #[arg(short, long, value_name = "NAME", help = LAST_ON_MACHINE_HELP)]
+        #[arg(short, long, value_name = "NAME", help = LAST_ON_MACHINE_HELP, add = clap_complete::ArgValueCompleter::new(crate::complete::machine_names))]
         machine: Option<String>,
         /// The remote stderr instead of stdout
         #[arg(long)]
@@ -102,7 +102,7 @@ pub enum Command {
     )]
     List {
         /// Only runs on this machine
-        #[arg(short, long, value_name = "NAME")]
+        #[arg(short, long, value_name = "NAME", add = clap_complete::ArgValueCompleter::new(crate::complete::machine_names))]
         machine: Option<String>,
         /// Only runs with this status
         #[arg(long, value_parser = status_parser())]
@@ -114,9 +114,9 @@ pub enum Command {
     /// Stop a run: kill its remote process tree, fetch its artifacts
     #[command(after_help = "Examples:\n  testfleet cancel last\n  testfleet cancel 01M8RF --json")]
     Cancel {
-        #[arg(value_name = "RUN_ID", help = RUN_ID_HELP)]
+        #[arg(value_name = "RUN_ID", help = RUN_ID_HELP, add = clap_complete::ArgValueCompleter::new(crate::complete::run_ids))]
         run_id: String,
-        #[arg(short, long, value_name = "NAME", help = LAST_ON_MACHINE_HELP)]
+        #[arg(short, long, value_name = "NAME", help = LAST_ON_MACHINE_HELP, add = clap_complete::ArgValueCompleter::new(crate::complete::machine_names))]
         machine: Option<String>,
     },
     /// Merge runs into a test × machine matrix (table, --json, --junit FILE, --html FILE)
@@ -177,10 +177,10 @@ pub struct RunArgs {
     #[arg(value_name = "DIR", help = DIR_HELP)]
     pub dir: PathBuf,
     /// A machine to run on (repeat for several)
-    #[arg(short, long = "machine", value_name = "NAME")]
+    #[arg(short, long = "machine", value_name = "NAME", add = clap_complete::ArgValueCompleter::new(crate::complete::machine_names))]
     pub machines: Vec<String>,
     /// Run on every machine with this label (repeatable)
-    #[arg(short, long = "label", value_name = "LABEL")]
+    #[arg(short, long = "label", value_name = "LABEL", add = clap_complete::ArgValueCompleter::new(crate::complete::labels))]
     pub labels: Vec<String>,
     /// Kill the test after this long (90s, 30m, 1h30m) [default: the fleet file's timeout]
     #[arg(long, value_parser = duration, value_name = "DUR")]
@@ -230,13 +230,13 @@ const LAST_ON_MACHINE_HELP: &str = "With `last`: the newest run of this machine"
 pub struct ReportArgs {
     /// The runs to merge, one column each: ids, the first 4 or more characters of ids, or
     /// `last`
-    #[arg(value_name = "RUN_ID")]
+    #[arg(value_name = "RUN_ID", add = clap_complete::ArgValueCompleter::new(crate::complete::run_ids))]
     pub run_ids: Vec<String>,
     /// The newest N runs
     #[arg(long, value_name = "N")]
     pub last: Option<usize>,
     /// The newest run of every machine with this label
-    #[arg(long, value_name = "LABEL")]
+    #[arg(long, value_name = "LABEL", add = clap_complete::ArgValueCompleter::new(crate::complete::labels))]
     pub label: Option<String>,
     /// Also write the merged JUnit document (one testsuite per machine) to this file
     #[arg(long, value_name = "FILE")]
@@ -258,17 +258,24 @@ pub enum MachinesCommand {
     Add(AddMachineArgs),
     /// Remove a machine from the fleet file
     #[command(after_help = "Examples:\n  testfleet machines remove linux-1")]
-    Remove { name: String },
+    Remove {
+        #[arg(add = clap_complete::ArgValueCompleter::new(crate::complete::machine_names))]
+        name: String,
+    },
     /// Dial machines (all without NAME): host key, login, OS and latency
     #[command(
         after_help = "Examples:\n  testfleet machines check\n  testfleet machines check linux-1 --json"
     )]
-    Check { name: Option<String> },
+    Check {
+        #[arg(add = clap_complete::ArgValueCompleter::new(crate::complete::machine_names))]
+        name: Option<String>,
+    },
     /// Show a machine's host key fingerprint and add it to known_hosts
     #[command(
         after_help = "Examples:\n  testfleet machines trust linux-1\n  testfleet machines trust linux-1 --fingerprint SHA256:rkWhiMS48jTYga8LQRSwwgSV7tqbLob3vYWGsy4yuB4"
     )]
     Trust {
+        #[arg(add = clap_complete::ArgValueCompleter::new(crate::complete::machine_names))]
         name: String,
         /// Trust the key without asking (needed when stdin is not a terminal)
         #[arg(long, short = 'y')]
@@ -294,7 +301,7 @@ pub struct AddMachineArgs {
     #[arg(long)]
     pub os: Option<String>,
     /// A label (repeatable)
-    #[arg(short, long = "label", value_name = "LABEL")]
+    #[arg(short, long = "label", value_name = "LABEL", add = clap_complete::ArgValueCompleter::new(crate::complete::labels))]
     pub labels: Vec<String>,
 }
 

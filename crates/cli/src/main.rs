@@ -6,6 +6,7 @@
 
 mod cli;
 mod commands;
+mod complete;
 mod config;
 mod context;
 mod detach;
@@ -27,6 +28,9 @@ use crate::error::{CliError, Exit};
 use crate::output::{Report, Style};
 
 fn main() -> anyhow::Result<ExitCode> {
+    // `COMPLETE=bash testfleet` prints the registration of dynamic completions, and the shell
+    // then calls testfleet with COMPLETE set for each word; without COMPLETE this does nothing.
+    clap_complete::CompleteEnv::with_factory(visible_command).complete();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(error) => return Ok(usage_error(&error)),

@@ -119,6 +119,64 @@ fn scenarios(bin: &Path) -> Result<()> {
         "machines check: {checked}"
     );
 
+    // The same through ~/.ssh/config alone: ProxyJump, and UserKnownHostsFile and
+    // IdentityFile for both hosts, as `ssh jumpy` would use them.
+    let home = root.join("home");
+    std::fs::create_dir_all(home.join(".ssh"))?;
+    std::fs::write(
+        home.join(".ssh/config"),
+        format!(
+            "Host jumpy\n  HostName 127.0.0.1\n  Port {tport}\n  User {user}\n  IdentityFile {tkey}\n  \
+             UserKnownHostsFile {tknown}\n  ProxyJump bast\n\
+             Host bast\n  HostName 127.0.0.1\n  Port {bport}\n  User {user}\n  IdentityFile {bkey}\n  \
+             UserKnownHostsFile {bknown}\n",
+            tport = target.port(),
+            bport = bastion.port(),
+            user = target.user(),
+            tkey = target.client_key_path().display(),
+            bkey = bastion.client_key_path().display(),
+            tknown = target.known_hosts_path().display(),
+            bknown = bastion.known_hosts_path().display(),
+        ),
+    )?;
+    let config_fleet = root.join("fleet-ssh-config.toml");
+    std::fs::write(
+        &config_fleet,
+        format!(
+            "[machines.jumpy]\nremote_root = {:?}\n",
+            root.join("remote-target").display().to_string()
+        ),
+    )?;
+    let via_config = Tf {
+        fleet: config_fleet,
+        ..tf.clone()
+    };
+    let output = via_config
+        .command(&["run", dir_text, "-m", "jumpy", "--json"])
+        .env("HOME", &home)
+        .env_remove("SSH_AUTH_SOCK")
+        .output()?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let json: serde_json::Value = serde_json::from_str(&stdout).with_context(|| {
+        format!(
+            "not JSON: {stdout}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })?;
+    let run = super::only_run(&json["data"])?;
+    ensure!(
+        run["status"] == "completed",
+        "through ~/.ssh/config's ProxyJump: {run}"
+    );
+    let tunnels = std::fs::read_to_string(bastion.log_path())
+        .unwrap_or_default()
+        .matches(&forwarded)
+        .count();
+    ensure!(
+        tunnels >= 3,
+        "the bastion's log shows {tunnels} tunnels to {forwarded}, wanted 3 (run, check, run)"
+    );
+
     // The bastion's key unknown: HOST_KEY_UNKNOWN, naming the bastion.
     let empty_known = root.join("empty_known_hosts");
     std::fs::write(&empty_known, "")?;

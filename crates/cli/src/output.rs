@@ -465,6 +465,49 @@ mod tests {
     }
 
     #[test]
+    fn run_tables_have_a_header_row_on_a_terminal_only() {
+        use testfleet_core::run::{NewRun, RunPaths};
+        use testfleet_core::{Invocation, MachineName, RunId, TargetOs, TestDirHash, Timestamp};
+        let id = RunId::from_parts(1_795_000_000_000, 7);
+        let run = Run::pending(
+            NewRun {
+                paths: RunPaths::in_state_dir(std::path::Path::new("/s"), &id),
+                id,
+                machine: MachineName::parse("m1").expect("valid"),
+                os: TargetOs::linux(),
+                test_dir: "/t/suite".into(),
+                test_dir_hash: TestDirHash::parse(&"ab".repeat(32)).expect("valid"),
+                entrypoint: "run.sh".into(),
+                invocation: Invocation::default(),
+                created_at: Timestamp::from_unix_ms(1_795_000_000_000),
+                timeout_ms: None,
+                keep_remote: false,
+                owner: None,
+                lease: Duration::from_secs(30),
+                controller: None,
+            },
+            Timestamp::from_unix_ms(1_795_000_000_000),
+        );
+        let style = |stdout_tty| Style {
+            json: false,
+            color: false,
+            color_stderr: false,
+            stdout_tty,
+        };
+        let piped = run_table(style(false), std::slice::from_ref(&run));
+        let terminal = run_table(style(true), std::slice::from_ref(&run));
+        assert!(piped.starts_with(run.id.as_str()), "{piped}");
+        let (header, rest) = terminal.split_once('\n').expect("two lines");
+        assert!(
+            header.starts_with("ID ") && header.ends_with("TEST DIR"),
+            "{header}"
+        );
+        assert_eq!(rest, piped);
+        // The header's columns line up with the rows'.
+        assert_eq!(header.find("MACHINE"), piped.find("m1"));
+    }
+
+    #[test]
     fn artifacts_paths_are_null_when_nothing_was_downloaded() {
         let run = |artifacts: Value| json!({"id": "X", "test_dir_hash": "h", "paths": {"artifacts": "/a"}, "artifacts": artifacts});
         let mut value = json!({"runs": [

@@ -454,8 +454,16 @@ fn resolve(
         .clone()
         .map(|spec| split_jumps(&spec))
         .or_else(|| ssh.as_ref().and_then(|params| params.proxy_jump.clone()))
-        .or_else(|| defaults.proxy_jump.as_deref().map(split_jumps))
-    {
+        // The defaults' chain does not apply to a machine of it (the bastion itself).
+        .or_else(|| {
+            defaults.proxy_jump.as_deref().map(|spec| {
+                let hops = split_jumps(spec);
+                match hops.iter().position(|hop| hop == name.as_str()) {
+                    Some(idx) => hops[..idx].to_vec(),
+                    None => hops,
+                }
+            })
+        }) {
         Some(list) if list.iter().any(|hop| hop.eq_ignore_ascii_case("none")) => Vec::new(),
         Some(list) => list,
         None => Vec::new(),
@@ -881,6 +889,13 @@ user = "admin"
             ["ops@10.0.0.1:22", "me@10.0.1.1:22", "ci@jump.example:2222"]
         );
         assert!(hops(&fleet, "direct").is_empty());
+        // A chain of [defaults]: every machine goes through it, but the bastion itself.
+        let fleet = parse(
+            "[defaults]\nproxy_jump = \"bastion\"\n[machines.bastion]\nhost = \"b\"\n[machines.box]\n",
+        )
+        .expect("valid");
+        assert!(hops(&fleet, "bastion").is_empty());
+        assert_eq!(hops(&fleet, "box"), ["me@b:22"]);
         assert!(
             parse("[machines.a]\nproxy_jump = \"a\"\n").is_err(),
             "its own jump host"

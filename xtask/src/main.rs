@@ -4,7 +4,7 @@
 //!   e2e.
 //! - `test`: installs what the tests need when it is missing (OpenSSH's sshd, PostgreSQL), then
 //!   `cargo test --workspace`.
-//! - `e2e [shared|reports]`: the release binary against the testkit server and a real OpenSSH
+//! - `e2e [shared|reports|jump]`: the release binary against the testkit server and a real OpenSSH
 //!   sshd, two controllers sharing a private PostgreSQL, and test reports checked in Chromium.
 //! - `demo`: built-in SSH servers, a temporary fleet, the example runs and a test report.
 //! - `serve [N]`: N built-in SSH servers and a fleet file for them, for trying the CLI by hand.
@@ -28,7 +28,7 @@ const USAGE: &str = "usage: cargo xtask <task>
 tasks:
   ci                  everything CI runs: tests, fmt, clippy, docs, e2e
   test                install openssh-server and postgresql when missing, then cargo test --workspace
-  e2e [shared|reports]
+  e2e [shared|reports|jump]
                       end-to-end scenarios against the testkit server, a real OpenSSH sshd, a
                       private PostgreSQL shared by two controllers, and test reports in Chromium
                       (shared, reports: only that group)
@@ -223,7 +223,21 @@ fn e2e(only: Option<&str>) -> Result<()> {
             }
             Ok(())
         }
-        Some(other) => bail!("unknown e2e group {other:?}: give none, `shared` or `reports`"),
+        Some("jump") => {
+            let (total, failures) = e2e::jump::run(&bin)?;
+            println!(
+                "e2e: {} passed, {} failed",
+                total - failures.len(),
+                failures.len()
+            );
+            if !failures.is_empty() {
+                bail!("e2e scenarios failed:\n  {}", failures.join("\n  "));
+            }
+            Ok(())
+        }
+        Some(other) => {
+            bail!("unknown e2e group {other:?}: give none, `shared`, `reports` or `jump`")
+        }
     }
 }
 

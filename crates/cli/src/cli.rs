@@ -36,18 +36,46 @@ pub struct GlobalArgs {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a test directory on one or more machines
+    #[command(
+        after_help = "Examples:\n  testfleet run ./suite -m linux-1\n  testfleet run ./suite -l linux --detach --json\n  testfleet run ./suite -m linux-1 -e MODE=fast -e API_TOKEN -- --filter net\n  testfleet run ./suite -l ci --any --wait 30m"
+    )]
     Run(RunArgs),
-    /// Show one run (and its event history with --events)
-    Status {
+    /// Run a run's directory again on its machine, with its arguments and variables
+    #[command(after_help = "Examples:\n  testfleet rerun last\n  testfleet rerun 01M8RF --detach")]
+    Rerun {
+        #[arg(value_name = "RUN_ID", help = RUN_ID_HELP, add = clap_complete::ArgValueCompleter::new(crate::complete::run_ids))]
         run_id: String,
+        #[arg(short, long, value_name = "NAME", help = LAST_ON_MACHINE_HELP, add = clap_complete::ArgValueCompleter::new(crate::complete::machine_names))]
+        machine: Option<String>,
+        /// Start the run in the background and print it at once
+        #[arg(long)]
+        detach: bool,
+        /// Wait in line for the machine if it is busy, as `run --wait [DUR]`
+        #[arg(long, value_name = "DUR", num_args = 0..=1, default_missing_value = "forever", value_parser = wait_limit)]
+        wait: Option<WaitLimit>,
+    },
+    /// Show one run (and its event history with --events)
+    #[command(
+        after_help = "Examples:\n  testfleet status last\n  testfleet status 01M8RF --events\n  testfleet status @ -m linux-1 --json"
+    )]
+    Status {
+        #[arg(value_name = "RUN_ID", help = RUN_ID_HELP, add = clap_complete::ArgValueCompleter::new(crate::complete::run_ids))]
+        run_id: String,
+        #[arg(short, long, value_name = "NAME", help = LAST_ON_MACHINE_HELP, add = clap_complete::ArgValueCompleter::new(crate::complete::machine_names))]
+        machine: Option<String>,
         /// Also show the run's event history
         #[arg(long)]
         events: bool,
     },
     /// Wait until runs are finished
+    #[command(
+        after_help = "Examples:\n  testfleet wait 01M8RF --timeout 30m\n  testfleet wait last -m linux-1 --json"
+    )]
     Wait {
-        #[arg(required = true)]
+        #[arg(required = true, value_name = "RUN_ID", help = RUN_ID_HELP, add = clap_complete::ArgValueCompleter::new(crate::complete::run_ids))]
         run_ids: Vec<String>,
+        #[arg(short, long, value_name = "NAME", help = LAST_ON_MACHINE_HELP, add = clap_complete::ArgValueCompleter::new(crate::complete::machine_names))]
+        machine: Option<String>,
         /// Give up after this long (90s, 30m, 1h30m)
         #[arg(long, value_parser = duration, value_name = "DUR")]
         timeout: Option<Duration>,
@@ -56,8 +84,14 @@ pub enum Command {
         report: Option<PathBuf>,
     },
     /// Print a run's output (stdout unless --stderr)
+    #[command(
+        after_help = "Examples:\n  testfleet logs last\n  testfleet logs 01M8RF --stderr\n  testfleet logs @ -f"
+    )]
     Logs {
+        #[arg(value_name = "RUN_ID", help = RUN_ID_HELP, add = clap_complete::ArgValueCompleter::new(crate::complete::run_ids))]
         run_id: String,
+        #[arg(short, long, value_name = "NAME", help = LAST_ON_MACHINE_HELP, add = clap_complete::ArgValueCompleter::new(crate::complete::machine_names))]
+        machine: Option<String>,
         /// The remote stderr instead of stdout
         #[arg(long)]
         stderr: bool,
@@ -66,9 +100,12 @@ pub enum Command {
         follow: bool,
     },
     /// List runs, newest first
+    #[command(
+        after_help = "Examples:\n  testfleet list\n  testfleet list -m linux-1 --status failed --limit 5"
+    )]
     List {
         /// Only runs on this machine
-        #[arg(short, long, value_name = "NAME")]
+        #[arg(short, long, value_name = "NAME", add = clap_complete::ArgValueCompleter::new(crate::complete::machine_names))]
         machine: Option<String>,
         /// Only runs with this status
         #[arg(long, value_parser = status_parser())]
@@ -78,21 +115,49 @@ pub enum Command {
         limit: usize,
     },
     /// Stop a run: kill its remote process tree, fetch its artifacts
-    Cancel { run_id: String },
+    #[command(after_help = "Examples:\n  testfleet cancel last\n  testfleet cancel 01M8RF --json")]
+    Cancel {
+        #[arg(value_name = "RUN_ID", help = RUN_ID_HELP, add = clap_complete::ArgValueCompleter::new(crate::complete::run_ids))]
+        run_id: String,
+        #[arg(short, long, value_name = "NAME", help = LAST_ON_MACHINE_HELP, add = clap_complete::ArgValueCompleter::new(crate::complete::machine_names))]
+        machine: Option<String>,
+    },
     /// Merge runs into a test × machine matrix (table, --json, --junit FILE, --html FILE)
+    #[command(
+        after_help = "Examples:\n  testfleet report --last 3\n  testfleet report --label linux --junit merged.xml --html report.html"
+    )]
     Report(ReportArgs),
     /// Show and edit the machines of the fleet file
     #[command(subcommand)]
+    #[command(
+        after_help = "Examples:\n  testfleet machines list\n  testfleet machines check\n  testfleet machines trust linux-1 --fingerprint SHA256:…"
+    )]
     Machines(MachinesCommand),
-    /// Print the hash of a test directory
-    Hash { dir: PathBuf },
+    /// Print the hash of a test directory (what `run` would upload)
+    #[command(
+        after_help = "Examples:\n  testfleet hash ./suite\n  testfleet hash ./suite --exclude '*.log' -v --json"
+    )]
+    Hash {
+        #[arg(value_name = "DIR", help = DIR_HELP)]
+        dir: PathBuf,
+        /// Leave out what this gitignore pattern matches, as `run --exclude` does (repeatable)
+        #[arg(long = "exclude", value_name = "GLOB")]
+        excludes: Vec<String>,
+    },
     /// Delete the local folders (logs, artifacts) of old finished runs
+    #[command(after_help = "Examples:\n  testfleet gc --dry-run\n  testfleet gc --older-than 30d")]
     Gc {
         /// Only runs finished longer ago than this
         #[arg(long, value_parser = duration, default_value = "7d", value_name = "DUR")]
         older_than: Duration,
+        /// Only list the runs whose folders would be removed
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Print a shell completion script
+    #[command(
+        after_help = "Examples:\n  testfleet completions bash > ~/.local/share/bash-completion/completions/testfleet\n  testfleet completions zsh > \"${fpath[1]}/_testfleet\""
+    )]
     Completions { shell: clap_complete::Shell },
     /// Execute a pending run detached (started by `run --detach`)
     #[command(name = "_worker", hide = true)]
@@ -115,13 +180,13 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// The test directory (holds run.sh, or run.ps1 for Windows)
+    #[arg(value_name = "DIR", help = DIR_HELP)]
     pub dir: PathBuf,
     /// A machine to run on (repeat for several)
-    #[arg(short, long = "machine", value_name = "NAME")]
+    #[arg(short, long = "machine", value_name = "NAME", add = clap_complete::ArgValueCompleter::new(crate::complete::machine_names))]
     pub machines: Vec<String>,
     /// Run on every machine with this label (repeatable)
-    #[arg(short, long = "label", value_name = "LABEL")]
+    #[arg(short, long = "label", value_name = "LABEL", add = clap_complete::ArgValueCompleter::new(crate::complete::labels))]
     pub labels: Vec<String>,
     /// Kill the test after this long (90s, 30m, 1h30m) [default: the fleet file's timeout]
     #[arg(long, value_parser = duration, value_name = "DUR")]
@@ -142,6 +207,17 @@ pub struct RunArgs {
     /// Write the HTML test report of the runs to this file at the end (not with --detach)
     #[arg(long, value_name = "FILE.html", conflicts_with = "detach")]
     pub report: Option<PathBuf>,
+    /// Set a variable for the script: KEY=VALUE is recorded with the run; KEY alone is a
+    /// secret, its value taken from this environment and never stored (repeatable)
+    #[arg(short = 'e', long = "env", value_name = "KEY[=VALUE]")]
+    pub env: Vec<String>,
+    /// Leave out of the hash and the upload what this gitignore pattern matches, after
+    /// .testfleetignore (repeatable)
+    #[arg(long = "exclude", value_name = "GLOB")]
+    pub excludes: Vec<String>,
+    /// Arguments for run.sh / run.ps1, passed exactly, after `--`
+    #[arg(last = true, value_name = "ARGS")]
+    pub args: Vec<String>,
     /// Wait for a busy machine instead of failing with MACHINE_BUSY: the run is queued and
     /// granted the machine in turn; give up after DUR (90s, 30m) [default: no limit]
     #[arg(long, value_name = "DUR", num_args = 0..=1, default_missing_value = "forever", value_parser = wait_limit)]
@@ -150,10 +226,13 @@ pub struct RunArgs {
     /// with --wait, the first that frees
     #[arg(long)]
     pub any: bool,
-    /// At most N runs connected and executing at once; the rest wait their turn here
-    #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..))]
+    /// At most N runs executing at once (and N logins dialed ahead); the rest wait their turn here
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_PARALLEL, value_parser = clap::value_parser!(u16).range(1..))]
     pub max_parallel: u16,
 }
+
+/// `--max-parallel` when not given, like ClusterShell's fanout.
+pub const DEFAULT_MAX_PARALLEL: u16 = 64;
 
 /// How long `run --wait` may wait for a machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -185,17 +264,29 @@ fn wait_limit(text: &str) -> Result<WaitLimit, String> {
         })
 }
 
+/// What every `DIR` argument is.
+const DIR_HELP: &str = "The test directory: holds run.sh (run.ps1 for Windows) at its root; .git/ and what its .testfleetignore lists are left out";
+
+/// What every `RUN_ID` argument accepts.
+const RUN_ID_HELP: &str =
+    "The run: its id, the first 4 or more characters of it, or `last` (or `@`) for the newest run";
+
+/// `-m` beside a `RUN_ID`.
+const LAST_ON_MACHINE_HELP: &str = "With `last`: the newest run of this machine";
+
 /// Which runs `report` merges: ids, the newest N, or each labelled machine's newest.
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("runs").required(true).multiple(false).args(["run_ids", "last", "label"])))]
 pub struct ReportArgs {
-    /// The runs to merge, one column each
+    /// The runs to merge, one column each: ids, the first 4 or more characters of ids, or
+    /// `last`
+    #[arg(value_name = "RUN_ID", add = clap_complete::ArgValueCompleter::new(crate::complete::run_ids))]
     pub run_ids: Vec<String>,
     /// The newest N runs
     #[arg(long, value_name = "N")]
     pub last: Option<usize>,
     /// The newest run of every machine with this label
-    #[arg(long, value_name = "LABEL")]
+    #[arg(long, value_name = "LABEL", add = clap_complete::ArgValueCompleter::new(crate::complete::labels))]
     pub label: Option<String>,
     /// Also write the merged JUnit document (one testsuite per machine) to this file
     #[arg(long, value_name = "FILE")]
@@ -208,19 +299,50 @@ pub struct ReportArgs {
 #[derive(Debug, Subcommand)]
 pub enum MachinesCommand {
     /// List the machines of the fleet file
+    #[command(after_help = "Examples:\n  testfleet machines list --json")]
     List,
     /// Add a machine to the fleet file
+    #[command(
+        after_help = "Examples:\n  testfleet machines add linux-1 --host 10.0.0.5 --user ci -l linux\n  testfleet machines add win-1 --host 10.0.0.9 --os windows"
+    )]
     Add(AddMachineArgs),
     /// Remove a machine from the fleet file
-    Remove { name: String },
+    #[command(after_help = "Examples:\n  testfleet machines remove linux-1")]
+    Remove {
+        #[arg(add = clap_complete::ArgValueCompleter::new(crate::complete::machine_names))]
+        name: String,
+    },
     /// Dial machines (all without NAME): host key, login, OS and latency
-    Check { name: Option<String> },
+    #[command(
+        after_help = "Examples:\n  testfleet machines check\n  testfleet machines check linux-1 --json"
+    )]
+    Check {
+        #[arg(add = clap_complete::ArgValueCompleter::new(crate::complete::machine_names))]
+        name: Option<String>,
+    },
     /// Show a machine's host key fingerprint and add it to known_hosts
-    Trust { name: String },
+    #[command(
+        after_help = "Examples:\n  testfleet machines trust linux-1\n  testfleet machines trust linux-1 --fingerprint SHA256:rkWhiMS48jTYga8LQRSwwgSV7tqbLob3vYWGsy4yuB4"
+    )]
+    Trust {
+        #[arg(add = clap_complete::ArgValueCompleter::new(crate::complete::machine_names))]
+        name: String,
+        /// Trust the key without asking (needed when stdin is not a terminal)
+        #[arg(long, short = 'y')]
+        yes: bool,
+        /// Trust the key only if it has this fingerprint (SHA256:… as `ssh-keygen -lf`
+        /// prints it); another key is refused
+        #[arg(long, value_name = "SHA256:…")]
+        fingerprint: Option<String>,
+    },
     /// Show each machine as idle or busy (with which run, since when) and how many runs wait
     /// for it
+    #[command(
+        after_help = "Examples:\n  testfleet machines status\n  testfleet machines status linux-1 linux-2 --json"
+    )]
     Status {
         /// Only these machines [default: every machine of the fleet file]
+        #[arg(add = clap_complete::ArgValueCompleter::new(crate::complete::machine_names))]
         names: Vec<String>,
     },
 }
@@ -239,7 +361,7 @@ pub struct AddMachineArgs {
     #[arg(long)]
     pub os: Option<String>,
     /// A label (repeatable)
-    #[arg(short, long = "label", value_name = "LABEL")]
+    #[arg(short, long = "label", value_name = "LABEL", add = clap_complete::ArgValueCompleter::new(crate::complete::labels))]
     pub labels: Vec<String>,
 }
 

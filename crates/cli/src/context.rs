@@ -3,10 +3,11 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use testfleet_core::hash::{DigestCache, DirManifest, hash_resolved, resolve_test_dir};
+use testfleet_core::hash::{DigestCache, DirManifest, hash_resolved_excluding, resolve_test_dir};
+use testfleet_core::lookup::LookupError;
 use testfleet_core::ports::{RunStore, SshConnector, StoreError, SystemClock, UlidGenerator};
 use testfleet_core::runner::{LeaseSettings, ReapedRuns, Runner, RunnerConfig, Watch};
-use testfleet_core::{ControllerId, DispatchError, Run, RunId};
+use testfleet_core::{ControllerId, DispatchError, MachineName, Run, RunId, RunRef};
 use testfleet_results::JunitReports;
 use testfleet_ssh::RusshConnector;
 use testfleet_store_postgres::{PgConfig, PgEnv, PostgresStore};
@@ -98,7 +99,11 @@ impl Context {
     ///
     /// # Errors
     /// The hashing errors of `hash_dir`.
-    pub async fn hash_for_run(&self, dir: PathBuf) -> Result<DirManifest, CliError> {
+    pub async fn hash_for_run(
+        &self,
+        dir: PathBuf,
+        excludes: Vec<String>,
+    ) -> Result<DirManifest, CliError> {
         let cache_dir = self.state_dir().ok().map(|state| state.join("digests"));
         let hashed = tokio::task::spawn_blocking(move || {
             let root = resolve_test_dir(&dir)?;
@@ -108,7 +113,7 @@ impl Context {
                 .as_deref()
                 .map(DigestCache::load)
                 .unwrap_or_default();
-            let manifest = hash_resolved(root, &cached)?;
+            let manifest = hash_resolved_excluding(root, &cached, &excludes)?;
             if let Some(file) = cache_file {
                 let fresh = DigestCache::of_manifest(&manifest);
                 if fresh != cached
@@ -266,7 +271,7 @@ impl Context {
     /// # Errors
     /// As [`Context::state_dir`].
     pub fn runner(&self, store: Arc<dyn RunStore>) -> Result<Runner, CliError> {
-        self.runner_with(store, Arc::new(RusshConnector::new()))
+        self.runner_with(store, Arc::new(connector()))
     }
 
     /// [`Context::runner`] dialing through `connector`.
@@ -283,6 +288,7 @@ impl Context {
         config.lease = self.store_choice()?.lease;
         config.controller = Some(self.controller()?);
         config.reports = Some(Arc::new(JunitReports::default()));
+        config.secrets = Arc::new(EnvSecrets);
         Ok(Runner::new(
             store,
             connector,
@@ -290,6 +296,28 @@ impl Context {
             Arc::new(UlidGenerator::default()),
             config,
         ))
+    }
+}
+
+/// The russh connector of every command: it says on stderr which host key it recorded when a
+/// run or a check accepts a new one (`--accept-new-host-key`).
+pub fn connector() -> RusshConnector {
+    RusshConnector::new().on_new_host_key(Arc::new(|host, port, fingerprint, known_hosts| {
+        eprintln!(
+            "note: recorded the host key of {host}:{port}, {fingerprint}, in {} (--accept-new-host-key)",
+            known_hosts.display()
+        );
+    }))
+}
+
+/// The values of secret variables (`run -e KEY`): this process's environment, which a detached
+/// worker inherits from the `run` that started it.
+#[derive(Debug, Clone, Copy)]
+struct EnvSecrets;
+
+impl testfleet_core::runner::Secrets for EnvSecrets {
+    fn value(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
     }
 }
 
@@ -337,7 +365,7 @@ impl ReapedRuns for Context {
     }
 }
 
-/// Parses a run id given on the command line.
+/// Parses a whole run id, as the hidden commands receive it.
 ///
 /// # Errors
 /// [`CliError::InvalidArgument`] when it is not a run id.
@@ -347,6 +375,62 @@ pub fn parse_run_id(text: &str) -> Result<RunId, CliError> {
             "{error}; run ids are the 26-character ids `testfleet list` shows"
         ))
     })
+}
+
+/// Parses how a run was named on the command line: a whole id, a prefix of at least 4
+/// characters, or `last` / `@`.
+///
+/// # Errors
+/// [`CliError::InvalidArgument`] quoting `text` as it was typed.
+pub fn parse_run_ref(text: &str) -> Result<RunRef, CliError> {
+    RunRef::parse(text).map_err(|error| {
+        CliError::invalid(format!(
+            "{error}; name a run by its id or the first 4 or more characters of it (`testfleet list` shows them), or `last` for the newest"
+        ))
+    })
+}
+
+/// The run `typed` names (see [`parse_run_ref`]); `machine` restricts `last` to that machine's
+/// runs and goes with `last` only.
+///
+/// # Errors
+/// [`CliError::InvalidArgument`] for a malformed reference, an ambiguous prefix (listing the
+/// candidates), or a machine given with something else than `last`; [`CliError::RunNotFound`];
+/// [`CliError::Store`].
+pub async fn find_run(
+    store: &dyn RunStore,
+    typed: &str,
+    machine: Option<&str>,
+) -> Result<Run, CliError> {
+    let reference = parse_run_ref(typed)?;
+    let machine = match machine {
+        None => None,
+        Some(_) if reference != RunRef::Last => {
+            return Err(CliError::invalid(format!(
+                "-m/--machine goes with `last` (the newest run of that machine), not with the run id {typed:?}"
+            )));
+        }
+        Some(name) => {
+            Some(MachineName::parse(name).map_err(|error| CliError::invalid(error.to_string()))?)
+        }
+    };
+    match testfleet_core::lookup::find_run(store, &reference, machine.as_ref()).await {
+        Ok(run) => Ok(run),
+        Err(LookupError::NotFound { .. }) => Err(CliError::RunNotFound {
+            id: typed.to_owned(),
+        }),
+        Err(LookupError::NoRuns { machine }) => Err(CliError::NoRuns {
+            machine: machine.map(|m| m.to_string()),
+        }),
+        Err(LookupError::Ambiguous {
+            candidates, more, ..
+        }) => Err(CliError::AmbiguousRunId {
+            typed: typed.to_owned(),
+            candidates,
+            more,
+        }),
+        Err(LookupError::Store(error)) => Err(error.into()),
+    }
 }
 
 /// The run with this id.

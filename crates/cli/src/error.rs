@@ -28,6 +28,25 @@ pub enum CliError {
     },
     #[error("run {id} not found; `testfleet list` shows the known runs")]
     RunNotFound { id: String },
+    /// `last` when there is no run (on the machine asked for).
+    #[error(
+        "there is no run{} yet, so `last` names none; start one with `testfleet run DIR -m MACHINE`",
+        machine.as_ref().map(|m| format!(" on {m}")).unwrap_or_default()
+    )]
+    NoRuns { machine: Option<String> },
+    /// A run id prefix that starts the ids of several runs.
+    #[error(
+        "the run id prefix {typed:?} is ambiguous: it starts the ids of {}{} runs:{}{}\ntype more characters of the id",
+        candidates.len(),
+        if *more { " or more" } else { "" },
+        candidates.iter().map(|run| format!("\n  {}  {}  {}  {}", run.id, run.machine, run.status, run.created_at)).collect::<String>(),
+        if *more { "\n  …" } else { "" }
+    )]
+    AmbiguousRunId {
+        typed: String,
+        candidates: Vec<testfleet_core::Run>,
+        more: bool,
+    },
     /// `logs` of a run whose files another controller keeps.
     #[error(
         "the logs of run {id} are on controller {controller}, at {}; run `testfleet logs {id}` there",
@@ -38,6 +57,12 @@ pub enum CliError {
         controller: String,
         path: PathBuf,
     },
+    /// `logs` of a run whose local folder is gone (`gc`).
+    #[error(
+        "the logs of run {id} were removed from {}: `testfleet gc` removes the local files (logs, artifacts) of old runs; the record stays (`testfleet status {id}`)",
+        dir.display()
+    )]
+    LogsRemoved { id: String, dir: PathBuf },
     #[error(transparent)]
     Dispatch(#[from] DispatchError),
     #[error(transparent)]
@@ -54,6 +79,9 @@ pub enum CliError {
     },
     #[error("internal error: {0}")]
     Internal(String),
+    /// `machines trust --fingerprint` and the machine offered another key.
+    #[error("{0}")]
+    PinnedKeyMismatch(String),
 }
 
 impl CliError {
@@ -74,15 +102,19 @@ impl CliError {
     /// The stable code of this error: one exhaustive match.
     pub fn code(&self) -> ErrorCode {
         match self {
-            Self::InvalidArgument { .. } => ErrorCode::InvalidArgument,
+            Self::InvalidArgument { .. } | Self::AmbiguousRunId { .. } => {
+                ErrorCode::InvalidArgument
+            }
             Self::FleetConfig { .. } => ErrorCode::FleetConfigInvalid,
             Self::UnknownMachine { .. } => ErrorCode::UnknownMachine,
-            Self::RunNotFound { .. } => ErrorCode::RunNotFound,
+            Self::RunNotFound { .. } | Self::NoRuns { .. } => ErrorCode::RunNotFound,
             Self::LogsOnOtherController { .. } => ErrorCode::LogsOnOtherController,
+            Self::LogsRemoved { .. } => ErrorCode::LogsRemoved,
             Self::Dispatch(error) => error.code(),
             Self::Store(error) => error.code(),
             Self::Ssh(error) => error.code(),
             Self::Io { .. } | Self::Internal(_) => ErrorCode::Internal,
+            Self::PinnedKeyMismatch(_) => ErrorCode::HostKeyMismatch,
         }
     }
 
@@ -117,24 +149,39 @@ impl CliError {
             } => json!({ "file": file, "line": line, "column": column }),
             Self::UnknownMachine { name, known, .. } => json!({ "name": name, "known": known }),
             Self::RunNotFound { id } => json!({ "id": id }),
+            Self::NoRuns { machine } => json!({ "id": "last", "machine": machine }),
+            Self::AmbiguousRunId {
+                typed,
+                candidates,
+                more,
+                ..
+            } => json!({
+                "id": typed,
+                "candidates": candidates.iter().map(|run| json!({
+                    "id": run.id, "machine": run.machine, "status": run.status,
+                    "created_at": run.created_at,
+                })).collect::<Vec<_>>(),
+                "more": more,
+            }),
             Self::LogsOnOtherController {
                 id,
                 controller,
                 path,
             } => json!({ "run": id, "controller": controller, "path": path }),
+            Self::LogsRemoved { id, dir } => json!({ "run": id, "dir": dir }),
             Self::Dispatch(DispatchError::MachineBusy {
+                other_invocation,
                 machine,
                 active_run,
                 active_hash,
                 queued,
-            }) => {
-                json!({
-                    "machine": machine,
-                    "active_run": active_run,
-                    "active_hash": active_hash,
-                    "queued": queued,
-                })
-            }
+            }) => json!({
+                "machine": machine,
+                "active_run": active_run,
+                "active_hash": active_hash,
+                "other_invocation": other_invocation,
+                "queued": queued,
+            }),
             Self::Dispatch(DispatchError::MachinesBusy { busy }) => json!({
                 "machines": busy
                     .iter()
@@ -146,9 +193,10 @@ impl CliError {
                     .collect::<Vec<_>>(),
             }),
             Self::Dispatch(DispatchError::TestDirNotFound { path, .. }) => json!({ "path": path }),
-            Self::Dispatch(DispatchError::Hash(testfleet_core::HashError::Io { path, .. })) => {
-                json!({ "path": path })
-            }
+            Self::Dispatch(DispatchError::Hash(
+                testfleet_core::HashError::Io { path, .. }
+                | testfleet_core::HashError::IgnoreFile { path, .. },
+            )) => json!({ "path": path }),
             Self::Dispatch(DispatchError::MissingEntrypoint(error)) => {
                 json!({ "os": error.os.as_str(), "dir": error.dir, "wanted": error.wanted })
             }
@@ -158,7 +206,8 @@ impl CliError {
             | Self::Dispatch(_)
             | Self::Store(_)
             | Self::Ssh(_)
-            | Self::Internal(_) => json!({}),
+            | Self::Internal(_)
+            | Self::PinnedKeyMismatch(_) => json!({}),
         }
     }
 }
@@ -207,7 +256,8 @@ impl Exit {
             | ErrorCode::InvalidArgument
             | ErrorCode::FleetConfigInvalid
             | ErrorCode::RunNotFound
-            | ErrorCode::LogsOnOtherController => Self::Usage,
+            | ErrorCode::LogsOnOtherController
+            | ErrorCode::LogsRemoved => Self::Usage,
             // Run-level codes reach the command level only from commands that dial a machine
             // themselves (`machines check`, `machines trust`): the machine failed, not testfleet.
             ErrorCode::HostKeyUnknown
@@ -245,7 +295,8 @@ mod tests {
                 | "INVALID_ARGUMENT"
                 | "FLEET_CONFIG_INVALID"
                 | "RUN_NOT_FOUND"
-                | "LOGS_ON_OTHER_CONTROLLER" => 2,
+                | "LOGS_ON_OTHER_CONTROLLER"
+                | "LOGS_REMOVED" => 2,
                 "STORE_ERROR" | "INTERNAL" => 3,
                 "INTERRUPTED" => 130,
                 _ => 1,

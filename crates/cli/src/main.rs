@@ -6,6 +6,7 @@
 
 mod cli;
 mod commands;
+mod complete;
 mod config;
 mod context;
 mod detach;
@@ -27,6 +28,9 @@ use crate::error::{CliError, Exit};
 use crate::output::{Report, Style};
 
 fn main() -> anyhow::Result<ExitCode> {
+    // `COMPLETE=bash testfleet` prints the registration of dynamic completions, and the shell
+    // then calls testfleet with COMPLETE set for each word; without COMPLETE this does nothing.
+    clap_complete::CompleteEnv::with_factory(visible_command).complete();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(error) => return Ok(usage_error(&error)),
@@ -58,7 +62,7 @@ fn worker_threads(command: &Command) -> usize {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let machines = match command {
         Command::Run(args) if args.labels.is_empty() => args.machines.len(),
-        Command::Worker { .. } | Command::Cleanup { .. } => 1,
+        Command::Worker { .. } | Command::Cleanup { .. } | Command::Rerun { .. } => 1,
         _ => cores,
     };
     machines.clamp(1, cores)
@@ -124,24 +128,47 @@ fn init_tracing(cli: &Cli) {
 async fn execute(ctx: &Context, command: Command) -> Result<Report, CliError> {
     match command {
         Command::Run(args) => commands::run::run(ctx, args).await,
-        Command::Status { run_id, events } => commands::runs::status(ctx, &run_id, events).await,
+        Command::Rerun {
+            run_id,
+            machine,
+            detach,
+            wait,
+        } => commands::run::rerun(ctx, &run_id, machine.as_deref(), detach, wait).await,
+        Command::Status {
+            run_id,
+            machine,
+            events,
+        } => commands::runs::status(ctx, &run_id, machine.as_deref(), events).await,
         Command::Wait {
             run_ids,
+            machine,
             timeout,
             report,
-        } => commands::runs::wait(ctx, &run_ids, timeout, report.as_deref()).await,
+        } => {
+            commands::runs::wait(
+                ctx,
+                &run_ids,
+                machine.as_deref(),
+                timeout,
+                report.as_deref(),
+            )
+            .await
+        }
         Command::Report(args) => commands::report::report(ctx, args).await,
         Command::Logs {
             run_id,
+            machine,
             stderr,
             follow,
-        } => commands::runs::logs(ctx, &run_id, stderr, follow).await,
+        } => commands::runs::logs(ctx, &run_id, machine.as_deref(), stderr, follow).await,
         Command::List {
             machine,
             status,
             limit,
         } => commands::runs::list(ctx, machine.as_deref(), status, limit).await,
-        Command::Cancel { run_id } => commands::runs::cancel(ctx, &run_id).await,
+        Command::Cancel { run_id, machine } => {
+            commands::runs::cancel(ctx, &run_id, machine.as_deref()).await
+        }
         Command::Machines(command) => match command {
             MachinesCommand::List => commands::machines::list(ctx),
             MachinesCommand::Add(args) => commands::machines::add(ctx, &args),
@@ -149,17 +176,23 @@ async fn execute(ctx: &Context, command: Command) -> Result<Report, CliError> {
             MachinesCommand::Check { name } => {
                 commands::machines::check(ctx, name.as_deref()).await
             }
-            MachinesCommand::Trust { name } => commands::machines::trust(ctx, &name).await,
+            MachinesCommand::Trust {
+                name,
+                yes,
+                fingerprint,
+            } => commands::machines::trust(ctx, &name, yes, fingerprint.as_deref()).await,
             MachinesCommand::Status { names } => {
                 commands::queue::machines_status(ctx, &names).await
             }
         },
-        Command::Hash { dir } => commands::hash::hash(dir).await,
-        Command::Gc { older_than } => commands::runs::gc(ctx, older_than).await,
+        Command::Hash { dir, excludes } => commands::hash::hash(ctx, dir, excludes).await,
+        Command::Gc {
+            older_than,
+            dry_run,
+        } => commands::runs::gc(ctx, older_than, dry_run).await,
         Command::Completions { shell } => {
-            use clap::CommandFactory as _;
             let mut out = Vec::new();
-            clap_complete::generate(shell, &mut Cli::command(), "testfleet", &mut out);
+            clap_complete::generate(shell, &mut visible_command(), "testfleet", &mut out);
             Ok(Report::new(
                 serde_json::json!({ "shell": shell.to_string(), "script": String::from_utf8_lossy(&out) }),
                 String::from_utf8_lossy(&out).into_owned(),
@@ -176,6 +209,26 @@ async fn execute(ctx: &Context, command: Command) -> Result<Report, CliError> {
         }
         Command::Cleanup { run_id } => commands::worker::cleanup(ctx, &run_id).await,
     }
+}
+
+/// The command line as completions offer it: without the hidden commands (`_worker`,
+/// `_cleanup`), which only testfleet itself starts. clap cannot remove a subcommand, so the
+/// command is built again from its arguments and visible subcommands.
+fn visible_command() -> clap::Command {
+    use clap::CommandFactory as _;
+    let full = Cli::command();
+    let visible: Vec<clap::Command> = full
+        .get_subcommands()
+        .filter(|sub| !sub.is_hide_set())
+        .cloned()
+        .collect();
+    let mut rebuilt = clap::Command::new("testfleet")
+        .version(env!("CARGO_PKG_VERSION"))
+        .subcommand_required(true);
+    for arg in full.get_arguments() {
+        rebuilt = rebuilt.arg(arg.clone());
+    }
+    rebuilt.subcommands(visible)
 }
 
 #[cfg(test)]

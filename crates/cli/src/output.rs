@@ -44,6 +44,8 @@ pub struct Style {
     pub color: bool,
     /// ANSI colour on stderr.
     pub color_stderr: bool,
+    /// stdout is a terminal (tables get a header row).
+    pub stdout_tty: bool,
 }
 
 impl Style {
@@ -53,6 +55,7 @@ impl Style {
             json,
             color: !json && !no_color && std::io::stdout().is_terminal(),
             color_stderr: !no_color && std::io::stderr().is_terminal(),
+            stdout_tty: !json && std::io::stdout().is_terminal(),
         }
     }
 
@@ -85,7 +88,9 @@ pub fn emit(style: Style, result: Result<Report, CliError>) -> Exit {
     match result {
         Ok(report) => {
             if style.json {
-                print_json(&json!({ "ok": true, "data": report.data }));
+                let mut data = report.data;
+                null_missing_artifacts(&mut data);
+                print_json(&json!({ "ok": true, "data": data }));
             } else if !report.human.is_empty() {
                 let mut stdout = std::io::stdout().lock();
                 // A closed stdout (a pipe into `head`) is not worth an error.
@@ -112,6 +117,30 @@ pub fn emit_error(style: Style, error: &CliError) {
     } else {
         let label = paint(style.color_stderr, "31", &format!("error[{code}]"));
         eprintln!("{label}: {}", error.message());
+    }
+}
+
+/// In every run record of `value`: `paths.artifacts` is null when nothing was downloaded (no
+/// download, or no file), so that it never names a folder that does not exist.
+fn null_missing_artifacts(value: &mut Value) {
+    match value {
+        Value::Object(object) => {
+            let downloaded = object
+                .get("artifacts")
+                .and_then(|artifacts| artifacts.get("files"))
+                .and_then(Value::as_u64)
+                .is_some_and(|files| files > 0);
+            let is_run = object.contains_key("test_dir_hash");
+            if is_run
+                && !downloaded
+                && let Some(paths) = object.get_mut("paths").and_then(Value::as_object_mut)
+            {
+                paths.insert("artifacts".to_owned(), Value::Null);
+            }
+            object.values_mut().for_each(null_missing_artifacts);
+        }
+        Value::Array(items) => items.iter_mut().for_each(null_missing_artifacts),
+        _ => {}
     }
 }
 
@@ -142,6 +171,13 @@ pub fn run_table(style: Style, runs: &[Run]) -> String {
         return "no runs\n".to_owned();
     }
     let mut text = String::new();
+    if style.stdout_tty {
+        let _ = writeln!(
+            text,
+            "{:<26}  {:<16} {:<11} {:<24}  TEST DIR",
+            "ID", "MACHINE", "STATUS", "CREATED"
+        );
+    }
     for run in runs {
         let _ = writeln!(
             text,
@@ -263,6 +299,28 @@ fn plural(n: u64) -> &'static str {
     if n == 1 { "" } else { "s" }
 }
 
+/// A size as people read it: `512 B`, `4.1 KiB`, `3.0 MiB`, `1.2 GiB` (powers of 1024, one
+/// decimal).
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    #[expect(clippy::cast_precision_loss, reason = "one decimal is shown")]
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit_idx = 0;
+    while value >= 1024.0 && unit_idx + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit_idx += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit_idx])
+}
+
+/// `n` and the noun that goes with it: `1 file`, `0 files`, `2 files`.
+pub fn counted(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 /// One line per failed case (`failed CLASS::NAME: message`), then per unreadable report.
 pub fn test_failures(style: Style, tests: &TestSummary, indent: &str) -> String {
     let mut text = String::new();
@@ -355,7 +413,11 @@ pub fn run_detail(style: Style, run: &Run) -> String {
     field(
         "artifacts",
         match &run.artifacts {
-            Some(a) => format!("{} ({})", run.paths.artifacts.display(), artifact_counts(a)),
+            Some(a) if a.files > 0 => {
+                format!("{} ({})", run.paths.artifacts.display(), artifact_counts(a))
+            }
+            Some(a) if !a.skipped.is_empty() => format!("none ({})", artifact_counts(a)),
+            Some(_) => "none (the script left no artifacts/)".to_owned(),
             None => "-".to_owned(),
         },
     );
@@ -378,9 +440,14 @@ pub fn run_detail(style: Style, run: &Run) -> String {
     text
 }
 
-/// `3 files, 4189 bytes` (and `, 1 skipped` when some were).
+/// `3 files, 4.1 KiB` (and `, 1 skipped` when some were).
 fn artifact_counts(artifacts: &testfleet_core::ArtifactSummary) -> String {
-    let mut counts = format!("{} files, {} bytes", artifacts.files, artifacts.bytes);
+    let files = usize::try_from(artifacts.files).unwrap_or(usize::MAX);
+    let mut counts = format!(
+        "{}, {}",
+        counted(files, "file", "files"),
+        human_size(artifacts.bytes)
+    );
     if !artifacts.skipped.is_empty() {
         let _ = write!(counts, ", {} skipped", artifacts.skipped.len());
     }
@@ -421,5 +488,80 @@ mod tests {
         ] {
             assert_eq!(human_duration(Duration::from_millis(ms)), expected, "{ms}");
         }
+    }
+
+    #[test]
+    fn sizes_and_plurals() {
+        for (bytes, expected) in [
+            (0, "0 B"),
+            (1023, "1023 B"),
+            (1024, "1.0 KiB"),
+            (4_189, "4.1 KiB"),
+            (3 * 1024 * 1024, "3.0 MiB"),
+            (1_288_490_189, "1.2 GiB"),
+        ] {
+            assert_eq!(human_size(bytes), expected, "{bytes}");
+        }
+        assert_eq!(counted(1, "file", "files"), "1 file");
+        assert_eq!(counted(0, "file", "files"), "0 files");
+        assert_eq!(counted(2, "run", "runs"), "2 runs");
+    }
+
+    #[test]
+    fn run_tables_have_a_header_row_on_a_terminal_only() {
+        use testfleet_core::run::{NewRun, RunPaths};
+        use testfleet_core::{Invocation, MachineName, RunId, TargetOs, TestDirHash, Timestamp};
+        let id = RunId::from_parts(1_795_000_000_000, 7);
+        let run = Run::pending(
+            NewRun {
+                paths: RunPaths::in_state_dir(std::path::Path::new("/s"), &id),
+                id,
+                machine: MachineName::parse("m1").expect("valid"),
+                os: TargetOs::linux(),
+                test_dir: "/t/suite".into(),
+                test_dir_hash: TestDirHash::parse(&"ab".repeat(32)).expect("valid"),
+                entrypoint: "run.sh".into(),
+                invocation: Invocation::default(),
+                created_at: Timestamp::from_unix_ms(1_795_000_000_000),
+                timeout_ms: None,
+                keep_remote: false,
+                owner: None,
+                lease: Duration::from_secs(30),
+                controller: None,
+            },
+            Timestamp::from_unix_ms(1_795_000_000_000),
+        );
+        let style = |stdout_tty| Style {
+            json: false,
+            color: false,
+            color_stderr: false,
+            stdout_tty,
+        };
+        let piped = run_table(style(false), std::slice::from_ref(&run));
+        let terminal = run_table(style(true), std::slice::from_ref(&run));
+        assert!(piped.starts_with(run.id.as_str()), "{piped}");
+        let (header, rest) = terminal.split_once('\n').expect("two lines");
+        assert!(
+            header.starts_with("ID ") && header.ends_with("TEST DIR"),
+            "{header}"
+        );
+        assert_eq!(rest, piped);
+        // The header's columns line up with the rows'.
+        assert_eq!(header.find("MACHINE"), piped.find("m1"));
+    }
+
+    #[test]
+    fn artifacts_paths_are_null_when_nothing_was_downloaded() {
+        let run = |artifacts: Value| json!({"id": "X", "test_dir_hash": "h", "paths": {"artifacts": "/a"}, "artifacts": artifacts});
+        let mut value = json!({"runs": [
+            run(Value::Null),
+            run(json!({"files": 0, "bytes": 0, "skipped": []})),
+            run(json!({"files": 2, "bytes": 10, "skipped": []})),
+        ], "run": run(Value::Null)});
+        null_missing_artifacts(&mut value);
+        assert_eq!(value["runs"][0]["paths"]["artifacts"], Value::Null);
+        assert_eq!(value["runs"][1]["paths"]["artifacts"], Value::Null);
+        assert_eq!(value["runs"][2]["paths"]["artifacts"], "/a");
+        assert_eq!(value["run"]["paths"]["artifacts"], Value::Null);
     }
 }

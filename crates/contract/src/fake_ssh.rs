@@ -164,6 +164,8 @@ struct Shared {
     /// Execs running now (that a kill would end).
     running: std::sync::atomic::AtomicUsize,
     remote: Mutex<BTreeMap<String, RemoteNode>>,
+    /// What each opened gate wrote to its command's stdin, in order.
+    gate_stdin: Mutex<Vec<Vec<u8>>>,
 }
 
 /// A fake [`SshConnector`]; every session it opens shares its script and call log.
@@ -184,12 +186,20 @@ pub fn fake_target(host: &str) -> SshTarget {
         connect_timeout: SshTarget::DEFAULT_CONNECT_TIMEOUT,
         keepalive_interval: SshTarget::DEFAULT_KEEPALIVE_INTERVAL,
         keepalive_max: SshTarget::DEFAULT_KEEPALIVE_MAX,
+        jumps: Vec::new(),
+        identities_only: false,
     }
 }
 
 impl FakeSsh {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// What every gate opened so far wrote to its command's stdin (the gate's line, then the
+    /// secrets), in order.
+    pub fn gate_stdin(&self) -> Vec<Vec<u8>> {
+        lock(&self.shared.gate_stdin).clone()
     }
 
     pub fn with_script(script: FakeScript) -> Self {
@@ -478,10 +488,11 @@ impl SshSession for FakeSession {
         if fails_to_start {
             return self.exec(command, output).await;
         }
-        if !gate.wait().await {
+        let Some(stdin) = gate.wait().await else {
             self.fake.record(SshCall::GateClosed(command.to_owned()));
             return Ok(RemoteExit::Code(125));
-        }
+        };
+        lock(&self.fake.shared.gate_stdin).push(stdin);
         self.exec(command, output).await
     }
 

@@ -20,7 +20,7 @@ use testfleet_core::queue::{
 use testfleet_core::run::{
     Amendment, ApplyError, NewRun, Run, RunEventRecord, RunOwner, RunStatus, Transition,
 };
-use testfleet_core::{MachineName, RunId, Timestamp};
+use testfleet_core::{MachineName, RunId, RunIdPrefix, Timestamp};
 
 /// An in-memory [`RunStore`].
 #[derive(Debug, Default)]
@@ -155,7 +155,7 @@ impl RunStore for FakeStore {
         let same = inner
             .runs
             .values()
-            .find(|run| is_same_live_run(run, &new.test_dir_hash, &on.machines, now))
+            .find(|run| is_same_live_run(run, &new, &on.machines, now))
             .cloned();
         let states: Vec<MachineState> = on
             .machines
@@ -233,6 +233,23 @@ impl RunStore for FakeStore {
         let mut inner = self.lock();
         inner.check_broken()?;
         inner.run_mut(id).map(|run| run.clone())
+    }
+
+    async fn find_by_id_prefix(
+        &self,
+        prefix: &RunIdPrefix,
+        limit: usize,
+    ) -> Result<Vec<Run>, StoreError> {
+        let inner = self.lock();
+        inner.check_broken()?;
+        Ok(inner
+            .runs
+            .values()
+            .rev()
+            .filter(|run| prefix.matches(&run.id))
+            .take(limit)
+            .cloned()
+            .collect())
     }
 
     async fn transition(&self, id: &RunId, change: Transition) -> Result<Run, StoreError> {

@@ -322,6 +322,9 @@ async fn kill_ends_a_running_exec(session: &dyn SshSession, root: &str) {
         pid_file: &pid_file,
         entrypoint: "run.sh",
         run_id: KILL_RUN_ID,
+        machine: "m1",
+        args: &[],
+        env: &[],
         grace: Duration::from_secs(2),
     };
     let command = RemoteShell::Posix.exec_command(&script);

@@ -64,6 +64,10 @@ pub enum ErrorCode {
     /// shares the run store: the message names that controller and the path there. Nothing is
     /// recorded. Core never produces it; the application does.
     LogsOnOtherController,
+    /// `logs` of a run whose local files (logs, artifacts) are gone from this controller:
+    /// `gc` removed them (or someone deleted them); the record stays. Nothing is recorded. Core
+    /// never produces it; the application does.
+    LogsRemoved,
     /// The host-key policy is [`Strict`](crate::ports::HostKeyPolicy::Strict) and known_hosts has
     /// no entry for the host
     /// ([`SshError::HostKeyUnknown`](crate::ports::SshError::HostKeyUnknown)); the message gives
@@ -153,7 +157,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in the order of the table in `docs/contract.md#error-codes`.
-    pub const ALL: [ErrorCode; 25] = [
+    pub const ALL: [ErrorCode; 26] = [
         Self::TestDirNotFound,
         Self::TestDirUnreadable,
         Self::MissingEntrypoint,
@@ -163,6 +167,7 @@ impl ErrorCode {
         Self::FleetConfigInvalid,
         Self::RunNotFound,
         Self::LogsOnOtherController,
+        Self::LogsRemoved,
         Self::HostKeyUnknown,
         Self::HostKeyMismatch,
         Self::AuthFailed,
@@ -193,6 +198,7 @@ impl ErrorCode {
             Self::FleetConfigInvalid => "FLEET_CONFIG_INVALID",
             Self::RunNotFound => "RUN_NOT_FOUND",
             Self::LogsOnOtherController => "LOGS_ON_OTHER_CONTROLLER",
+            Self::LogsRemoved => "LOGS_REMOVED",
             Self::HostKeyUnknown => "HOST_KEY_UNKNOWN",
             Self::HostKeyMismatch => "HOST_KEY_MISMATCH",
             Self::AuthFailed => "AUTH_FAILED",

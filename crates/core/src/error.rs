@@ -30,13 +30,16 @@ pub enum DispatchError {
     /// A file of the test directory could not be read.
     #[error("failed to read the test directory")]
     Hash(#[source] HashError),
-    /// Another test directory is pending or running on the machine, or waits for it (a run
-    /// that does not wait never jumps the queue).
+    /// Another test directory, or the same one with other arguments or variables, is pending or
+    /// running on the machine, or waits for it (a run that does not wait never jumps the queue).
     #[error(
-        "machine {machine} is busy with run {active_run} (test directory hash {active_hash}){}",
+        "machine {machine} is busy with run {active_run} (test directory hash {active_hash}{}){}",
+        if *other_invocation { ", the same directory with other arguments or variables" } else { "" },
         if *queued { ", which waits for it" } else { "" }
     )]
     MachineBusy {
+        /// The active run has the same hash, and other arguments or variables.
+        other_invocation: bool,
         /// The machine asked for.
         machine: MachineName,
         /// The run that holds it, or the first live run waiting for it.
@@ -103,7 +106,9 @@ impl From<HashError> for DispatchError {
     fn from(error: HashError) -> Self {
         match error {
             HashError::NotADirectory { path, source } => Self::TestDirNotFound { path, source },
-            error @ HashError::Io { .. } => Self::Hash(error),
+            error @ (HashError::Io { .. }
+            | HashError::IgnoreFile { .. }
+            | HashError::Exclude(_)) => Self::Hash(error),
         }
     }
 }

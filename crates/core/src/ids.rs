@@ -28,13 +28,23 @@ impl RunId {
     /// # Errors
     /// When `value` is not a ULID.
     pub fn parse(value: &str) -> Result<Self, IdError> {
+        let refuse = |reason| IdError {
+            what: "run id",
+            value: value.to_owned(),
+            reason,
+        };
+        // A first character above 7 does not fit in 128 bits: the ulid crate would drop the
+        // high bits and hand back another id than the one typed.
+        if value.len() == 26 && !value.starts_with(|c: char| ('0'..='7').contains(&c)) {
+            return Err(refuse(
+                "a 26-character run id starts with 0 to 7 (a larger first character does not fit a ULID)",
+            ));
+        }
         match ulid::Ulid::from_string(value) {
             Ok(ulid) => Ok(Self(ulid.to_string())),
-            Err(_) => Err(IdError {
-                what: "run id",
-                value: value.to_owned(),
-                reason: "expected a 26-character ULID such as 01JD0000000000000000000000",
-            }),
+            Err(_) => Err(refuse(
+                "expected a 26-character ULID such as 01JD0000000000000000000000",
+            )),
         }
     }
 
@@ -65,6 +75,96 @@ impl From<RunId> for String {
 impl fmt::Display for RunId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+/// The characters of a run id: Crockford base32 without `I`, `L`, `O` and `U`.
+const RUN_ID_ALPHABET: &str = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+
+/// The start of a run id, as a user types it to name a run: at least
+/// [`RunIdPrefix::MIN_LEN`] and fewer than 26 characters of a run id, stored in upper case.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RunIdPrefix(String);
+
+impl RunIdPrefix {
+    /// The shortest prefix accepted: 4 characters.
+    pub const MIN_LEN: usize = 4;
+
+    /// Takes `value` as a run id prefix (case-insensitive input, stored in upper case).
+    ///
+    /// # Errors
+    /// When `value` is shorter than [`RunIdPrefix::MIN_LEN`] or at least 26 characters long,
+    /// holds a character that no run id has (Crockford base32 has no `I`, `L`, `O` or `U`), or
+    /// starts with a character above `7`, which no run id does.
+    pub fn parse(value: &str) -> Result<Self, IdError> {
+        let refuse = |reason| IdError {
+            what: "run id",
+            value: value.to_owned(),
+            reason,
+        };
+        if value.len() < Self::MIN_LEN {
+            return Err(refuse(
+                "a run id prefix has at least 4 characters; `testfleet list` shows the ids",
+            ));
+        }
+        if value.len() >= 26 {
+            return Err(refuse("a run id has 26 characters; this is longer"));
+        }
+        let upper = value.to_ascii_uppercase();
+        if !upper.chars().all(|c| RUN_ID_ALPHABET.contains(c)) {
+            return Err(refuse(
+                "run ids are made of 0-9 and A-Z without I, L, O and U (Crockford base32)",
+            ));
+        }
+        if !upper.starts_with(|c: char| ('0'..='7').contains(&c)) {
+            return Err(refuse("every run id starts with 0 to 7"));
+        }
+        Ok(Self(upper))
+    }
+
+    /// The prefix in upper case.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether `id` starts with this prefix.
+    pub fn matches(&self, id: &RunId) -> bool {
+        id.as_str().starts_with(&self.0)
+    }
+}
+
+impl fmt::Display for RunIdPrefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// How a user names a run on the command line: a whole id, a unique prefix of one, or the
+/// newest run (`last`, or `@`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum RunRef {
+    /// A whole run id.
+    Id(RunId),
+    /// The start of a run id, which must match exactly one run.
+    Prefix(RunIdPrefix),
+    /// The newest run (of a machine, when the command says which).
+    Last,
+}
+
+impl RunRef {
+    /// Parses what was typed: `last` or `@` (any case), a 26-character id, or a prefix of 4 to
+    /// 25 characters.
+    ///
+    /// # Errors
+    /// [`IdError`] quoting `value` as it was typed, and saying which rule it broke.
+    pub fn parse(value: &str) -> Result<Self, IdError> {
+        if value == "@" || value.eq_ignore_ascii_case("last") {
+            return Ok(Self::Last);
+        }
+        if value.len() == 26 {
+            return RunId::parse(value).map(Self::Id);
+        }
+        RunIdPrefix::parse(value).map(Self::Prefix)
     }
 }
 
@@ -254,6 +354,52 @@ mod tests {
         assert_eq!(RunId::parse(&id.as_str().to_lowercase()), Ok(id.clone()));
         assert!(RunId::parse("not-a-ulid").is_err());
         assert!(RunId::parse("").is_err());
+    }
+
+    #[test]
+    fn run_ids_that_do_not_fit_are_refused_as_typed() {
+        let error = RunId::parse("ZZZZZZZZZZZZZZZZZZZZZZZZZZ").expect_err("does not fit");
+        assert!(
+            error.to_string().contains("\"ZZZZZZZZZZZZZZZZZZZZZZZZZZ\""),
+            "{error}"
+        );
+        assert!(RunId::parse("7ZZZZZZZZZZZZZZZZZZZZZZZZZ").is_ok());
+        assert!(RunId::parse("01JD000000000000000000000I").is_err());
+    }
+
+    #[test]
+    fn run_refs() {
+        let id = "01JD0000000000000000000000";
+        for (typed, expected) in [
+            ("last", Some(RunRef::Last)),
+            ("LAST", Some(RunRef::Last)),
+            ("@", Some(RunRef::Last)),
+            (id, Some(RunRef::Id(RunId::parse(id).expect("valid")))),
+            ("01jd", Some(RunRef::Prefix(RunIdPrefix("01JD".to_owned())))),
+            (
+                "01JD000000000000000000000",
+                Some(RunRef::Prefix(RunIdPrefix(
+                    "01JD000000000000000000000".to_owned(),
+                ))),
+            ),
+            ("01J", None),
+            ("", None),
+            ("01JI", None),
+            ("01JD-", None),
+            ("91JD", None),
+            ("01JD0000000000000000000000X", None),
+            ("ZZZZZZZZZZZZZZZZZZZZZZZZZZ", None),
+        ] {
+            assert_eq!(RunRef::parse(typed).ok(), expected, "{typed:?}");
+        }
+        let error = RunRef::parse("01J").expect_err("too short");
+        assert!(
+            error.to_string().contains("\"01J\""),
+            "quotes what was typed: {error}"
+        );
+        let prefix = RunIdPrefix::parse("01jd0").expect("valid");
+        assert!(prefix.matches(&RunId::parse(id).expect("valid")));
+        assert!(!prefix.matches(&RunId::parse("01JE0000000000000000000000").expect("valid")));
     }
 
     #[test]

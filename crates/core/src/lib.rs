@@ -10,6 +10,7 @@ pub mod entrypoint;
 pub mod error;
 pub mod hash;
 pub mod ids;
+pub mod lookup;
 pub mod ports;
 pub mod queue;
 pub mod remote;
@@ -22,10 +23,11 @@ pub use code::{ErrorCode, RunError, error_chain};
 pub use entrypoint::{EntrypointError, OsFamily, TargetOs};
 pub use error::DispatchError;
 pub use hash::{DirManifest, HashError, ManifestFile, RelPath, hash_dir};
-pub use ids::{ControllerId, IdError, MachineName, RunId, TestDirHash};
+pub use ids::{ControllerId, IdError, MachineName, RunId, RunIdPrefix, RunRef, TestDirHash};
 pub use run::{
-    Amendment, ArtifactSummary, DispatchedRun, LifecycleEvent, NewRun, RemoteCleanup, Run,
-    RunEventRecord, RunOwner, RunPaths, RunStatus, SkippedArtifact, Transition, transition,
+    Amendment, ArtifactSummary, DispatchedRun, EnvVar, Invocation, InvocationError, LifecycleEvent,
+    NewRun, RemoteCleanup, Run, RunEventRecord, RunOwner, RunPaths, RunStatus, SkippedArtifact,
+    Transition, transition,
 };
 pub use summary::{FailedCase, FailureKind, TestSummary, UnreadableReport};
 pub use time::Timestamp;

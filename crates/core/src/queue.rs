@@ -12,8 +12,8 @@
 //! - Among several machines that would do (`run --any`), the least recently used one is taken
 //!   (the one whose newest run is the oldest, a never used one first), so that load spreads.
 
-use crate::ids::{MachineName, RunId, TestDirHash};
-use crate::run::Run;
+use crate::ids::{MachineName, RunId};
+use crate::run::{NewRun, Run};
 use crate::time::Timestamp;
 
 /// What a store knows of one machine when it claims or grants it.
@@ -83,16 +83,12 @@ pub enum ClaimDecision {
     Busy(Vec<Run>),
 }
 
-/// Whether `run` is a live run with test directory hash `hash` on one of `machines`: it holds
-/// one of them, or is a live waiter for one of them. Such a run is returned by a claim of the same
-/// directory (idempotency) instead of a new one.
-pub fn is_same_live_run(
-    run: &Run,
-    hash: &TestDirHash,
-    machines: &[MachineName],
-    now: Timestamp,
-) -> bool {
-    if run.test_dir_hash != *hash {
+/// Whether `run` is a live run of the same invocation as `new` (the same test directory hash,
+/// arguments and variables: [`Invocation::same_key`](crate::run::Invocation::same_key)) on one
+/// of `machines`: it holds one of them, or is a live waiter for one of them. Such a run is
+/// returned by the claim of `new` (idempotency) instead of a new one.
+pub fn is_same_live_run(run: &Run, new: &NewRun, machines: &[MachineName], now: Timestamp) -> bool {
+    if run.test_dir_hash != new.test_dir_hash || !run.invocation.same_key(&new.invocation) {
         return false;
     }
     if run.status.holds_machine() {

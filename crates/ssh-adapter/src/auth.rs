@@ -94,7 +94,7 @@ pub(crate) async fn authenticate(
         .map_err(|error| transport_lost(target, &error))?
         .flatten();
 
-    if options.use_agent && std::env::var_os("SSH_AUTH_SOCK").is_some() {
+    if options.use_agent && !target.identities_only && std::env::var_os("SSH_AUTH_SOCK").is_some() {
         match AgentClient::connect_env().await {
             Ok(mut agent) => {
                 agent_present = true;

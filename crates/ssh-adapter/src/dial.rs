@@ -69,7 +69,9 @@ fn dial_failed(
     }
 }
 
-/// Connects, verifies the host key and logs in.
+/// Connects, verifies the host key and logs in; through the target's jump hosts, in order,
+/// when it has some. Each hop has its own deadline (its `connect_timeout`), and a failure at a
+/// hop names it; a failure of the target reached through hops says through which.
 ///
 /// # Errors
 /// See [`testfleet_core::ports::SshConnector::connect`].
@@ -77,22 +79,90 @@ pub(crate) async fn connect(
     target: &SshTarget,
     options: &ConnectorOptions,
     keys: &crate::auth::KeyCache,
+    notice: &crate::NewHostKeyNotice,
 ) -> Result<RusshSession, SshError> {
-    let deadline = tokio::time::Instant::now() + target.connect_timeout;
-    let timed_out = || {
-        dial_failed(
-            target,
-            format!("timed out after {:?}", target.connect_timeout),
-            None,
-        )
-    };
+    let mut hops: Vec<client::Handle<ClientHandler>> = Vec::with_capacity(target.jumps.len());
+    let mut previous: Option<&SshTarget> = None;
+    for hop in target.jumps.iter().chain(std::iter::once(target)) {
+        let is_target = std::ptr::eq(hop, target);
+        let deadline = tokio::time::Instant::now() + hop.connect_timeout;
+        let logged_in = match (hops.last(), previous) {
+            (Some(through), Some(via)) => {
+                let channel = tokio::time::timeout_at(
+                    deadline,
+                    through.channel_open_direct_tcpip(
+                        hop.host.clone(),
+                        u32::from(hop.port),
+                        "127.0.0.1",
+                        0,
+                    ),
+                )
+                .await;
+                let channel = match channel {
+                    Err(_) => Err(dial_failed(
+                        hop,
+                        format!(
+                            "timed out after {:?} opening the tunnel",
+                            hop.connect_timeout
+                        ),
+                        None,
+                    )),
+                    Ok(Err(error)) => Err(dial_failed(
+                        hop,
+                        format!("the jump host refused the tunnel: {error}"),
+                        Some(error),
+                    )),
+                    Ok(Ok(channel)) => Ok(channel),
+                };
+                match channel {
+                    Ok(channel) => {
+                        login(hop, channel.into_stream(), options, keys, notice, deadline).await
+                    }
+                    Err(error) => Err(error),
+                }
+                .map_err(|error| through_hop(error, via))
+            }
+            _ => match tcp_connect(hop, deadline).await {
+                Ok(socket) => login(hop, socket, options, keys, notice, deadline).await,
+                Err(error) => Err(error),
+            },
+        };
+        let (handle, state) = logged_in.map_err(|error| {
+            if is_target {
+                error
+            } else {
+                name_jump_host(error, hop, target)
+            }
+        })?;
+        if is_target {
+            return Ok(
+                RusshSession::new(handle, state, target.host.clone(), options.tuning)
+                    .with_hops(hops),
+            );
+        }
+        hops.push(handle);
+        previous = Some(hop);
+    }
+    unreachable!("the loop returns at the target, its last item")
+}
 
+/// The TCP connection to the first host dialled.
+async fn tcp_connect(
+    target: &SshTarget,
+    deadline: tokio::time::Instant,
+) -> Result<tokio::net::TcpStream, SshError> {
     let socket = tokio::time::timeout_at(
         deadline,
         tokio::net::TcpStream::connect((target.host.as_str(), target.port)),
     )
     .await
-    .map_err(|_| timed_out())?
+    .map_err(|_| {
+        dial_failed(
+            target,
+            format!("timed out after {:?}", target.connect_timeout),
+            None,
+        )
+    })?
     .map_err(|error| SshError::DialFailed {
         host: target.host.clone(),
         port: target.port,
@@ -103,7 +173,73 @@ pub(crate) async fn connect(
     if let Err(error) = socket.set_nodelay(true) {
         tracing::debug!(%error, "set_nodelay failed");
     }
+    Ok(socket)
+}
 
+/// An error of a host reached through the jump host `via` says so.
+fn through_hop(error: SshError, via: &SshTarget) -> SshError {
+    match error {
+        SshError::DialFailed {
+            host,
+            port,
+            reason,
+            source,
+        } => SshError::DialFailed {
+            host,
+            port,
+            reason: format!("{reason} (via the jump host {}:{})", via.host, via.port),
+            source,
+        },
+        other => other,
+    }
+}
+
+/// An error at the jump host `hop` of `target` names the hop.
+fn name_jump_host(error: SshError, hop: &SshTarget, target: &SshTarget) -> SshError {
+    let role = format!(
+        "jump host {}:{} on the way to {}:{}",
+        hop.host, hop.port, target.host, target.port
+    );
+    match error {
+        SshError::DialFailed {
+            host,
+            port,
+            reason,
+            source,
+        } => SshError::DialFailed {
+            host,
+            port,
+            reason: format!("{reason} ({role})"),
+            source,
+        },
+        SshError::AuthFailed { user, host, reason } => SshError::AuthFailed {
+            user,
+            host,
+            reason: format!("{reason} ({role})"),
+        },
+        other => other,
+    }
+}
+
+/// The SSH handshake with the host-key check, then the login, over `stream`, by `deadline`.
+async fn login<S>(
+    target: &SshTarget,
+    stream: S,
+    options: &ConnectorOptions,
+    keys: &crate::auth::KeyCache,
+    notice: &crate::NewHostKeyNotice,
+    deadline: tokio::time::Instant,
+) -> Result<(client::Handle<ClientHandler>, SharedState), SshError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let timed_out = || {
+        dial_failed(
+            target,
+            format!("timed out after {:?}", target.connect_timeout),
+            None,
+        )
+    };
     let state = SharedState::default();
     let handler = ClientHandler {
         host: target.host.clone(),
@@ -111,10 +247,11 @@ pub(crate) async fn connect(
         known_hosts: target.known_hosts.clone(),
         policy: target.host_key_policy,
         state: Arc::clone(&state),
+        notice: notice.clone(),
     };
     let config = Arc::new(client_config(target));
     let handshake =
-        tokio::time::timeout_at(deadline, client::connect_stream(config, socket, handler)).await;
+        tokio::time::timeout_at(deadline, client::connect_stream(config, stream, handler)).await;
     let mut handle = match handshake {
         Err(_) => return Err(timed_out()),
         Ok(Ok(handle)) => handle,
@@ -142,10 +279,5 @@ pub(crate) async fn connect(
         }
         Ok(result) => result?,
     }
-    Ok(RusshSession::new(
-        handle,
-        state,
-        target.host.clone(),
-        options.tuning,
-    ))
+    Ok((handle, state))
 }

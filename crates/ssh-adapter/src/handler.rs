@@ -32,6 +32,7 @@ pub(crate) struct ClientHandler {
     pub(crate) known_hosts: PathBuf,
     pub(crate) policy: HostKeyPolicy,
     pub(crate) state: SharedState,
+    pub(crate) notice: crate::NewHostKeyNotice,
 }
 
 impl ClientHandler {
@@ -62,7 +63,17 @@ impl ClientHandler {
                     fingerprint,
                     known_hosts: self.known_hosts.clone(),
                 }),
-                HostKeyPolicy::AcceptNew => {
+                HostKeyPolicy::AcceptPinned(pinned)
+                    if key.fingerprint(HashAlg::Sha256).as_bytes() != pinned.as_slice() =>
+                {
+                    Err(SshError::HostKeyUnknown {
+                        host: self.host.clone(),
+                        port: self.port,
+                        fingerprint,
+                        known_hosts: self.known_hosts.clone(),
+                    })
+                }
+                HostKeyPolicy::AcceptNew | HostKeyPolicy::AcceptPinned(_) => {
                     known_hosts::learn(&self.known_hosts, &self.host, self.port, key).map_err(
                         |error| SshError::Other {
                             reason: format!(
@@ -73,6 +84,9 @@ impl ClientHandler {
                         },
                     )?;
                     tracing::info!(host = %self.host, port = self.port, %fingerprint, "recorded a new host key");
+                    if let Some(notice) = &self.notice.0 {
+                        notice(&self.host, self.port, &fingerprint, &self.known_hosts);
+                    }
                     Ok(())
                 }
             },

@@ -9,6 +9,8 @@ mod known_hosts;
 mod session;
 mod sftp;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use testfleet_core::ports::{SshConnector, SshError, SshSession, SshTarget};
 
@@ -61,12 +63,31 @@ impl Default for ConnectorOptions {
     }
 }
 
+/// What is called each time a connector records a new host key in known_hosts
+/// (`accept-new`): host, port, the `SHA256:` fingerprint, the known_hosts file.
+pub type NewHostKeyFn = dyn Fn(&str, u16, &str, &std::path::Path) + Send + Sync;
+
+/// A [`NewHostKeyFn`], or none.
+#[derive(Clone, Default)]
+pub struct NewHostKeyNotice(pub(crate) Option<Arc<NewHostKeyFn>>);
+
+impl std::fmt::Debug for NewHostKeyNotice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "NewHostKeyNotice(Some)"
+        } else {
+            "NewHostKeyNotice(None)"
+        })
+    }
+}
+
 /// Dials machines with russh.
 #[derive(Debug, Clone, Default)]
 pub struct RusshConnector {
     options: ConnectorOptions,
     /// Identity files already read, so that a fan-out parses each key once.
     keys: auth::KeyCache,
+    notice: NewHostKeyNotice,
 }
 
 impl RusshConnector {
@@ -80,14 +101,23 @@ impl RusshConnector {
         Self {
             options,
             keys: auth::KeyCache::default(),
+            notice: NewHostKeyNotice::default(),
         }
+    }
+
+    /// Calls `notice` each time a host key is recorded in known_hosts, so that the application
+    /// can say which key it trusted.
+    #[must_use]
+    pub fn on_new_host_key(mut self, notice: Arc<NewHostKeyFn>) -> Self {
+        self.notice = NewHostKeyNotice(Some(notice));
+        self
     }
 }
 
 #[async_trait]
 impl SshConnector for RusshConnector {
     async fn connect(&self, target: &SshTarget) -> Result<Box<dyn SshSession>, SshError> {
-        let session = dial::connect(target, &self.options, &self.keys).await?;
+        let session = dial::connect(target, &self.options, &self.keys, &self.notice).await?;
         Ok(Box::new(session))
     }
 }

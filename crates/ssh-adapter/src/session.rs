@@ -23,6 +23,9 @@ pub(crate) struct RusshSession {
     pub(crate) host: String,
     pub(crate) tuning: TransferTuning,
     sftp: tokio::sync::OnceCell<Arc<SftpSession>>,
+    /// The jump hosts' connections this one is tunnelled through, first hop first; they live
+    /// as long as the session.
+    hops: Vec<client::Handle<ClientHandler>>,
 }
 
 impl std::fmt::Debug for RusshSession {
@@ -46,7 +49,14 @@ impl RusshSession {
             host,
             tuning,
             sftp: tokio::sync::OnceCell::new(),
+            hops: Vec::new(),
         }
+    }
+
+    /// The session, keeping the jump hosts' connections `hops` open while it lives.
+    pub(crate) fn with_hops(mut self, hops: Vec<client::Handle<ClientHandler>>) -> Self {
+        self.hops = hops;
+        self
     }
 
     /// Why the connection is gone, for messages.
@@ -173,13 +183,10 @@ impl RusshSession {
                 biased;
                 opened = async { gate.as_mut().expect("guarded").await }, if gate.is_some() => {
                     gate = None;
-                    if opened {
+                    if let Some(line) = opened {
                         // stdin stays open from here on: its end tells the remote wrapper that
                         // the connection is gone.
-                        channel
-                            .data(ExecGate::OPEN_LINE)
-                            .await
-                            .map_err(exec_failed)?;
+                        channel.data(line.as_slice()).await.map_err(exec_failed)?;
                     } else {
                         channel.eof().await.map_err(exec_failed)?;
                     }
@@ -323,6 +330,10 @@ impl SshSession for RusshSession {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while !self.is_closed() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Then the jump hosts, last hop first; the target's connection is already closed.
+        for hop in self.hops.iter().rev() {
+            let _ = hop.disconnect(Disconnect::ByApplication, "", "en").await;
         }
         Ok(())
     }

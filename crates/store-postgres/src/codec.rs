@@ -10,7 +10,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use postgres::Row;
 use postgres::types::ToSql;
 use testfleet_core::run::{
-    ArtifactSummary, RemoteCleanup, Run, RunEventRecord, RunPaths, RunStatus, SkippedArtifact,
+    ArtifactSummary, Invocation, RemoteCleanup, Run, RunEventRecord, RunPaths, RunStatus,
+    SkippedArtifact,
 };
 use testfleet_core::{
     ControllerId, ErrorCode, MachineName, RunError, RunId, TargetOs, TestDirHash, Timestamp,
@@ -24,10 +25,10 @@ pub(crate) const RUN_COLUMNS: &str = "id, machine, os, test_dir, test_dir_hash, 
      status, error_code, error_message, exit_code, signal, created_at, started_at, finished_at, \
      duration_ms, timeout_ms, remote_dir, owner_pid, owner_start_time, keep_remote, local_dir, \
      artifact_files, artifact_bytes, owner_host, lease_expires_at, controller, cancel_requested_at, \
-     remote_cleanup, artifacts_skipped, tests, waiting_for, queue_seq";
+     remote_cleanup, artifacts_skipped, tests, waiting_for, queue_seq, invocation";
 
 /// How many columns [`RUN_COLUMNS`] names.
-pub(crate) const RUN_COLUMN_COUNT: usize = 32;
+pub(crate) const RUN_COLUMN_COUNT: usize = 33;
 
 /// The columns of `run_events`, in the order [`event_from_row`] reads them.
 pub(crate) const EVENT_COLUMNS: &str = "at, from_status, to_status, code, detail";
@@ -156,6 +157,12 @@ pub(crate) fn run_from_row(row: &Row, first: usize) -> Result<(Run, i64), RowErr
         test_dir_hash: TestDirHash::parse(&hash_text)
             .map_err(|_| bad("test_dir_hash", &hash_text, "test directory hash"))?,
         entrypoint: text(5)?,
+        invocation: opt_text(32)?
+            .map(|text| {
+                serde_json::from_str(&text).map_err(|_| bad("invocation", &text, "invocation"))
+            })
+            .transpose()?
+            .unwrap_or_default(),
         status: status(&text(6)?, "status")?,
         error: match (error_code, error_message) {
             (Some(code), Some(message)) => Some(RunError::new(code, message)),
@@ -279,6 +286,7 @@ pub(crate) struct RunValues {
     tests: Option<String>,
     waiting_for: Option<String>,
     queue_seq: Option<i64>,
+    invocation: Option<String>,
 }
 
 impl RunValues {
@@ -331,6 +339,10 @@ impl RunValues {
                 .and_then(|tests| serde_json::to_string(tests).ok()),
             waiting_for: machines_to_sql(&run.waiting_for),
             queue_seq: run.queue_seq.map(u64_to_sql),
+            // A secret variable serializes as its name only; an empty invocation is NULL.
+            invocation: (run.invocation != Invocation::default())
+                .then(|| serde_json::to_string(&run.invocation).ok())
+                .flatten(),
         }
     }
 
@@ -369,6 +381,7 @@ impl RunValues {
             &self.tests,
             &self.waiting_for,
             &self.queue_seq,
+            &self.invocation,
         ]
     }
 }

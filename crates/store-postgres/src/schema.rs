@@ -13,6 +13,10 @@ use crate::error::Error;
 const MIGRATIONS: &[(&str, &str)] = &[
     ("runs", include_str!("../migrations/0001_runs.sql")),
     ("queue", include_str!("../migrations/0002_queue.sql")),
+    (
+        "invocation",
+        include_str!("../migrations/0003_invocation.sql"),
+    ),
 ];
 
 /// The schema version this build writes.

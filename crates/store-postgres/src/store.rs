@@ -25,7 +25,7 @@ use testfleet_core::queue::{
 use testfleet_core::run::{
     Amendment, ApplyError, NewRun, Run, RunEventRecord, RunOwner, RunStatus, Transition,
 };
-use testfleet_core::{MachineName, RunId, Timestamp};
+use testfleet_core::{MachineName, RunId, RunIdPrefix, Timestamp};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::changes::Changes;
@@ -63,9 +63,10 @@ enum Query {
     ListByMachine,
     ListByStatus,
     ListByBoth,
+    ByIdPrefix,
 }
 
-const QUERY_COUNT: usize = 14;
+const QUERY_COUNT: usize = 15;
 
 /// The SQL of every [`Query`], with the schema written in, and the statements of the queue
 /// (run inside a transaction that holds the machines' locks, so not prepared).
@@ -172,6 +173,8 @@ impl Queries {
             list(" WHERE machine = $1", 2),
             list(" WHERE status = $1", 2),
             list(" WHERE machine = $1 AND status = $2", 3),
+            // Ids and prefixes are upper-case Crockford base32: no LIKE wildcard can occur.
+            list(" WHERE id LIKE $1", 2),
         ];
         Self {
             prepared,
@@ -609,7 +612,7 @@ impl RunStore for PostgresStore {
                 let now = time_from_sql(tx.query_one("SELECT now()", &[])?.try_get(0)?);
                 let same = runs_of(tx, &sql.same_hash, &[&new.test_dir_hash.as_str()])?
                     .into_iter()
-                    .find(|run| is_same_live_run(run, &new.test_dir_hash, &on.machines, now));
+                    .find(|run| is_same_live_run(run, &new, &on.machines, now));
                 let states = on
                     .machines
                     .iter()
@@ -746,6 +749,19 @@ impl RunStore for PostgresStore {
         let id = id.clone();
         self.blocking("read a run", move |session| Ok(session.load(&id)?.0))
             .await
+    }
+
+    async fn find_by_id_prefix(
+        &self,
+        prefix: &RunIdPrefix,
+        limit: usize,
+    ) -> Result<Vec<Run>, StoreError> {
+        let pattern = format!("{prefix}%");
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.blocking("find runs by id prefix", move |session| {
+            session.runs(Query::ByIdPrefix, &[&pattern, &limit])
+        })
+        .await
     }
 
     async fn transition(&self, id: &RunId, change: Transition) -> Result<Run, StoreError> {

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use rusqlite::types::Type;
 use rusqlite::{Row, Transaction, params};
 use testfleet_core::run::{
-    ArtifactSummary, RemoteCleanup, Run, RunEventRecord, RunPaths, RunStatus, SkippedArtifact,
+    ArtifactSummary, Invocation, RemoteCleanup, Run, RunEventRecord, RunPaths, RunStatus,
+    SkippedArtifact,
 };
 use testfleet_core::{
     ControllerId, ErrorCode, MachineName, RunError, RunId, TargetOs, TestDirHash, TestSummary,
@@ -23,7 +24,7 @@ pub(crate) const RUN_COLUMNS: &str = "id, machine, os, test_dir, test_dir_hash, 
      status, error_code, error_message, exit_code, signal, created_at, started_at, finished_at, \
      duration_ms, timeout_ms, remote_dir, owner_pid, owner_start_time, keep_remote, local_dir, \
      artifact_files, artifact_bytes, remote_cleanup, artifacts_skipped, owner_host, \
-     lease_expires_at, controller, cancel_requested_at, tests, waiting_for, queue_seq";
+     lease_expires_at, controller, cancel_requested_at, tests, waiting_for, queue_seq, invocation";
 
 /// The columns of `run_events`, in the order [`event_from_row`] reads them.
 pub(crate) const EVENT_COLUMNS: &str = "at, from_status, to_status, code, detail";
@@ -167,6 +168,26 @@ pub(crate) fn machines_to_sql(machines: &[MachineName]) -> Option<String> {
     })
 }
 
+/// The `invocation` column: arguments, variables (a secret by name only) and excludes as JSON
+/// text; NULL (none of them) for runs recorded before schema version 6.
+fn invocation_at(row: &Row<'_>, column_idx: usize) -> rusqlite::Result<Invocation> {
+    let text: Option<String> = row.get(column_idx)?;
+    text.map_or_else(
+        || Ok(Invocation::default()),
+        |text| {
+            serde_json::from_str(&text)
+                .map_err(|_| bad_value(column_idx, "invocation", &text, "invocation"))
+        },
+    )
+}
+
+fn invocation_to_sql(invocation: &Invocation) -> Option<String> {
+    // Serializing plain strings cannot fail; an empty invocation is stored as NULL.
+    (*invocation != Invocation::default())
+        .then(|| serde_json::to_string(invocation).ok())
+        .flatten()
+}
+
 /// Reads a row selected with [`RUN_COLUMNS`].
 pub(crate) fn run_from_row(row: &Row<'_>) -> rusqlite::Result<Run> {
     let error_code = code_at(row, 7, "error_code")?;
@@ -192,6 +213,7 @@ pub(crate) fn run_from_row(row: &Row<'_>) -> rusqlite::Result<Run> {
             TestDirHash::parse,
         )?,
         entrypoint: row.get(5)?,
+        invocation: invocation_at(row, 32)?,
         status: status_at(row, 6, "status")?,
         error: match (error_code, error_message) {
             (Some(code), Some(message)) => Some(RunError::new(code, message)),
@@ -278,7 +300,7 @@ pub(crate) fn insert_run(tx: &Transaction<'_>, run: &Run) -> rusqlite::Result<()
     let sql = format!(
         "INSERT INTO runs ({RUN_COLUMNS}) VALUES \
          (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, \
-          ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32)"
+          ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33)"
     );
     tx.prepare_cached(&sql)?.execute(params![
         run.id.as_str(),
@@ -317,6 +339,7 @@ pub(crate) fn insert_run(tx: &Transaction<'_>, run: &Run) -> rusqlite::Result<()
         tests_to_sql(run.tests.as_ref()),
         machines_to_sql(&run.waiting_for),
         run.queue_seq.map(u64_to_sql),
+        invocation_to_sql(&run.invocation),
     ])?;
     Ok(())
 }

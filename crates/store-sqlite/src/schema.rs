@@ -21,6 +21,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0003_leases.sql"),
     include_str!("../migrations/0004_tests.sql"),
     include_str!("../migrations/0005_queue.sql"),
+    include_str!("../migrations/0006_invocation.sql"),
 ];
 
 /// The schema version this build writes.

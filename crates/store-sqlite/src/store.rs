@@ -23,7 +23,7 @@ use testfleet_core::queue::{
 use testfleet_core::run::{
     Amendment, ApplyError, NewRun, Run, RunEventRecord, RunOwner, RunStatus, Transition,
 };
-use testfleet_core::{MachineName, RunId, TestDirHash, Timestamp};
+use testfleet_core::{MachineName, RunId, RunIdPrefix, TestDirHash, Timestamp};
 
 use crate::codec::{
     EVENT_COLUMNS, RUN_COLUMNS, event_from_row, insert_event, insert_run, run_from_row,
@@ -364,7 +364,7 @@ impl RunStore for SqliteStore {
             let now = store_now(&tx)?;
             let same = live_runs_with_hash(&tx, &new.test_dir_hash)?
                 .into_iter()
-                .find(|run| is_same_live_run(run, &new.test_dir_hash, &on.machines, now));
+                .find(|run| is_same_live_run(run, &new, &on.machines, now));
             let states = on
                 .machines
                 .iter()
@@ -457,6 +457,25 @@ impl RunStore for SqliteStore {
         let id = id.clone();
         self.blocking("read a run", Access::Read, move |conn| load_run(conn, &id))
             .await
+    }
+
+    async fn find_by_id_prefix(
+        &self,
+        prefix: &RunIdPrefix,
+        limit: usize,
+    ) -> Result<Vec<Run>, StoreError> {
+        // Ids and prefixes are upper-case Crockford base32, so GLOB needs no escaping; it is
+        // case-sensitive and can use the primary key's index.
+        let pattern = format!("{prefix}*");
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.blocking("find runs by id prefix", Access::Read, move |conn| {
+            let mut statement = conn.prepare_cached(&format!(
+                "SELECT {RUN_COLUMNS} FROM runs WHERE id GLOB ?1 ORDER BY id DESC LIMIT ?2"
+            ))?;
+            let runs = statement.query_map(params![pattern, limit], run_from_row)?;
+            Ok(runs.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
     }
 
     async fn transition(&self, id: &RunId, change: Transition) -> Result<Run, StoreError> {

@@ -97,7 +97,7 @@ impl PrivateSshd {
     /// [`SshdError`] with [`INSTALL_HINT`] when sshd is missing; when a key cannot be made or
     /// the daemon exits or does not listen within 10 s (its stderr is in the message).
     pub fn start() -> Result<Self, SshdError> {
-        Self::start_for(current_user()?)
+        Self::start_for(current_user()?, false)
     }
 
     /// Like [`Self::start`], but the login is an account that file permissions apply to, as on
@@ -108,15 +108,35 @@ impl PrivateSshd {
     /// # Errors
     /// As [`Self::start`]; also when the account cannot be created.
     pub fn start_unprivileged() -> Result<Self, SshdError> {
-        let user = current_user()?;
-        if user != "root" {
-            return Self::start_for(user);
-        }
-        ensure_account(UNPRIVILEGED_USER)?;
-        Self::start_for(UNPRIVILEGED_USER.to_owned())
+        Self::start_unprivileged_with(false)
     }
 
-    fn start_for(user: String) -> Result<Self, SshdError> {
+    /// [`Self::start_unprivileged`], with `LogLevel DEBUG1` written to [`Self::log_path`]
+    /// when `debug_log` (where sshd says which `direct-tcpip` channels it opened).
+    ///
+    /// # Errors
+    /// As [`Self::start_unprivileged`].
+    pub fn start_unprivileged_with(debug_log: bool) -> Result<Self, SshdError> {
+        let user = current_user()?;
+        if user != "root" {
+            return Self::start_for(user, debug_log);
+        }
+        ensure_account(UNPRIVILEGED_USER)?;
+        Self::start_for(UNPRIVILEGED_USER.to_owned(), debug_log)
+    }
+
+    /// The log of a daemon started with `debug_log`.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("sshd.log")
+    }
+
+    /// Stops the daemon (by its own pid); it accepts nothing from then on.
+    pub fn stop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+
+    fn start_for(user: String, debug_log: bool) -> Result<Self, SshdError> {
         let sshd = find_sshd().ok_or_else(|| SshdError(INSTALL_HINT.to_owned()))?;
         let dir = tempfile::Builder::new()
             .prefix("tf-sshd")
@@ -152,14 +172,22 @@ impl PrivateSshd {
                      AuthorizedKeysFile {authorized}\nPasswordAuthentication no\n\
                      KbdInteractiveAuthentication no\nPubkeyAuthentication yes\nUsePAM no\n\
                      PermitRootLogin prohibit-password\nStrictModes no\nAllowUsers {user}\n\
-                     Subsystem sftp internal-sftp\nMaxStartups 200\nMaxSessions 200\nLogLevel ERROR\n",
+                     Subsystem sftp internal-sftp\nMaxStartups 200\nMaxSessions 200\nLogLevel {level}\n\
+                     AllowTcpForwarding yes\n",
+                    level = if debug_log { "DEBUG1" } else { "ERROR" },
                     host_key = path("host_key").display(),
                     authorized = path("authorized_keys").display(),
                 ),
             )?;
-            let mut child = Command::new(&sshd)
-                .arg("-D")
-                .arg("-e")
+            let mut command = Command::new(&sshd);
+            command.arg("-D");
+            if debug_log {
+                // A file, not the pipe: nobody drains the pipe once the daemon is up.
+                command.arg("-E").arg(path("sshd.log"));
+            } else {
+                command.arg("-e");
+            }
+            let mut child = command
                 .arg("-f")
                 .arg(path("sshd_config"))
                 .stdin(Stdio::null())

@@ -24,6 +24,7 @@
 //!     timeout: None,
 //!     keep_remote: false,
 //!     owner: None,
+//!     invocation: Default::default(),
 //! };
 //! let done = runner
 //!     .dispatch(dir, &request, &StopSignals::default(), &NoObserver)

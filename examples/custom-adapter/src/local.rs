@@ -52,6 +52,8 @@ pub fn local_machine(name: &str) -> MachineSpec {
             connect_timeout: Duration::from_secs(1),
             keepalive_interval: Duration::from_secs(15),
             keepalive_max: 3,
+            jumps: Vec::new(),
+            identities_only: false,
         },
     }
 }
@@ -119,7 +121,9 @@ impl LocalSession {
         let (ended, until_ended) = tokio::sync::oneshot::channel::<()>();
         if let (Some(gate), Some(mut stdin)) = (gate, child.stdin.take()) {
             tokio::spawn(async move {
-                if gate.wait().await && stdin.write_all(ExecGate::OPEN_LINE).await.is_ok() {
+                if let Some(line) = gate.wait().await
+                    && stdin.write_all(&line).await.is_ok()
+                {
                     let _ = until_ended.await;
                 }
             });

@@ -17,7 +17,7 @@ use testfleet_core::queue::{
 use testfleet_core::run::{
     Amendment, NewRun, Run, RunEventRecord, RunOwner, RunStatus, Transition,
 };
-use testfleet_core::{MachineName, RunId, Timestamp};
+use testfleet_core::{MachineName, RunId, RunIdPrefix, Timestamp};
 
 /// Runs in memory, oldest first, each with its event history.
 #[derive(Debug, Default)]
@@ -55,7 +55,7 @@ impl RunStore for MemoryStore {
         let same = runs
             .iter()
             .map(|(run, _)| run)
-            .find(|run| is_same_live_run(run, &new.test_dir_hash, &on.machines, now))
+            .find(|run| is_same_live_run(run, &new, &on.machines, now))
             .cloned();
         let states: Vec<MachineState> = on
             .machines
@@ -124,6 +124,21 @@ impl RunStore for MemoryStore {
 
     async fn get(&self, id: &RunId) -> Result<Run, StoreError> {
         self.with_run(id, |(run, _)| Ok(run.clone()))
+    }
+
+    async fn find_by_id_prefix(
+        &self,
+        prefix: &RunIdPrefix,
+        limit: usize,
+    ) -> Result<Vec<Run>, StoreError> {
+        let mut runs: Vec<Run> = self
+            .runs()
+            .into_iter()
+            .filter(|run| prefix.matches(&run.id))
+            .collect();
+        runs.sort_by(|a, b| b.id.cmp(&a.id));
+        runs.truncate(limit);
+        Ok(runs)
     }
 
     async fn transition(&self, id: &RunId, change: Transition) -> Result<Run, StoreError> {

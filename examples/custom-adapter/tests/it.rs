@@ -47,6 +47,7 @@ async fn the_runner_dispatches_through_the_example_adapters() {
         timeout: None,
         keep_remote: false,
         owner: None,
+        invocation: Default::default(),
     };
     let done = runner
         .dispatch(dir.path(), &request, &StopSignals::default(), &NoObserver)

@@ -74,5 +74,7 @@ pub(super) fn target_for(sshd: &PrivateSshd) -> SshTarget {
         connect_timeout: SshTarget::DEFAULT_CONNECT_TIMEOUT,
         keepalive_interval: SshTarget::DEFAULT_KEEPALIVE_INTERVAL,
         keepalive_max: SshTarget::DEFAULT_KEEPALIVE_MAX,
+        jumps: Vec::new(),
+        identities_only: false,
     }
 }

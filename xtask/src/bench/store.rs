@@ -93,6 +93,7 @@ fn new_run(machine: &str, id: RunId) -> NewRun {
         test_dir: PathBuf::from("/home/ci/tests/hello"),
         test_dir_hash: TestDirHash::parse(&"ab".repeat(32)).expect("64 hex digits form a hash"),
         entrypoint: "run.sh".to_owned(),
+        invocation: testfleet_core::Invocation::default(),
         created_at: Timestamp::now(),
         timeout_ms: Some(1_800_000),
         keep_remote: false,

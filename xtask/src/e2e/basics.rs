@@ -23,6 +23,14 @@ pub(super) const SCENARIOS: &[Scenario] = &[
     Scenario::both("a symlink is reported and skipped", symlinks),
     Scenario::both("100 MB of output", big_output),
     Scenario::both("fan-out to 3 machines", fan_out),
+    Scenario::both(
+        "invocation: args, env and a secret arrive exactly; the secret is stored nowhere",
+        args_env,
+    ),
+    Scenario::both(
+        "invocation: .testfleetignore and --exclude leave files out of the upload",
+        excludes,
+    ),
 ];
 
 fn hello(ctx: &Ctx<'_>) -> Result<()> {
@@ -351,5 +359,97 @@ fn fan_out(ctx: &Ctx<'_>) -> Result<()> {
         data["errors"].as_array().is_some_and(Vec::is_empty),
         "{data}"
     );
+    Ok(())
+}
+
+/// A secret no file of the state directory, no log and no output may hold.
+const SECRET: &str = "e2e-s3cr3t-'\"$HOME`x`\\101";
+
+fn args_env(ctx: &Ctx<'_>) -> Result<()> {
+    // Every argument and variable as hex, one per line: no secret lands in a log in clear.
+    let dir = ctx.test_dir(
+        "args-env",
+        "hex() { printf %s \"$1\" | od -An -tx1 | tr -d ' \\n'; echo; }\n\
+         echo \"argc=$#\"\nfor a in \"$@\"; do hex \"$a\"; done\nhex \"$MODE\"\nhex \"$TOKEN\"\n\
+         echo \"$TESTFLEET_MACHINE $TESTFLEET_RUN_ID\"\n",
+        &[],
+    )?;
+    let hex = |text: &str| -> String { text.bytes().map(|b| format!("{b:02x}")).collect() };
+    let mode = "it's \"q\" $HOME `id`\nline 2\\";
+    let args = ["--filter", "a b", "", "$x\n'y'"];
+    let mode_arg = format!("MODE={mode}");
+    let dir_text = dir.to_str().context("scratch paths are UTF-8")?;
+    let mut argv = vec![
+        "run",
+        dir_text,
+        "-m",
+        ctx.machine(0),
+        "-e",
+        &mode_arg,
+        "-e",
+        "TOKEN",
+        "--json",
+        "--",
+    ];
+    argv.extend(args);
+    let output = ctx.tf.command(&argv).env("TOKEN", SECRET).output()?;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    let json: serde_json::Value =
+        serde_json::from_str(&stdout).with_context(|| format!("{stdout}\n{stderr}"))?;
+    let run = only_run(&json["data"])?;
+    ensure!(text(&run, "/status") == "completed", "{run}\n{stderr}");
+    let mut expected = format!("argc={}\n", args.len());
+    for arg in args {
+        expected.push_str(&format!("{}\n", hex(arg)));
+    }
+    expected.push_str(&format!(
+        "{}\n{}\n{} {}\n",
+        hex(mode),
+        hex(SECRET),
+        ctx.machine(0),
+        text(&run, "/id")
+    ));
+    let log = read(&path_of(&run, "stdout"))?;
+    ensure!(log == expected, "stdout.log:\n{log}\nwanted:\n{expected}");
+    ensure!(
+        !stdout.contains(SECRET) && !stderr.contains(SECRET),
+        "the secret is in the output"
+    );
+    // Nothing testfleet wrote holds it: the SQLite store, logs, worker logs, digests.
+    let mut todo = vec![ctx.tf.state_dir.clone()];
+    while let Some(next) = todo.pop() {
+        for entry in std::fs::read_dir(&next)?.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                todo.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path) {
+                ensure!(
+                    !bytes.windows(SECRET.len()).any(|w| w == SECRET.as_bytes()),
+                    "{} holds the secret",
+                    path.display()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn excludes(ctx: &Ctx<'_>) -> Result<()> {
+    let dir = ctx.test_dir(
+        "excludes",
+        "for f in .git/HEAD node_modules/x big.log keep.log; do [ -e \"$f\" ] && echo \"has $f\"; done; true\n",
+        &[
+            (".git/HEAD", b"ref\n", 0o644),
+            ("node_modules/x", b"1", 0o644),
+            ("big.log", b"l", 0o644),
+            ("keep.log", b"k", 0o644),
+            (".testfleetignore", b"node_modules/\n*.log\n", 0o644),
+        ],
+    )?;
+    let call = ctx.run(&dir, ctx.machine(0), &["--exclude", "!keep.log"])?;
+    let run = only_run(&call.expect_code(0)?.data()?)?;
+    let log = read(&path_of(&run, "stdout"))?;
+    ensure!(log == "has keep.log\n", "uploaded: {log:?}");
     Ok(())
 }

@@ -6,6 +6,7 @@
 //! the host.
 
 mod basics;
+pub mod jump;
 mod queue;
 pub mod reports;
 pub mod shared;
@@ -115,6 +116,15 @@ pub fn run(bin: &Path) -> Result<()> {
                 }
             }
         }
+    }
+    // A machine behind a jump host: two sshds (jump.rs).
+    if only
+        .as_deref()
+        .is_none_or(|only| "jump host".contains(only))
+    {
+        let (jump_total, jump_failures) = jump::run(bin)?;
+        passed += jump_total - jump_failures.len();
+        failures.extend(jump_failures);
     }
     // Two controllers sharing one PostgreSQL store (shared.rs).
     let (shared_total, shared_failures) = shared::run(bin)?;

@@ -240,7 +240,18 @@ async fn check_one(
 ///
 /// # Errors
 /// `FLEET_CONFIG_INVALID`, `UNKNOWN_MACHINE`; `HOST_KEY_MISMATCH`, `DIAL_FAILED`.
-pub async fn trust(ctx: &Context, name: &str) -> Result<Report, CliError> {
+pub async fn trust(
+    ctx: &Context,
+    name: &str,
+    yes: bool,
+    pinned: Option<&str>,
+) -> Result<Report, CliError> {
+    use std::io::IsTerminal as _;
+    let pinned_bytes = pinned
+        .map(HostKeyPolicy::parse_fingerprint)
+        .transpose()
+        .map_err(|reason| CliError::invalid(format!("--fingerprint: {reason}")))?;
+    let interactive = !ctx.style.json && std::io::stdin().is_terminal();
     let fleet = ctx.fleet()?;
     let machine = fleet.machine(name)?;
     let connector = RusshConnector::new();
@@ -266,11 +277,56 @@ pub async fn trust(ctx: &Context, name: &str) -> Result<Report, CliError> {
                 ),
             ));
         }
-        Err(SshError::HostKeyUnknown { fingerprint, .. }) => fingerprint,
+        Err(SshError::HostKeyUnknown {
+            fingerprint,
+            host,
+            port,
+            ..
+        }) if host == target.host && port == target.port => fingerprint,
+        // Any other unknown key is a jump host's: it is trusted on its own (as a machine of
+        // the fleet, or with ssh), never as this machine's.
         Err(error) => return Err(error.into()),
     };
+    if let Some(pinned) = pinned
+        && fingerprint.trim_end_matches('=') != pinned.trim_end_matches('=')
+    {
+        return Err(CliError::PinnedKeyMismatch(format!(
+            "{name} ({}:{}) offered {fingerprint}, not the {pinned} you pinned; nothing was added \
+             to {}",
+            target.host,
+            target.port,
+            target.known_hosts.display()
+        )));
+    }
+    if pinned.is_none() && !yes {
+        if !interactive {
+            return Err(CliError::invalid(format!(
+                "{name} offers the host key {fingerprint}, and stdin is not a terminal (or --json \
+                 is on), so nobody can confirm it: verify it, then pass --fingerprint \
+                 {fingerprint} (or --yes)"
+            )));
+        }
+        eprint!(
+            "{name} ({}:{}) offers the host key {fingerprint}.\nAdd it to {}? [y/N] ",
+            target.host,
+            target.port,
+            target.known_hosts.display()
+        );
+        let mut answer = String::new();
+        let _ = std::io::stdin().read_line(&mut answer);
+        if !matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes") {
+            return Ok(Report::new(
+                json!({ "machine": name, "added": false, "fingerprint": fingerprint, "known_hosts": target.known_hosts }),
+                format!("{name}: not trusted; nothing was added to {}\n", target.known_hosts.display()),
+            )
+            .with_exit(crate::error::Exit::RunFailed));
+        }
+    }
+    // The key recorded is the one shown (or pinned): another key offered now is refused.
+    let shown = HostKeyPolicy::parse_fingerprint(&fingerprint)
+        .map_err(|reason| CliError::Internal(format!("the offered fingerprint: {reason}")))?;
     let mut accepting = target.clone();
-    accepting.host_key_policy = HostKeyPolicy::AcceptNew;
+    accepting.host_key_policy = HostKeyPolicy::AcceptPinned(pinned_bytes.unwrap_or(shown));
     match connector.connect(&accepting).await {
         Ok(session) => {
             let _ = session.close().await;

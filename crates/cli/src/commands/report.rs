@@ -15,7 +15,7 @@ use testfleet_results::{CaseOutcome, Cell, Limits, Matrix, RunCases};
 
 use crate::cli::ReportArgs;
 use crate::config::paths::absolute;
-use crate::context::{Context, get_run, parse_run_id};
+use crate::context::{Context, find_run, parse_run_ref};
 use crate::error::{CliError, Exit};
 use crate::output::{Report, Style};
 
@@ -25,11 +25,9 @@ use crate::output::{Report, Style};
 /// `INVALID_ARGUMENT`, `RUN_NOT_FOUND`, `UNKNOWN_MACHINE` and `FLEET_CONFIG_INVALID` (for
 /// `--label`), `STORE_ERROR`, `INTERNAL` when a file cannot be written.
 pub async fn report(ctx: &Context, args: ReportArgs) -> Result<Report, CliError> {
-    let ids = args
-        .run_ids
-        .iter()
-        .map(|id| parse_run_id(id))
-        .collect::<Result<Vec<_>, _>>()?;
+    for typed in &args.run_ids {
+        parse_run_ref(typed)?;
+    }
     if args.last == Some(0) {
         return Err(CliError::invalid(
             "--last takes a number of runs of at least 1",
@@ -63,10 +61,11 @@ pub async fn report(ctx: &Context, args: ReportArgs) -> Result<Report, CliError>
         runs = newest;
     } else {
         let mut seen: Vec<RunId> = Vec::new();
-        for id in ids {
-            if !seen.contains(&id) {
-                runs.push(get_run(store.as_ref(), &id).await?);
-                seen.push(id);
+        for typed in &args.run_ids {
+            let run = find_run(store.as_ref(), typed, None).await?;
+            if !seen.contains(&run.id) {
+                seen.push(run.id.clone());
+                runs.push(run);
             }
         }
     }

@@ -12,11 +12,10 @@ use testfleet_core::ports::{HostKeyPolicy, OutputStream, SshConnector, TransferP
 use testfleet_core::queue::{ClaimOn, QueuePlace};
 use testfleet_core::runner::{DispatchRequest, MachineSpec, Prepared, RunObserver, Runner};
 use testfleet_core::{
-    DirManifest, DispatchError, DispatchedRun, ErrorCode, MachineName, Run, RunId, RunOwner,
-    RunStatus, Timestamp, Transition,
+    DirManifest, DispatchError, DispatchedRun, EnvVar, ErrorCode, Invocation, MachineName, Run,
+    RunId, RunOwner, RunStatus, Timestamp, Transition,
 };
 use testfleet_results::ResultGlobs;
-use testfleet_ssh::RusshConnector;
 
 use crate::cli::RunArgs;
 use crate::commands::hash::warn_skipped;
@@ -50,20 +49,103 @@ impl MachineError {
 /// machine; `STORE_ERROR`.
 pub async fn run(ctx: &Context, args: RunArgs) -> Result<Report, CliError> {
     ResultGlobs::new(&args.results).map_err(|error| CliError::invalid(error.to_string()))?;
+    let invocation = invocation(&args, |name| std::env::var_os(name).is_some())?;
     let fleet = ctx.fleet()?;
     let selected = fleet.select(&args.machines, &args.labels)?;
     // A foreground run logs in while the directory is hashed and the machines are claimed (a
     // detached worker dials on its own).
-    let predialer = Arc::new(Predialer::new(Arc::new(RusshConnector::new())));
+    let predialer = Arc::new(Predialer::new(Arc::new(crate::context::connector())));
     if !args.detach && args.dir.is_dir() {
         // As many logins at once as runs may execute at once.
         for machine in selected.iter().take(usize::from(args.max_parallel)) {
             predialer.dial(run_spec(machine, &args).ssh);
         }
     }
-    let dispatched = dispatch(ctx, args, &selected, predialer.clone()).await;
+    let dispatched = dispatch(ctx, args, invocation, &selected, predialer.clone()).await;
     predialer.close_unused().await;
     dispatched
+}
+
+/// `rerun RUN_ID [-m NAME] [--detach] [--wait [DUR]]`: the run's directory on its machine again, with its
+/// arguments, variables (a secret's value read from this environment again), excludes,
+/// timeout and `--keep-remote`.
+///
+/// # Errors
+/// As [`run`]; `INVALID_ARGUMENT`/`RUN_NOT_FOUND` for the id.
+pub async fn rerun(
+    ctx: &Context,
+    run_id: &str,
+    machine: Option<&str>,
+    detach: bool,
+    wait: Option<crate::cli::WaitLimit>,
+) -> Result<Report, CliError> {
+    let store = ctx.open_for_reading().await?;
+    let old = crate::context::find_run(store.as_ref(), run_id, machine).await?;
+    drop(store);
+    let args = RunArgs {
+        dir: old.test_dir.clone(),
+        machines: vec![old.machine.to_string()],
+        labels: Vec::new(),
+        timeout: old.timeout_ms.map(std::time::Duration::from_millis),
+        detach,
+        keep_remote: old.keep_remote,
+        accept_new_host_key: false,
+        results: Vec::new(),
+        report: None,
+        env: old
+            .invocation
+            .env
+            .iter()
+            .map(|var| match var.value() {
+                Some(value) => format!("{}={value}", var.name()),
+                None => var.name().to_owned(),
+            })
+            .collect(),
+        excludes: old.invocation.excludes.clone(),
+        args: old.invocation.args.clone(),
+        wait,
+        any: false,
+        max_parallel: crate::cli::DEFAULT_MAX_PARALLEL,
+    };
+    run(ctx, args).await
+}
+
+/// What the script is given, from `-e`, `--exclude` and `-- ARGS`. `is_set` says whether a
+/// variable is in this environment: a secret (`-e KEY`) must be, or the run could not have it.
+///
+/// # Errors
+/// `INVALID_ARGUMENT` for a bad name, a NUL byte, a variable given twice, an unset secret or a
+/// bad `--exclude` pattern.
+pub fn invocation(args: &RunArgs, is_set: impl Fn(&str) -> bool) -> Result<Invocation, CliError> {
+    let invalid = |error: &dyn std::fmt::Display| CliError::invalid(format!("-e: {error}"));
+    let mut env = Vec::with_capacity(args.env.len());
+    for given in &args.env {
+        let var = match given.split_once('=') {
+            Some((name, value)) => EnvVar::public(name, value).map_err(|e| invalid(&e))?,
+            None => {
+                let var = EnvVar::secret(given).map_err(|e| invalid(&e))?;
+                if !is_set(given) {
+                    return Err(CliError::invalid(format!(
+                        "-e {given}: {given} is not set in this environment; -e {given} passes \
+                         its value from here as a secret, -e {given}=VALUE sets (and records) a value"
+                    )));
+                }
+                var
+            }
+        };
+        env.push(var);
+    }
+    let invocation = Invocation {
+        args: args.args.clone(),
+        env,
+        excludes: args.excludes.clone(),
+    };
+    invocation
+        .check()
+        .map_err(|e| CliError::invalid(e.to_string()))?;
+    testfleet_core::hash::check_excludes(&invocation.excludes)
+        .map_err(|e| CliError::invalid(e.to_string()))?;
+    Ok(invocation)
 }
 
 /// The machine as a run sees it: the fleet's, with `--accept-new-host-key` and `--results`
@@ -82,10 +164,13 @@ fn run_spec(machine: &FleetMachine, args: &RunArgs) -> MachineSpec {
 async fn dispatch(
     ctx: &Context,
     args: RunArgs,
+    invocation: Invocation,
     selected: &[&FleetMachine],
     connector: Arc<dyn SshConnector>,
 ) -> Result<Report, CliError> {
-    let manifest = ctx.hash_for_run(args.dir.clone()).await?;
+    let manifest = ctx
+        .hash_for_run(args.dir.clone(), invocation.excludes.clone())
+        .await?;
     warn_skipped(&manifest);
     // Every machine's entrypoint is checked before any machine is claimed.
     for machine in selected {
@@ -117,6 +202,7 @@ async fn dispatch(
             timeout: args.timeout.or(first.timeout),
             keep_remote: args.keep_remote,
             owner: Some(me.clone()),
+            invocation: invocation.clone(),
         };
         let on = ClaimOn {
             machines: unit
@@ -147,7 +233,23 @@ async fn dispatch(
     let results = if args.detach {
         detach_all(ctx, &runner, prepared_runs, &args).await?
     } else {
-        let watch = SignalWatch::install(!ctx.style.json)?;
+        // Runs started here (or waiting to start) are stopped by Ctrl-C; runs only followed go
+        // on.
+        let n_executed = prepared_runs
+            .iter()
+            .filter(|(_, prepared)| prepared.needs_execution() || prepared.needs_wait())
+            .count();
+        let what_stops = match (n_executed, prepared_runs.len() - n_executed) {
+            (_, 0) => crate::commands::signals::STOPS_RUNS,
+            (0, _) => {
+                "no longer following the run(s), which go on (`testfleet cancel ID` stops one)"
+            }
+            _ => {
+                "stopping the run(s) started here, fetching artifacts (again to abandon); \
+                 the run(s) only followed go on"
+            }
+        };
+        let watch = SignalWatch::install(!ctx.style.json, what_stops)?;
         let queued = keep_queued_leases(&runner, &prepared_runs, &me, &args);
         let foreground = Foreground {
             ctx,
@@ -265,7 +367,7 @@ impl Foreground<'_> {
     ) -> Result<DispatchedRun, CliError> {
         let (runner, signals) = (self.runner, &self.watch.signals);
         if prepared.reused {
-            return wait_for(self.ctx, runner, &prepared.run.id, self.watch)
+            return follow(self.ctx, runner, &prepared.run, self.watch, observer)
                 .await
                 .map(|run| DispatchedRun { run, reused: true });
         }
@@ -335,6 +437,57 @@ fn keep_queued_leases(
         me.clone(),
         runner.config().lease,
     ))
+}
+
+/// Follows a run another process owns until it is terminal (or until we are interrupted): says
+/// so at once, and streams its output from its logs as they grow.
+async fn follow(
+    ctx: &Context,
+    runner: &Runner,
+    run: &Run,
+    watch_signals: &SignalWatch,
+    observer: &TerminalObserver,
+) -> Result<Run, CliError> {
+    let (state, machine) = if run.status == RunStatus::Queued {
+        (
+            "already waiting for a machine",
+            run.waiting_for.first().unwrap_or(&run.machine),
+        )
+    } else {
+        ("already running", &run.machine)
+    };
+    eprintln!(
+        "{machine}: {} is {state} as {}, following its output (Ctrl-C stops following, not the run)",
+        run.test_dir.display(),
+        run.id
+    );
+    let (mut stdout_offset, mut stderr_offset) = (0u64, 0u64);
+    let mut pump = |observer: &TerminalObserver| {
+        for (stream, path, offset) in [
+            (OutputStream::Stdout, &run.paths.stdout, &mut stdout_offset),
+            (OutputStream::Stderr, &run.paths.stderr, &mut stderr_offset),
+        ] {
+            if let Ok(bytes) = crate::commands::runs::read_from(path, *offset)
+                && !bytes.is_empty()
+            {
+                *offset += bytes.len() as u64;
+                observer.output(run, stream, &bytes);
+            }
+        }
+    };
+    let waiting = wait_for(ctx, runner, &run.id, watch_signals);
+    tokio::pin!(waiting);
+    let mut tick = tokio::time::interval(crate::context::POLL_INTERVAL);
+    let ended = loop {
+        tokio::select! {
+            ended = &mut waiting => break ended,
+            _ = tick.tick() => pump(observer),
+        }
+    };
+    if !watch_signals.interrupted() {
+        pump(observer);
+    }
+    ended
 }
 
 /// Polls a run another process owns until it is terminal (or until we are interrupted).
@@ -473,6 +626,9 @@ struct TerminalObserver {
     /// Prefix every line with `[machine] ` (several machines).
     prefix: bool,
     partial_lines: Mutex<HashMap<(RunId, bool), PartialLine>>,
+    /// Whether what was last written to stdout and to stderr ended a line (or nothing was
+    /// written): the summary must start on a line of its own.
+    line_ended: Mutex<[bool; 2]>,
     progress: Option<(MultiProgress, Mutex<HashMap<RunId, ProgressBar>>)>,
     /// Queued runs: their live line on a TTY, or the last line printed elsewhere.
     waiting: Mutex<HashMap<RunId, Waiting>>,
@@ -495,6 +651,7 @@ impl TerminalObserver {
             prefix,
             partial_lines: Mutex::new(HashMap::new()),
             waiting: Mutex::new(HashMap::new()),
+            line_ended: Mutex::new([true, true]),
             progress: show_progress.then(|| {
                 (
                     MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
@@ -502,6 +659,18 @@ impl TerminalObserver {
                 )
             }),
         }
+    }
+
+    /// [`Self::write`], remembering whether the bytes ended a line.
+    fn write_tracked(&self, stream: OutputStream, bytes: &[u8]) {
+        if let Some(&last) = bytes.last() {
+            let mut ended = self
+                .line_ended
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner());
+            ended[usize::from(stream == OutputStream::Stderr)] = last == b'\n';
+        }
+        Self::write(stream, bytes);
     }
 
     fn write(stream: OutputStream, bytes: &[u8]) {
@@ -529,8 +698,23 @@ impl TerminalObserver {
         }
     }
 
-    /// Writes out what is left of unterminated prefixed lines.
+    /// Writes out what is left of unterminated prefixed lines, and ends an unterminated line
+    /// of output so that the summary starts on a line of its own.
     fn finish(&self) {
+        self.finish_prefixed();
+        let ended = *self
+            .line_ended
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        if !ended[0] {
+            Self::write(OutputStream::Stdout, b"\n");
+        }
+        if !ended[1] {
+            Self::write(OutputStream::Stderr, b"\n");
+        }
+    }
+
+    fn finish_prefixed(&self) {
         let mut partial = self
             .partial_lines
             .lock()
@@ -583,7 +767,7 @@ impl RunObserver for TerminalObserver {
             return;
         }
         if !self.prefix {
-            Self::write(stream, data);
+            self.write_tracked(stream, data);
             return;
         }
         let is_stderr = stream == OutputStream::Stderr;

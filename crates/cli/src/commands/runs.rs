@@ -9,7 +9,7 @@ use serde_json::json;
 use testfleet_core::ports::{RunFilter, StoreError};
 use testfleet_core::{MachineName, Run, RunStatus, Timestamp, Transition};
 
-use crate::context::{Context, POLL_INTERVAL, get_run, parse_run_id};
+use crate::context::{Context, POLL_INTERVAL, find_run, get_run};
 use crate::error::{CliError, Exit};
 use crate::output::{self, Report};
 /// How long `cancel` waits for the owner to record the run's end.
@@ -19,11 +19,17 @@ const CANCEL_DEADLINE: Duration = Duration::from_secs(90);
 ///
 /// # Errors
 /// `INVALID_ARGUMENT`, `RUN_NOT_FOUND`, `STORE_ERROR`.
-pub async fn status(ctx: &Context, run_id: &str, show_events: bool) -> Result<Report, CliError> {
-    let id = parse_run_id(run_id)?;
+pub async fn status(
+    ctx: &Context,
+    run_id: &str,
+    machine: Option<&str>,
+    show_events: bool,
+) -> Result<Report, CliError> {
+    crate::context::parse_run_ref(run_id)?;
     let store = ctx.open_for_reading().await?;
-    let run = get_run(store.as_ref(), &id).await?;
-    let events = store.events(&id).await?;
+    let run = find_run(store.as_ref(), run_id, machine).await?;
+    let events = store.events(&run.id).await?;
+    let files_removed = run.status.is_terminal() && !run.paths.dir.exists();
     let mut human = output::run_detail(ctx.style, &run);
     // A queued run: where it stands in each machine's queue.
     let queue = if run.status == RunStatus::Queued {
@@ -45,11 +51,17 @@ pub async fn status(ctx: &Context, run_id: &str, show_events: bool) -> Result<Re
     } else {
         None
     };
+    if files_removed {
+        human.push_str(&format!(
+            "local files  removed: {} is gone (`testfleet gc`); the logs and artifacts above are no longer there\n",
+            run.paths.dir.display()
+        ));
+    }
     if show_events {
         human.push_str(&output::events_table(&events));
     }
     Ok(Report::new(
-        json!({ "run": run, "events": events, "queue": queue }),
+        json!({ "run": run, "events": events, "queue": queue, "files_removed": files_removed }),
         human,
     ))
 }
@@ -97,16 +109,17 @@ pub fn runs_exit(runs: &[Run]) -> Exit {
 pub async fn wait(
     ctx: &Context,
     run_ids: &[String],
+    machine: Option<&str>,
     timeout: Option<Duration>,
     report: Option<&Path>,
 ) -> Result<Report, CliError> {
-    let ids = run_ids
-        .iter()
-        .map(|id| parse_run_id(id))
-        .collect::<Result<Vec<_>, _>>()?;
+    for typed in run_ids {
+        crate::context::parse_run_ref(typed)?;
+    }
     let store = ctx.open_and_reap().await?;
-    for id in &ids {
-        get_run(store.as_ref(), id).await?;
+    let mut ids = Vec::with_capacity(run_ids.len());
+    for typed in run_ids {
+        ids.push(find_run(store.as_ref(), typed, machine).await?.id);
     }
     let give_up = async {
         match timeout {
@@ -142,13 +155,15 @@ pub async fn wait(
 pub async fn logs(
     ctx: &Context,
     run_id: &str,
+    machine: Option<&str>,
     stderr: bool,
     follow: bool,
 ) -> Result<Report, CliError> {
-    let id = parse_run_id(run_id)?;
+    crate::context::parse_run_ref(run_id)?;
     let store = ctx.open_for_reading().await?;
     let probe = ctx.probe()?;
-    let mut run = get_run(store.as_ref(), &id).await?;
+    let mut run = find_run(store.as_ref(), run_id, machine).await?;
+    let id = run.id.clone();
     let path = if stderr {
         run.paths.stderr.clone()
     } else {
@@ -159,6 +174,12 @@ pub async fn logs(
             id: run.id.to_string(),
             controller: controller.to_string(),
             path,
+        });
+    }
+    if run.status.is_terminal() && !run.paths.dir.exists() {
+        return Err(CliError::LogsRemoved {
+            id: run.id.to_string(),
+            dir: run.paths.dir.clone(),
         });
     }
     let stream = if stderr { "stderr" } else { "stdout" };
@@ -196,7 +217,7 @@ pub async fn logs(
 }
 
 /// The bytes of `path` from `offset` on; nothing when the file does not exist yet.
-fn read_from(path: &Path, offset: u64) -> Result<Vec<u8>, CliError> {
+pub(crate) fn read_from(path: &Path, offset: u64) -> Result<Vec<u8>, CliError> {
     let mut file = match std::fs::File::open(path) {
         Ok(file) => file,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -217,13 +238,18 @@ fn read_from(path: &Path, offset: u64) -> Result<Vec<u8>, CliError> {
 /// # Errors
 /// `INVALID_ARGUMENT`, `RUN_NOT_FOUND`, `STORE_ERROR`, `INTERNAL` (the owner cannot be
 /// signalled).
-pub async fn cancel(ctx: &Context, run_id: &str) -> Result<Report, CliError> {
+pub async fn cancel(
+    ctx: &Context,
+    run_id: &str,
+    machine: Option<&str>,
+) -> Result<Report, CliError> {
     use testfleet_core::runner::{Liveness, OwnerProbe as _};
 
-    let id = parse_run_id(run_id)?;
+    crate::context::parse_run_ref(run_id)?;
     let store = ctx.open_and_reap().await?;
     let probe = ctx.probe()?;
-    let mut run = get_run(store.as_ref(), &id).await?;
+    let mut run = find_run(store.as_ref(), run_id, machine).await?;
+    let id = run.id.clone();
     let mut exit = Exit::Ok;
     if run.status == RunStatus::Queued {
         // Out of the queue at once, whoever waits with it: nothing ran, nothing to kill.
@@ -289,7 +315,7 @@ pub async fn cancel(ctx: &Context, run_id: &str) -> Result<Report, CliError> {
 ///
 /// # Errors
 /// `STORE_ERROR`; `INTERNAL` when a folder cannot be removed.
-pub async fn gc(ctx: &Context, older_than: Duration) -> Result<Report, CliError> {
+pub async fn gc(ctx: &Context, older_than: Duration, dry_run: bool) -> Result<Report, CliError> {
     let store = ctx.open_and_reap().await?;
     let here = ctx.controller()?;
     let runs = store.list(&RunFilter::default()).await?;
@@ -305,10 +331,32 @@ pub async fn gc(ctx: &Context, older_than: Duration) -> Result<Report, CliError>
             .as_ref()
             .is_none_or(|controller| *controller == here);
         if ours && run.status.is_terminal() && old_enough && run.paths.dir.exists() {
-            std::fs::remove_dir_all(&run.paths.dir)
-                .map_err(|error| CliError::io("remove", &run.paths.dir, error))?;
+            if !dry_run {
+                std::fs::remove_dir_all(&run.paths.dir)
+                    .map_err(|error| CliError::io("remove", &run.paths.dir, error))?;
+            }
             removed.push(run.id);
         }
+    }
+    if dry_run {
+        let mut human = if removed.is_empty() {
+            format!(
+                "nothing to remove: no finished run with a local folder is older than {}\n",
+                humantime::format_duration(older_than)
+            )
+        } else {
+            format!(
+                "would remove the local folders (logs, artifacts) of {}:\n",
+                output::counted(removed.len(), "run", "runs")
+            )
+        };
+        for id in &removed {
+            human.push_str(&format!("  {id}\n"));
+        }
+        return Ok(Report::new(
+            json!({ "removed": [], "would_remove": removed, "dry_run": true }),
+            human,
+        ));
     }
     let human = if removed.is_empty() {
         format!(
@@ -317,8 +365,8 @@ pub async fn gc(ctx: &Context, older_than: Duration) -> Result<Report, CliError>
         )
     } else {
         format!(
-            "removed the local folders (logs, artifacts) of {} run(s); their records stay in `testfleet list`\n",
-            removed.len()
+            "removed the local folders (logs, artifacts) of {}; their records stay in `testfleet list`\n",
+            output::counted(removed.len(), "run", "runs")
         )
     };
     Ok(Report::new(json!({ "removed": removed }), human))

@@ -9,6 +9,9 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::error::CliError;
 
+/// What the first signal stops in a command that executes runs.
+pub const STOPS_RUNS: &str = "stopping the run(s), fetching artifacts (again to abandon)";
+
 /// Stop signals wired to the process's SIGINT and SIGTERM.
 #[derive(Debug, Clone)]
 pub struct SignalWatch {
@@ -17,11 +20,13 @@ pub struct SignalWatch {
 }
 
 impl SignalWatch {
-    /// Installs the handlers (they replace the default "die at once").
+    /// Installs the handlers (they replace the default "die at once"). With `announce`, the
+    /// first signal prints `interrupted: ` and `what_stops`, which says what this process stops
+    /// (a run it executes is stopped; a run it only follows goes on).
     ///
     /// # Errors
     /// [`CliError::Internal`] when a handler cannot be installed.
-    pub fn install(announce: bool) -> Result<Self, CliError> {
+    pub fn install(announce: bool, what_stops: &'static str) -> Result<Self, CliError> {
         let install = |kind| {
             signal(kind).map_err(|error| {
                 CliError::Internal(format!("cannot install a signal handler: {error}"))
@@ -45,9 +50,7 @@ impl SignalWatch {
                 task_watch.interrupted.store(true, Ordering::SeqCst);
                 if received == 1 {
                     if announce {
-                        eprintln!(
-                            "interrupted: stopping the run(s), fetching artifacts (again to abandon)"
-                        );
+                        eprintln!("interrupted: {what_stops}");
                     }
                     task_watch.signals.cancel.cancel();
                 } else {

@@ -29,7 +29,7 @@ pub async fn worker(
     if let Err(error) = nix::unistd::setsid() {
         tracing::warn!(%error, "setsid failed; the worker stays in its parent's session");
     }
-    let watch = SignalWatch::install(false)?;
+    let watch = SignalWatch::install(false, super::signals::STOPS_RUNS)?;
     let id = parse_run_id(run_id)?;
     let store = ctx.open_store().await?;
     let lease = ctx.store_choice()?.lease.duration;
@@ -77,7 +77,10 @@ pub async fn worker(
     }
     // Hashed again (with the digest cache) to check that the directory is still the one
     // claimed; when that fails, the runner hashes once more and records why.
-    let manifest = ctx.hash_for_run(run.test_dir.clone()).await.ok();
+    let manifest = ctx
+        .hash_for_run(run.test_dir.clone(), run.invocation.excludes.clone())
+        .await
+        .ok();
     keeper.abort();
     let run = runner
         .execute(run, &spec, manifest.as_ref(), &watch.signals, &NoObserver)
@@ -110,7 +113,7 @@ pub async fn cleanup(ctx: &Context, run_id: &str) -> Result<Report, CliError> {
     if let Err(error) = nix::unistd::setsid() {
         tracing::warn!(%error, "setsid failed; the cleanup stays in its parent's session");
     }
-    let watch = SignalWatch::install(false)?;
+    let watch = SignalWatch::install(false, super::signals::STOPS_RUNS)?;
     let id = parse_run_id(run_id)?;
     let store = ctx.open_store().await?;
     let run = get_run(store.as_ref(), &id).await?;

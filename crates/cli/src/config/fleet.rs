@@ -45,6 +45,7 @@ macro_rules! fleet_table {
             keepalive: Option<Duration>,
             #[serde(default, deserialize_with = "positive_count")]
             keepalive_max: Option<u32>,
+            proxy_jump: Option<String>,
             results: Option<Vec<String>>,
         }
     };
@@ -266,12 +267,28 @@ impl Fleet {
     ) -> Result<Self, CliError> {
         let parsed = parse_file(text, file)?;
         let mut machines = Vec::with_capacity(parsed.machines.len());
+        let mut jump_specs = Vec::with_capacity(parsed.machines.len());
         for (name, entry) in parsed.machines {
-            machines.push(
-                resolve(&name, entry, &parsed.defaults, env, ssh_config).map_err(|message| {
-                    fleet_error(file, None, format!("machine {name}: {message}"))
-                })?,
-            );
+            let (machine, jumps) = resolve(&name, entry, &parsed.defaults, env, ssh_config)
+                .map_err(|message| fleet_error(file, None, format!("machine {name}: {message}")))?;
+            machines.push(machine);
+            jump_specs.push(jumps);
+        }
+        // Jump hosts last: a hop may name another machine of the fleet.
+        let resolved: Vec<FleetMachine> = machines.clone();
+        for (machine, specs) in machines.iter_mut().zip(&jump_specs) {
+            let name = machine.spec.name.to_string();
+            machine.spec.ssh.jumps = resolve_jumps(
+                &name,
+                specs,
+                &machine.spec.ssh,
+                &resolved,
+                &jump_specs,
+                env,
+                ssh_config,
+                0,
+            )
+            .map_err(|message| fleet_error(file, None, format!("machine {name}: {message}")))?;
         }
         Ok(Self {
             file: file.to_path_buf(),
@@ -389,6 +406,12 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
 }
 
 /// Parses `~/.ssh/config` when it exists.
+/// How `~/.ssh/config` is read: unknown directives are skipped, and those ssh2-config does not
+/// interpret itself are kept (`UserKnownHostsFile`, `StrictHostKeyChecking`, …) for testfleet
+/// to read.
+const SSH_CONFIG_RULES: ParseRule =
+    ParseRule::ALLOW_UNKNOWN_FIELDS.union(ParseRule::ALLOW_UNSUPPORTED_FIELDS);
+
 fn load_ssh_config(env: &Env) -> Result<Option<SshConfig>, CliError> {
     let Some(path) = env.ssh_config_file() else {
         return Ok(None);
@@ -403,10 +426,7 @@ fn load_ssh_config(env: &Env) -> Result<Option<SshConfig>, CliError> {
         config = config.home_dir(home);
     }
     config
-        .parse(
-            &mut BufReader::new(file),
-            ParseRule::ALLOW_UNKNOWN_FIELDS | ParseRule::ALLOW_UNSUPPORTED_FIELDS,
-        )
+        .parse(&mut BufReader::new(file), SSH_CONFIG_RULES)
         .map(Some)
         .map_err(|error| CliError::FleetConfig {
             message: format!("cannot parse {}: {error}", path.display()),
@@ -424,9 +444,31 @@ fn resolve(
     defaults: &Defaults,
     env: &Env,
     ssh_config: Option<&SshConfig>,
-) -> Result<FleetMachine, String> {
+) -> Result<(FleetMachine, Vec<String>), String> {
     let alias = entry.host.clone().unwrap_or_else(|| name.to_string());
     let ssh = ssh_config.map(|config| config.query(&alias));
+    // `proxy_jump` of the machine, else ProxyJump of ~/.ssh/config, else [defaults]; `none`
+    // (any case) means none.
+    let jumps: Vec<String> = match entry
+        .proxy_jump
+        .clone()
+        .map(|spec| split_jumps(&spec))
+        .or_else(|| ssh.as_ref().and_then(|params| params.proxy_jump.clone()))
+        // The defaults' chain does not apply to a machine of it (the bastion itself).
+        .or_else(|| {
+            defaults.proxy_jump.as_deref().map(|spec| {
+                let hops = split_jumps(spec);
+                match hops.iter().position(|hop| hop == name.as_str()) {
+                    Some(idx) => hops[..idx].to_vec(),
+                    None => hops,
+                }
+            })
+        }) {
+        Some(list) if list.iter().any(|hop| hop.eq_ignore_ascii_case("none")) => Vec::new(),
+        Some(list) => list,
+        None => Vec::new(),
+    };
+    let options = ssh.as_ref().map(SshOptions::of).unwrap_or_default();
     let host = ssh
         .as_ref()
         .and_then(|params| params.host_name.clone())
@@ -463,11 +505,20 @@ fn resolve(
     }
     let known_hosts = entry
         .known_hosts
-        .or_else(|| defaults.known_hosts.clone())
-        .map_or_else(
-            || env.expand_tilde("~/.ssh/known_hosts"),
-            |path| env.expand_tilde(&path),
-        );
+        .map(|path| env.expand_tilde(&path))
+        .or_else(|| {
+            options
+                .known_hosts
+                .as_deref()
+                .map(|path| env.expand_tilde(path))
+        })
+        .or_else(|| {
+            defaults
+                .known_hosts
+                .as_deref()
+                .map(|path| env.expand_tilde(path))
+        })
+        .unwrap_or_else(|| env.expand_tilde("~/.ssh/known_hosts"));
     let os = entry
         .os
         .or_else(|| defaults.os.clone())
@@ -484,34 +535,201 @@ fn resolve(
         .or_else(|| defaults.results.clone())
         .unwrap_or_default();
     ResultGlobs::new(&results).map_err(|error| error.to_string())?;
-    Ok(FleetMachine {
-        spec: MachineSpec {
-            name: name.clone(),
-            os: TargetOs::new(&os),
-            windows_shell: entry.shell.or(defaults.shell).unwrap_or_default(),
-            remote_root,
-            results,
-            ssh: SshTarget {
-                host,
-                port,
-                user,
-                identity_files,
-                known_hosts,
-                host_key_policy: HostKeyPolicy::Strict,
-                connect_timeout: SshTarget::DEFAULT_CONNECT_TIMEOUT,
-                keepalive_interval: entry
-                    .keepalive
-                    .or(defaults.keepalive)
-                    .unwrap_or(SshTarget::DEFAULT_KEEPALIVE_INTERVAL),
-                keepalive_max: entry
-                    .keepalive_max
-                    .or(defaults.keepalive_max)
-                    .unwrap_or(SshTarget::DEFAULT_KEEPALIVE_MAX),
+    Ok((
+        FleetMachine {
+            spec: MachineSpec {
+                name: name.clone(),
+                os: TargetOs::new(&os),
+                windows_shell: entry.shell.or(defaults.shell).unwrap_or_default(),
+                remote_root,
+                results,
+                ssh: SshTarget {
+                    host,
+                    port,
+                    user,
+                    identity_files,
+                    known_hosts,
+                    host_key_policy: options.host_key_policy,
+                    connect_timeout: options
+                        .connect_timeout
+                        .unwrap_or(SshTarget::DEFAULT_CONNECT_TIMEOUT),
+                    keepalive_interval: entry
+                        .keepalive
+                        .or(defaults.keepalive)
+                        .unwrap_or(SshTarget::DEFAULT_KEEPALIVE_INTERVAL),
+                    keepalive_max: entry
+                        .keepalive_max
+                        .or(defaults.keepalive_max)
+                        .unwrap_or(SshTarget::DEFAULT_KEEPALIVE_MAX),
+                    jumps: Vec::new(),
+                    identities_only: options.identities_only,
+                },
             },
+            labels: entry.labels,
+            timeout: entry.timeout.or(defaults.timeout),
         },
-        labels: entry.labels,
-        timeout: entry.timeout.or(defaults.timeout),
-    })
+        jumps,
+    ))
+}
+
+/// `a,b , c` → `["a", "b", "c"]`.
+fn split_jumps(spec: &str) -> Vec<String> {
+    spec.split(',')
+        .map(str::trim)
+        .filter(|hop| !hop.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// What testfleet takes from `~/.ssh/config` for a host besides HostName, Port, User and
+/// IdentityFile.
+#[derive(Debug, Default)]
+struct SshOptions {
+    /// `ConnectTimeout`.
+    connect_timeout: Option<Duration>,
+    /// The first file of `UserKnownHostsFile`.
+    known_hosts: Option<String>,
+    /// `IdentitiesOnly yes`.
+    identities_only: bool,
+    /// `StrictHostKeyChecking accept-new` is accept-new; anything else (`no` included, which
+    /// testfleet never honours) is strict.
+    host_key_policy: HostKeyPolicy,
+}
+
+impl SshOptions {
+    fn of(params: &ssh2_config::HostParams) -> Self {
+        let field = |name: &str| {
+            params
+                .unsupported_fields
+                .iter()
+                .chain(&params.ignored_fields)
+                .find(|(key, _)| key.eq_ignore_ascii_case(name))
+                .and_then(|(_, args)| args.first().cloned())
+        };
+        Self {
+            connect_timeout: params.connect_timeout.filter(|timeout| !timeout.is_zero()),
+            known_hosts: field("userknownhostsfile")
+                .filter(|path| !path.eq_ignore_ascii_case("none")),
+            identities_only: field("identitiesonly")
+                .is_some_and(|value| value.eq_ignore_ascii_case("yes")),
+            host_key_policy: match field("stricthostkeychecking") {
+                Some(value) if value.eq_ignore_ascii_case("accept-new") => HostKeyPolicy::AcceptNew,
+                _ => HostKeyPolicy::Strict,
+            },
+        }
+    }
+}
+
+/// The jump hosts of a machine, first hop first, from its `proxy_jump` (or ProxyJump) list:
+/// each is a machine of the fleet (with that machine's own jump hosts before it), or
+/// `[user@]host[:port]`, looked up in `~/.ssh/config` like a machine's host. A hop has the
+/// machine's known_hosts (unless the hop's own ssh config names one), the machine's identity
+/// files after its own, its own connect timeout.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the fleet being resolved, passed down one level at a time"
+)]
+fn resolve_jumps(
+    machine_name: &str,
+    specs: &[String],
+    target: &SshTarget,
+    machines: &[FleetMachine],
+    all_specs: &[Vec<String>],
+    env: &Env,
+    ssh_config: Option<&SshConfig>,
+    depth: usize,
+) -> Result<Vec<SshTarget>, String> {
+    if depth > 8 {
+        return Err(format!(
+            "the jump hosts of {machine_name} go round in a loop (or deeper than 8)"
+        ));
+    }
+    let mut hops = Vec::new();
+    for spec in specs {
+        if let Some(idx) = machines.iter().position(|m| m.spec.name.as_str() == spec) {
+            let hop_machine = &machines[idx];
+            if hop_machine.spec.name.as_str() == machine_name {
+                return Err(format!("{machine_name} cannot be its own jump host"));
+            }
+            hops.extend(resolve_jumps(
+                spec,
+                &all_specs[idx],
+                &hop_machine.spec.ssh,
+                machines,
+                all_specs,
+                env,
+                ssh_config,
+                depth + 1,
+            )?);
+            let mut hop = hop_machine.spec.ssh.clone();
+            hop.jumps = Vec::new();
+            hops.push(hop);
+            continue;
+        }
+        let (user, rest) = match spec.split_once('@') {
+            Some((user, rest)) => (Some(user.to_owned()), rest),
+            None => (None, spec.as_str()),
+        };
+        let (alias, port) = match rest.rsplit_once(':') {
+            Some((host, port)) if !host.contains(':') => (
+                host.to_owned(),
+                Some(
+                    port.parse::<u16>()
+                        .ok()
+                        .filter(|p| *p != 0)
+                        .ok_or_else(|| format!("jump host {spec:?}: {port:?} is not a TCP port"))?,
+                ),
+            ),
+            _ => (
+                rest.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_owned(),
+                None,
+            ),
+        };
+        if alias.is_empty() {
+            return Err(format!("jump host {spec:?} has no host"));
+        }
+        let params = ssh_config.map(|config| config.query(&alias));
+        let options = params.as_ref().map(SshOptions::of).unwrap_or_default();
+        let mut identity_files: Vec<PathBuf> = params
+            .as_ref()
+            .and_then(|p| p.identity_file.clone())
+            .unwrap_or_default()
+            .iter()
+            .map(|file| env.expand_tilde(&file.to_string_lossy()))
+            .collect();
+        for file in &target.identity_files {
+            if !identity_files.contains(file) {
+                identity_files.push(file.clone());
+            }
+        }
+        hops.push(SshTarget {
+            host: params
+                .as_ref()
+                .and_then(|p| p.host_name.clone())
+                .unwrap_or_else(|| alias.clone()),
+            port: port
+                .or_else(|| params.as_ref().and_then(|p| p.port))
+                .unwrap_or(22),
+            user: user
+                .or_else(|| params.as_ref().and_then(|p| p.user.clone()))
+                .or_else(|| env.user.clone())
+                .ok_or_else(|| format!("jump host {spec:?}: no user (USER is unset)"))?,
+            identity_files,
+            known_hosts: options
+                .known_hosts
+                .as_deref()
+                .map_or_else(|| target.known_hosts.clone(), |path| env.expand_tilde(path)),
+            host_key_policy: options.host_key_policy,
+            connect_timeout: options.connect_timeout.unwrap_or(target.connect_timeout),
+            keepalive_interval: target.keepalive_interval,
+            keepalive_max: target.keepalive_max,
+            jumps: Vec::new(),
+            identities_only: options.identities_only || target.identities_only,
+        });
+    }
+    Ok(hops)
 }
 
 #[cfg(test)]
@@ -535,7 +753,7 @@ mod tests {
     fn parse_with_ssh(text: &str, ssh: &str) -> Fleet {
         let config = SshConfig::default()
             .home_dir("/home/me")
-            .parse(&mut ssh.as_bytes(), ParseRule::ALLOW_UNKNOWN_FIELDS)
+            .parse(&mut ssh.as_bytes(), SSH_CONFIG_RULES)
             .expect("valid ssh config");
         Fleet::parse(text, Path::new("/etc/fleet.toml"), &env(), Some(&config)).expect("valid")
     }
@@ -643,6 +861,80 @@ user = "admin"
         let fleet = parse_with_ssh("[machines.box]\nport = 22\nuser = \"root\"\n", ssh);
         assert_eq!(fleet.machines[0].spec.ssh.port, 22);
         assert_eq!(fleet.machines[0].spec.ssh.user, "root");
+    }
+
+    #[test]
+    fn jump_hosts_come_from_the_fleet_or_ssh_config() {
+        let hops = |fleet: &Fleet, name: &str| {
+            fleet
+                .machine(name)
+                .expect("in the fleet")
+                .spec
+                .ssh
+                .jumps
+                .iter()
+                .map(|hop| format!("{}@{}:{}", hop.user, hop.host, hop.port))
+                .collect::<Vec<_>>()
+        };
+        // A fleet machine (its own jump hosts first), then user@host:port.
+        let fleet = parse(
+            "[machines.outer]\nhost = \"10.0.0.1\"\nuser = \"ops\"\n\
+             [machines.inner]\nhost = \"10.0.1.1\"\nproxy_jump = \"outer\"\n\
+             [machines.box]\nhost = \"10.0.2.2\"\nproxy_jump = \"inner, ci@jump.example:2222\"\n\
+             [machines.direct]\nproxy_jump = \"none\"\n",
+        )
+        .expect("valid");
+        assert_eq!(
+            hops(&fleet, "box"),
+            ["ops@10.0.0.1:22", "me@10.0.1.1:22", "ci@jump.example:2222"]
+        );
+        assert!(hops(&fleet, "direct").is_empty());
+        // A chain of [defaults]: every machine goes through it, but the bastion itself.
+        let fleet = parse(
+            "[defaults]\nproxy_jump = \"bastion\"\n[machines.bastion]\nhost = \"b\"\n[machines.box]\n",
+        )
+        .expect("valid");
+        assert!(hops(&fleet, "bastion").is_empty());
+        assert_eq!(hops(&fleet, "box"), ["me@b:22"]);
+        assert!(
+            parse("[machines.a]\nproxy_jump = \"a\"\n").is_err(),
+            "its own jump host"
+        );
+        assert!(
+            parse("[machines.a]\nproxy_jump = \"h:0\"\n").is_err(),
+            "port 0"
+        );
+
+        // ~/.ssh/config: ProxyJump (the hop looked up there too), UserKnownHostsFile,
+        // ConnectTimeout, IdentitiesOnly, StrictHostKeyChecking accept-new (never no).
+        let ssh = "Host box\n  HostName 192.0.2.7\n  ProxyJump bast\n  UserKnownHostsFile ~/.ssh/lab_hosts\n  \
+                   ConnectTimeout 4\n  IdentitiesOnly yes\n  StrictHostKeyChecking accept-new\n\
+                   Host bast\n  HostName 192.0.2.1\n  Port 2022\n  User jump\n\
+                   Host other\n  StrictHostKeyChecking no\n  ProxyJump none\n";
+        let fleet = parse_with_ssh("[machines.box]\n[machines.other]\n", ssh);
+        let machine = fleet.machine("box").expect("in the fleet");
+        assert_eq!(hops(&fleet, "box"), ["jump@192.0.2.1:2022"]);
+        assert_eq!(
+            machine.spec.ssh.known_hosts,
+            PathBuf::from("/home/me/.ssh/lab_hosts")
+        );
+        assert_eq!(
+            machine.spec.ssh.jumps[0].known_hosts,
+            machine.spec.ssh.known_hosts
+        );
+        assert_eq!(machine.spec.ssh.connect_timeout, Duration::from_secs(4));
+        assert!(machine.spec.ssh.identities_only);
+        assert_eq!(machine.spec.ssh.host_key_policy, HostKeyPolicy::AcceptNew);
+        let other = fleet.machine("other").expect("in the fleet");
+        assert_eq!(
+            other.spec.ssh.host_key_policy,
+            HostKeyPolicy::Strict,
+            "never `no`"
+        );
+        assert!(other.spec.ssh.jumps.is_empty());
+        // The fleet's proxy_jump wins over ProxyJump.
+        let fleet = parse_with_ssh("[machines.box]\nproxy_jump = \"none\"\n", ssh);
+        assert!(hops(&fleet, "box").is_empty());
     }
 
     #[test]

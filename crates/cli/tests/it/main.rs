@@ -3,6 +3,8 @@
 
 mod bad_input;
 mod faults;
+mod invocation;
+mod messages;
 mod offline;
 mod queue;
 mod remote;

@@ -172,8 +172,15 @@ fn completions_and_help() {
     let out = env.run(&["completions", "bash"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(out.stdout.starts_with("_testfleet() {\n"), "{}", out.stdout);
-    for command in ["machines", "logs", "gc", "completions"] {
+    for command in ["machines", "logs", "gc", "completions", "rerun"] {
         assert!(out.stdout.contains(command), "completes {command}");
+    }
+    for shell in ["bash", "zsh", "fish"] {
+        let script = env.run(&["completions", shell]).stdout;
+        assert!(
+            !script.contains("_worker") && !script.contains("_cleanup"),
+            "{shell} offers no hidden command"
+        );
     }
     assert!(
         out.stdout
@@ -193,4 +200,99 @@ fn completions_and_help() {
     assert_eq!(help.code, 0);
     assert!(!help.stdout.contains("_worker"), "the worker is hidden");
     snapshot(&env, "help", &help.stdout);
+    // Every command's help ends with examples.
+    for command in [
+        &["run"][..],
+        &["rerun"],
+        &["status"],
+        &["wait"],
+        &["logs"],
+        &["list"],
+        &["cancel"],
+        &["report"],
+        &["machines"],
+        &["machines", "list"],
+        &["machines", "add"],
+        &["machines", "remove"],
+        &["machines", "check"],
+        &["machines", "trust"],
+        &["hash"],
+        &["gc"],
+        &["completions"],
+    ] {
+        let mut args = command.to_vec();
+        args.push("--help");
+        let help = env.run(&args);
+        assert_eq!(help.code, 0, "{command:?}");
+        let examples = help
+            .stdout
+            .rfind("Examples:\n")
+            .unwrap_or_else(|| panic!("{command:?} has examples: {}", help.stdout));
+        assert!(
+            help.stdout[examples..]
+                .lines()
+                .skip(1)
+                .all(|line| line.starts_with("  testfleet ")),
+            "{command:?}: the help ends with examples: {}",
+            help.stdout
+        );
+    }
+    snapshot(&env, "run_help", &env.run(&["run", "--help"]).stdout);
+}
+
+#[test]
+fn dynamic_completion_offers_machines_labels_and_run_ids() {
+    let env = Env::new();
+    env.write_fleet(
+        "[defaults]\nuser = \"ci\"\n[machines.linux-1]\nhost = \"127.0.0.1\"\nport = 1\nlabels = [\"x86\"]\n\
+         [machines.linux-2]\nhost = \"127.0.0.1\"\nport = 1\nlabels = [\"x86\", \"arm\"]\n",
+    );
+    let dir = env.test_dir("suite", "true\n");
+    // A run that fails to dial is recorded all the same.
+    let run = env.json(&["run", dir.to_str().expect("utf-8"), "-m", "linux-1"]);
+    let id = run.json()["data"]["runs"][0]["id"]
+        .as_str()
+        .expect("a run is recorded")
+        .to_owned();
+    let complete = |index: usize, words: &[&str]| {
+        let output = env
+            .command(&[])
+            .env_remove("NO_COLOR")
+            .env("COMPLETE", "bash")
+            .env("_CLAP_IFS", "\n")
+            .env("_CLAP_COMPLETE_INDEX", index.to_string())
+            .env("TESTFLEET_FLEET", env.fleet_file())
+            .env("TESTFLEET_STATE_DIR", env.state_dir())
+            .arg("--")
+            .args(words)
+            .output()
+            .expect("start testfleet");
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        complete(4, &["testfleet", "run", "d", "-m", ""]),
+        ["linux-1", "linux-2"]
+    );
+    assert_eq!(
+        complete(4, &["testfleet", "run", "d", "-m", "linux-2"]),
+        ["linux-2"]
+    );
+    assert_eq!(
+        complete(4, &["testfleet", "run", "d", "-l", ""]),
+        ["arm", "x86"]
+    );
+    assert_eq!(
+        complete(3, &["testfleet", "machines", "trust", "l"]),
+        ["linux-1", "linux-2"]
+    );
+    let ids = complete(2, &["testfleet", "status", ""]);
+    assert!(
+        ids.contains(&"last".to_owned()) && ids.contains(&id),
+        "{ids:?}"
+    );
+    let by_prefix = complete(2, &["testfleet", "logs", &id[..6].to_lowercase()]);
+    assert_eq!(by_prefix, [id]);
 }

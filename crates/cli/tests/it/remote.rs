@@ -453,7 +453,43 @@ fn machines_check_and_trust() {
     );
     snapshot(&env, "machines_check_unknown_human", &unknown.stdout);
 
-    let trusted = env.json(&["machines", "trust", "m1"]);
+    // Not on a terminal: nobody can confirm, so a flag must say which key (or yes).
+    let unconfirmed = env.json(&["machines", "trust", "m1"]);
+    assert_eq!(
+        unconfirmed.error_code(),
+        "INVALID_ARGUMENT",
+        "{}",
+        unconfirmed.stdout
+    );
+    assert!(
+        unconfirmed
+            .stdout
+            .contains(&servers.servers[0].host_key_fingerprint()),
+        "shows the key to verify: {}",
+        unconfirmed.stdout
+    );
+    let wrong = env.json(&[
+        "machines",
+        "trust",
+        "m1",
+        "--fingerprint",
+        "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+    ]);
+    assert_eq!(wrong.error_code(), "HOST_KEY_MISMATCH", "{}", wrong.stdout);
+    assert_eq!(
+        std::fs::read_to_string(&known_hosts).unwrap_or_default(),
+        "",
+        "a pinned key that does not match adds nothing"
+    );
+    let bad_pin = env.json(&["machines", "trust", "m1", "--fingerprint", "MD5:xx"]);
+    assert_eq!(
+        bad_pin.error_code(),
+        "INVALID_ARGUMENT",
+        "{}",
+        bad_pin.stdout
+    );
+    let fingerprint = servers.servers[0].host_key_fingerprint();
+    let trusted = env.json(&["machines", "trust", "m1", "--fingerprint", &fingerprint]);
     assert_eq!(trusted.code, 0, "{}", trusted.stdout);
     assert_eq!(trusted.data()["added"], true);
     assert_eq!(
@@ -476,7 +512,7 @@ fn machines_check_and_trust() {
     snapshot(&env, "machines_trust_already_human", &already.stdout);
     // Forget the key again: the human form shows what it recorded.
     std::fs::write(&known_hosts, "").expect("write");
-    let human = env.run(&["machines", "trust", "m1"]);
+    let human = env.run(&["machines", "trust", "m1", "--yes"]);
     assert_eq!(human.code, 0, "{}", human.stderr);
     assert!(
         human
@@ -492,6 +528,22 @@ fn machines_check_and_trust() {
     snapshot(&env, "machines_trust_human", &human.stdout);
     let again = env.json(&["run", str(&dir), "-m", "m1"]);
     assert_eq!(again.code, 0, "{}", again.stdout);
+    // --accept-new-host-key says which key it recorded.
+    std::fs::write(&known_hosts, "").expect("write");
+    let accepted = env.json(&["run", str(&dir), "-m", "m1", "--accept-new-host-key"]);
+    assert_eq!(accepted.code, 0, "{}", accepted.stdout);
+    assert!(
+        accepted.stderr.contains("recorded the host key")
+            && accepted
+                .stderr
+                .contains(&servers.servers[0].host_key_fingerprint()),
+        "{}",
+        accepted.stderr
+    );
+    assert_eq!(
+        std::fs::read_to_string(&known_hosts).expect("read"),
+        recorded
+    );
 
     // A waiting that times out reports the runs as they are, exit 1.
     let marker = env.root().join("release");

@@ -32,7 +32,9 @@ use std::time::Duration;
 
 use testfleet_core::ports::{Claim, RunFilter, RunStore};
 use testfleet_core::run::{NewRun, Run, RunEventRecord, RunOwner, RunPaths, RunStatus, Transition};
-use testfleet_core::{ControllerId, MachineName, RunId, TargetOs, TestDirHash, Timestamp};
+use testfleet_core::{
+    ControllerId, EnvVar, Invocation, MachineName, RunId, TargetOs, TestDirHash, Timestamp,
+};
 
 /// Opens another, independent handle on the same store.
 pub type Reopen = Arc<dyn Fn() -> Arc<dyn RunStore> + Send + Sync>;
@@ -141,6 +143,7 @@ pub async fn run_store(make_store: impl Fn() -> Subject) {
         a_dead_waiter_is_skipped_after_its_lease_and_not_before,
         cancel_and_queue_timeout_leave_the_queue_consistent,
         any_of_several_machines_never_starts_twice,
+        id_prefixes_find_runs_newest_first,
     );
 }
 
@@ -220,12 +223,31 @@ pub(super) fn new_run(machine_name: &str, hash_byte: u8, offset_ms: i64, serial:
         test_dir,
         test_dir_hash: hash(hash_byte),
         entrypoint: "run.sh".to_owned(),
+        invocation: invocation(),
         created_at: at(offset_ms),
         timeout_ms: None,
         keep_remote: false,
         owner: Some(owner(4242, Some(77))),
         lease: LEASE,
         controller: Some(controller()),
+    }
+}
+
+/// What the contract's runs are given: arguments with quotes, spaces, a newline and `$`, a
+/// recorded variable, a secret (whose value no store sees) and an exclude, so that every store
+/// must keep all of it exactly.
+pub(super) fn invocation() -> Invocation {
+    Invocation {
+        args: vec![
+            "--filter".to_owned(),
+            "it's \"quoted\" $HOME\nline 2".to_owned(),
+            String::new(),
+        ],
+        env: vec![
+            EnvVar::public("MODE", "fast 'n' $loud\n").expect("a valid variable"),
+            EnvVar::secret("API_TOKEN").expect("a valid name"),
+        ],
+        excludes: vec!["*.log".to_owned(), "!keep.log".to_owned()],
     }
 }
 

@@ -7,7 +7,9 @@ use testfleet_core::run::{
     Amendment, ArtifactSummary, RemoteCleanup, RunEventRecord, RunStatus, SkippedArtifact,
     Transition,
 };
-use testfleet_core::{ErrorCode, FailedCase, FailureKind, RunId, TestSummary, UnreadableReport};
+use testfleet_core::{
+    ErrorCode, FailedCase, FailureKind, RunId, RunIdPrefix, TestSummary, UnreadableReport,
+};
 
 use super::*;
 
@@ -416,4 +418,64 @@ pub(super) async fn tests_round_trip(store: &Arc<dyn RunStore>) {
     let by_id = |id: &RunId| listed.iter().find(|listed| &listed.id == id).cloned();
     assert_eq!(by_id(&run.id), Some(run), "list returns the tests too");
     assert_eq!(by_id(&other.id), Some(other));
+}
+
+pub(super) async fn id_prefixes_find_runs_newest_first(store: &Arc<dyn RunStore>) {
+    // Two runs created in the same millisecond share their first 10 characters (the time);
+    // a third, a second later, shares only the first few.
+    let first = claim_new(store, new_run("a", 1, 0, 1)).await;
+    let second = claim_new(store, new_run("b", 1, 0, 1 << 75)).await;
+    let later = claim_new(store, new_run("c", 1, 1_000, 1)).await;
+    let find = |typed: &str, limit: usize| {
+        let prefix = RunIdPrefix::parse(typed).expect("the case's prefixes are valid");
+        let store = Arc::clone(store);
+        async move {
+            match store.find_by_id_prefix(&prefix, limit).await {
+                Ok(runs) => runs.into_iter().map(|run| run.id).collect::<Vec<_>>(),
+                Err(error) => panic!("find_by_id_prefix {prefix}: {error:?}"),
+            }
+        }
+    };
+    let shared = &first.id.as_str()[..4];
+    assert_eq!(
+        later.id.as_str()[..4],
+        *shared,
+        "the case needs ids one second apart to share 4 characters"
+    );
+    assert_eq!(
+        find(shared, 10).await,
+        vec![later.id.clone(), second.id.clone(), first.id.clone()],
+        "every run whose id starts with {shared}, newest first"
+    );
+    assert_eq!(
+        find(shared, 2).await,
+        vec![later.id.clone(), second.id.clone()],
+        "at most `limit`, newest first"
+    );
+    assert_eq!(
+        find(&first.id.as_str()[..10], 10).await,
+        vec![second.id.clone(), first.id.clone()],
+        "the same millisecond"
+    );
+    assert_eq!(
+        find(&first.id.as_str()[..25], 10).await,
+        vec![first.id.clone()],
+        "25 characters name one run"
+    );
+    assert_eq!(
+        find(&first.id.as_str()[..12].to_lowercase(), 10).await,
+        find(&first.id.as_str()[..12], 10).await,
+        "a prefix typed in lower case"
+    );
+    assert_eq!(find("7ZZZ", 10).await, Vec::<RunId>::new(), "no match");
+    assert_eq!(find(shared, 0).await, Vec::<RunId>::new(), "limit 0");
+    // The runs found are whole records.
+    let found = store
+        .find_by_id_prefix(
+            &RunIdPrefix::parse(&first.id.as_str()[..25]).expect("valid"),
+            1,
+        )
+        .await
+        .expect("the lookup works above");
+    assert_eq!(found, vec![must_get(store, &first.id).await]);
 }

@@ -11,7 +11,7 @@ use proptest::prelude::*;
 use testfleet_contract::fake_store::FakeStore;
 use testfleet_core::ports::{Claimed, RunStore};
 use testfleet_core::queue::ClaimOn;
-use testfleet_core::run::{NewRun, Run, RunOwner, RunPaths, RunStatus, Transition};
+use testfleet_core::run::{Invocation, NewRun, Run, RunOwner, RunPaths, RunStatus, Transition};
 use testfleet_core::{ErrorCode, MachineName, RunId, TargetOs, TestDirHash, Timestamp};
 
 const MACHINES: [&str; 3] = ["m0", "m1", "m2"];
@@ -63,6 +63,7 @@ fn new_run(serial: u128, first: &MachineName, hash: u8, short: bool) -> NewRun {
         test_dir: PathBuf::from("/tests"),
         test_dir_hash: TestDirHash::parse(&format!("{hash:02x}").repeat(32)).expect("a hash"),
         entrypoint: "run.sh".to_owned(),
+        invocation: Invocation::default(),
         created_at: Timestamp::from_unix_ms(1_795_885_723_000),
         timeout_ms: None,
         keep_remote: false,

@@ -188,6 +188,20 @@ pub struct DirManifest {
     pub skipped_symlinks: Vec<RelPath>,
     /// Sockets, FIFOs and devices found and skipped.
     pub skipped_special: Vec<RelPath>,
+    /// What the excludes left out, in walk order: a folder is listed once, and what it holds
+    /// was not looked at.
+    pub excluded: Vec<Excluded>,
+    /// Whether the directory has a `.testfleetignore` (and its patterns applied).
+    pub ignore_file: bool,
+}
+
+/// An entry of the test directory that an exclude left out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Excluded {
+    /// Its path relative to the test directory.
+    pub rel_path: RelPath,
+    /// Whether it is a folder (left out with everything in it).
+    pub dir: bool,
 }
 
 impl DirManifest {

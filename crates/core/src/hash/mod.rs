@@ -3,12 +3,14 @@
 //!
 //! The walk is depth-first with each directory's entries sorted by the raw bytes of their
 //! names. Every regular file feeds `<relative path>\0<hex sha256 of contents>\n` into one
-//! running sha256. Symlinks are neither followed nor hashed, and are reported. What is hashed
-//! is exactly what is uploaded: the [`DirManifest`] lists those files and the directories that
-//! hold them.
+//! running sha256. Symlinks are neither followed nor hashed, and are reported. What the
+//! excludes leave out ([`exclude`]: `.git/`, `.testfleetignore`, `--exclude`) is not looked at.
+//! What is hashed is exactly what is uploaded: the [`DirManifest`] lists those files and the
+//! directories that hold them.
 
 mod cache;
 mod check;
+pub mod exclude;
 mod manifest;
 
 use std::fs::File;
@@ -23,8 +25,9 @@ use crate::ids::TestDirHash;
 
 pub use cache::DigestCache;
 pub use check::{Changed, ContentCheck, SmallFile, read_small_file};
+pub use exclude::{BadExclude, DEFAULT_EXCLUDES, IGNORE_FILE, check_excludes};
 use manifest::os_str_bytes;
-pub use manifest::{DirManifest, FileDigest, FileStamp, ManifestFile, RelPath};
+pub use manifest::{DirManifest, Excluded, FileDigest, FileStamp, ManifestFile, RelPath};
 
 /// Why a directory could not be hashed.
 #[derive(Debug, thiserror::Error)]
@@ -51,15 +54,29 @@ pub enum HashError {
         #[source]
         source: io::Error,
     },
+    /// The test directory's `.testfleetignore` cannot be used: it is not a regular file, cannot
+    /// be read, or has a line that is not valid gitignore syntax. Code `TEST_DIR_UNREADABLE`.
+    #[error("failed to use {path}: {reason}")]
+    IgnoreFile {
+        /// The ignore file.
+        path: PathBuf,
+        /// What is wrong with it (with the line number for a bad line).
+        reason: String,
+    },
+    /// An `--exclude` pattern is not valid gitignore syntax. Code `INVALID_ARGUMENT`.
+    #[error(transparent)]
+    Exclude(#[from] BadExclude),
 }
 
 impl HashError {
     /// [`ErrorCode::TestDirNotFound`] for a missing root, [`ErrorCode::TestDirUnreadable`] for
-    /// something inside it.
+    /// something inside it (the ignore file included), [`ErrorCode::InvalidArgument`] for a bad
+    /// `--exclude` pattern.
     pub fn code(&self) -> ErrorCode {
         match self {
             Self::NotADirectory { .. } => ErrorCode::TestDirNotFound,
-            Self::Io { .. } => ErrorCode::TestDirUnreadable,
+            Self::Io { .. } | Self::IgnoreFile { .. } => ErrorCode::TestDirUnreadable,
+            Self::Exclude(_) => ErrorCode::InvalidArgument,
         }
     }
 }
@@ -114,13 +131,24 @@ pub fn digest_reader(mut reader: impl Read, buffer: &mut [u8]) -> io::Result<(Fi
 
 const READ_BUFFER_BYTES: usize = 256 * 1024;
 
-/// Hashes the test directory at `root` and lists what it holds.
+/// Hashes the test directory at `root` and lists what it holds, leaving out what `.git/` and
+/// its `.testfleetignore` exclude.
 ///
 /// # Errors
 /// [`HashError::NotADirectory`] when `root` is missing or not a directory (a symlink to a
-/// directory is followed); [`HashError::Io`] naming the path that could not be read.
+/// directory is followed); [`HashError::Io`] naming the path that could not be read;
+/// [`HashError::IgnoreFile`].
 pub fn hash_dir(root: &Path) -> Result<DirManifest, HashError> {
     hash_dir_with(root, &DigestCache::default())
+}
+
+/// [`hash_dir`], also leaving out what the `--exclude` patterns `excludes` match (gitignore
+/// lines, applied after the ignore file).
+///
+/// # Errors
+/// As [`hash_dir`]; [`HashError::Exclude`] for a bad pattern.
+pub fn hash_dir_excluding(root: &Path, excludes: &[String]) -> Result<DirManifest, HashError> {
+    hash_resolved_excluding(resolve_test_dir(root)?, &DigestCache::default(), excludes)
 }
 
 /// [`hash_dir`], taking the digest of a file from `cache` instead of reading it when the file's
@@ -155,9 +183,39 @@ pub fn resolve_test_dir(root: &Path) -> Result<PathBuf, HashError> {
 /// # Errors
 /// [`HashError::Io`] naming the path that could not be read.
 pub fn hash_resolved(resolved: PathBuf, cache: &DigestCache) -> Result<DirManifest, HashError> {
+    hash_resolved_excluding(resolved, cache, &[])
+}
+
+/// [`hash_resolved`] with the `--exclude` patterns `excludes`.
+///
+/// # Errors
+/// As [`hash_resolved`]; [`HashError::IgnoreFile`], [`HashError::Exclude`].
+pub fn hash_resolved_excluding(
+    resolved: PathBuf,
+    cache: &DigestCache,
+    excludes: &[String],
+) -> Result<DirManifest, HashError> {
+    let rules = exclude::Excludes::load(&resolved, excludes)?;
+    let mut excluded = Vec::new();
     let walk = walkdir::WalkDir::new(&resolved)
         .follow_links(false)
-        .sort_by(|a, b| os_str_bytes(a.file_name()).cmp(&os_str_bytes(b.file_name())));
+        .sort_by(|a, b| os_str_bytes(a.file_name()).cmp(&os_str_bytes(b.file_name())))
+        .into_iter()
+        .filter_entry(|entry| {
+            if entry.depth() == 0 {
+                return true;
+            }
+            let relative = entry.path().strip_prefix(&resolved).unwrap_or(entry.path());
+            let is_dir = entry.file_type().is_dir();
+            if rules.excludes(relative, is_dir) {
+                excluded.push(Excluded {
+                    rel_path: RelPath::from_components(relative.iter()),
+                    dir: is_dir,
+                });
+                return false;
+            }
+            true
+        });
 
     let mut files = Vec::new();
     let mut dirs = Vec::new();
@@ -210,6 +268,8 @@ pub fn hash_resolved(resolved: PathBuf, cache: &DigestCache) -> Result<DirManife
         files,
         skipped_symlinks,
         skipped_special,
+        excluded,
+        ignore_file: rules.ignore_file,
     })
 }
 

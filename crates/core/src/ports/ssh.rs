@@ -22,6 +22,30 @@ pub enum HostKeyPolicy {
     /// Record it in known_hosts and go on, like OpenSSH's `accept-new`. A changed key is still
     /// refused.
     AcceptNew,
+    /// Record it only if its SHA-256 fingerprint is this one (the raw 32 bytes of
+    /// `SHA256:<base64>`), as `machines trust --fingerprint` pins it; refuse any other key
+    /// (`HOST_KEY_UNKNOWN`, naming the key offered). A changed key is still refused.
+    AcceptPinned([u8; 32]),
+}
+
+impl HostKeyPolicy {
+    /// Parses `SHA256:<base64, unpadded>` (as OpenSSH prints it) into the 32 bytes of
+    /// [`HostKeyPolicy::AcceptPinned`].
+    ///
+    /// # Errors
+    /// A message saying what is wrong with `fingerprint`.
+    pub fn parse_fingerprint(fingerprint: &str) -> Result<[u8; 32], String> {
+        use base64::Engine as _;
+        let encoded = fingerprint
+            .strip_prefix("SHA256:")
+            .ok_or_else(|| format!("{fingerprint:?} is not a SHA256:… fingerprint"))?;
+        let bytes = base64::engine::general_purpose::STANDARD_NO_PAD
+            .decode(encoded.trim_end_matches('='))
+            .map_err(|error| format!("{fingerprint:?} is not a SHA256:… fingerprint: {error}"))?;
+        bytes
+            .try_into()
+            .map_err(|_| format!("{fingerprint:?} is not 32 bytes long, as a SHA-256 is"))
+    }
 }
 
 /// Everything needed to reach one machine.
@@ -48,6 +72,13 @@ pub struct SshTarget {
     pub keepalive_interval: Duration,
     /// Keepalives missed in a row before the connection counts as lost.
     pub keepalive_max: u32,
+    /// The jump hosts to go through, first hop first (`proxy_jump`, `ProxyJump`): the first is
+    /// dialled over TCP, each next one and then this host over a `direct-tcpip` channel of
+    /// the hop before. Each hop's host key is checked with its own `known_hosts` and policy,
+    /// and each hop has its own `connect_timeout`. Empty: dial directly.
+    pub jumps: Vec<SshTarget>,
+    /// Log in with the identity files only, never the agent's keys (`IdentitiesOnly yes`).
+    pub identities_only: bool,
 }
 
 impl SshTarget {
@@ -309,14 +340,15 @@ pub enum RemoteExit {
 /// Holds a started command at its gate: the command was sent to the host at once (so that the
 /// host's session start overlaps whatever the caller does meanwhile) but waits for one line on
 /// its stdin before it does anything. Create with [`ExecGate::new`]; the [`GateKeeper`] opens
-/// it.
+/// it, and may hand over more bytes for the command to read right after that line (the
+/// secrets of a run, which must be on no command line).
 #[derive(Debug)]
-pub struct ExecGate(tokio::sync::oneshot::Receiver<()>);
+pub struct ExecGate(tokio::sync::oneshot::Receiver<Vec<u8>>);
 
 /// The caller's end of an [`ExecGate`]. [`GateKeeper::open`] lets the command run; dropping the
 /// keeper ends the command before it does anything.
 #[derive(Debug)]
-pub struct GateKeeper(tokio::sync::oneshot::Sender<()>);
+pub struct GateKeeper(tokio::sync::oneshot::Sender<Vec<u8>>);
 
 impl ExecGate {
     /// The line a gated command waits for on its stdin, newline included.
@@ -328,17 +360,27 @@ impl ExecGate {
         (GateKeeper(sender), ExecGate(receiver))
     }
 
-    /// Waits for the keeper: `true` when it opened the gate, `false` when it was dropped.
-    pub async fn wait(self) -> bool {
-        self.0.await.is_ok()
+    /// Waits for the keeper. When it opened the gate: the bytes to write to the command's stdin,
+    /// [`ExecGate::OPEN_LINE`] followed by what the keeper added; `None` when it was dropped
+    /// (then nothing may be written).
+    pub async fn wait(self) -> Option<Vec<u8>> {
+        self.0.await.ok()
     }
 }
 
 impl GateKeeper {
     /// Lets the gated command run.
     pub fn open(self) {
+        self.open_with(&[]);
+    }
+
+    /// Lets the gated command run, with `payload` written to its stdin right after the gate's
+    /// line.
+    pub fn open_with(self, payload: &[u8]) {
+        let mut bytes = ExecGate::OPEN_LINE.to_vec();
+        bytes.extend_from_slice(payload);
         // The command may already have ended (its channel failed); nothing waits then.
-        let _ = self.0.send(());
+        let _ = self.0.send(bytes);
     }
 }
 
@@ -441,7 +483,8 @@ pub trait SshSession: Send + Sync {
 
     /// Like [`SshSession::exec`], but for a command that first reads one line from its stdin
     /// (see [`crate::remote::RemoteShell::gated_exec_command`]): the command is started at once;
-    /// when `gate` opens, [`ExecGate::OPEN_LINE`] is written to its stdin, **and its stdin then
+    /// when `gate` opens, the bytes [`ExecGate::wait`] returns ([`ExecGate::OPEN_LINE`] and
+    /// the keeper's payload) are written to its stdin, **and its stdin then
     /// stays open until the command ends** — the remote wrapper takes the end of its stdin for
     /// the end of the connection and kills the run's tree. When the keeper is dropped instead,
     /// the command's stdin is closed with nothing written, and it ends without doing anything.

@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::code::ErrorCode;
-use crate::ids::{MachineName, RunId};
+use crate::ids::{MachineName, RunId, RunIdPrefix};
 use crate::queue::{ClaimOn, MachineState};
 use crate::run::{Amendment, NewRun, Run, RunEventRecord, RunOwner, RunStatus, Transition};
 use crate::time::Timestamp;
@@ -241,6 +241,17 @@ pub trait RunStore: Send + Sync + fmt::Debug {
     /// # Errors
     /// [`StoreError::NotFound`] for an unknown id; [`StoreError::Backend`].
     async fn get(&self, id: &RunId) -> Result<Run, StoreError>;
+
+    /// The runs whose id starts with `prefix`, newest first, at most `limit` of them: what a
+    /// command looks up when a user types the start of an id.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`]; no match is an empty list, not an error.
+    async fn find_by_id_prefix(
+        &self,
+        prefix: &RunIdPrefix,
+        limit: usize,
+    ) -> Result<Vec<Run>, StoreError>;
 
     /// Compare-and-set: applies `change` (with [`Run::apply`], at the store's now) only if the
     /// run's status is `change.from` (and its owner, and lease, match `change.owner_guard`), and

@@ -18,9 +18,9 @@ use crate::entrypoint::OsFamily;
 use crate::ids::RunId;
 
 pub use posix::{
-    KILL_ALREADY_GONE, KILL_NO_PID_FILE, KILL_SURVIVORS, RunScript, posix_exec_command,
+    KILL_ALREADY_GONE, KILL_NO_PID_FILE, KILL_SURVIVORS, RunScript, ScriptVar, posix_exec_command,
     posix_gated_cleanup_command, posix_gated_command, posix_gated_exec_command, posix_kill_command,
-    posix_probe_command,
+    posix_probe_command, posix_secret_lines, testfleet_vars,
 };
 pub use quote::{quote_posix, quote_powershell};
 pub use windows::{
@@ -173,9 +173,17 @@ impl RemoteShell {
     pub fn exec_command(self, script: &RunScript<'_>) -> String {
         match self {
             Self::Posix => posix_exec_command(script),
-            Self::Windows(shell) => {
-                windows_exec_command(shell, script.run_dir, script.pid_file, script.entrypoint)
-            }
+            Self::Windows(shell) => windows_exec_command(shell, script),
+        }
+    }
+
+    /// What the runner writes on a gated command's stdin right after the gate's line: the
+    /// secrets of `script` ([`posix_secret_lines`]); nothing for a shell without a gate (its
+    /// secrets are in its command).
+    pub fn gate_payload(self, script: &RunScript<'_>) -> Vec<u8> {
+        match self {
+            Self::Posix => posix_secret_lines(script.env),
+            Self::Windows(_) => Vec::new(),
         }
     }
 

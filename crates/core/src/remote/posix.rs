@@ -53,8 +53,58 @@ pub struct RunScript<'a> {
     pub entrypoint: &'a str,
     /// The run's id: the value of `TESTFLEET_RUN_ID` that marks its processes.
     pub run_id: &'a str,
+    /// The fleet machine's name: the value of `TESTFLEET_MACHINE`.
+    pub machine: &'a str,
+    /// The entrypoint's arguments, each passed as one word, exactly.
+    pub args: &'a [String],
+    /// The variables set for the entrypoint, in order (testfleet's own come after them).
+    pub env: &'a [ScriptVar<'a>],
     /// Time between `TERM` and `KILL` when the tree is killed.
     pub grace: Duration,
+}
+
+/// A variable set for a run's entrypoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScriptVar<'a> {
+    /// Its name (`[A-Za-z_][A-Za-z0-9_]*`).
+    pub name: &'a str,
+    /// Its value.
+    pub value: &'a str,
+    /// A secret: a gated POSIX command reads its value from its stdin after the gate's line
+    /// ([`posix_secret_lines`]), so that it is on no command line (which every user of the
+    /// machine may read in the process table) and in no log; elsewhere it is written into the
+    /// command like any value.
+    pub secret: bool,
+}
+
+/// The variables testfleet sets for every entrypoint, after the user's: `TESTFLEET_RUN_ID`,
+/// `TESTFLEET_MACHINE` and `TESTFLEET_ARTIFACTS` (the absolute path of the run folder's
+/// `artifacts`, which the script creates if it leaves any), as `(name, value)`.
+pub fn testfleet_vars(
+    script: &RunScript<'_>,
+    artifacts_dir: String,
+) -> [(&'static str, String); 3] {
+    [
+        ("TESTFLEET_RUN_ID", script.run_id.to_owned()),
+        ("TESTFLEET_MACHINE", script.machine.to_owned()),
+        ("TESTFLEET_ARTIFACTS", artifacts_dir),
+    ]
+}
+
+/// What a gated command ([`posix_gated_exec_command`]) reads after the gate's line: one line
+/// per secret of `env`, in order, each byte written as a `\ooo` octal escape that the script
+/// turns back into the byte with `printf` (so that a value may hold newlines, quotes, `$` or
+/// backslashes, and no line is ever longer than four times the value). Empty when there is no
+/// secret.
+pub fn posix_secret_lines(env: &[ScriptVar<'_>]) -> Vec<u8> {
+    let mut lines = Vec::new();
+    for var in env.iter().filter(|var| var.secret) {
+        for byte in var.value.bytes() {
+            lines.extend_from_slice(format!("\\{byte:03o}").as_bytes());
+        }
+        lines.push(b'\n');
+    }
+    lines
 }
 
 /// Shell functions every script of a run shares. They expect `tf_id` (the run id), `tf_pg` (the
@@ -175,9 +225,17 @@ pub fn posix_gated_command(script: &str) -> String {
 /// terminating signal is passed on as that signal, as a shell would.
 pub fn posix_gated_exec_command(script: &RunScript<'_>) -> String {
     let pid = quote_posix(script.pid_file);
+    // The secrets follow the gate's line, one line each (see `posix_secret_lines`).
+    let mut secrets = String::new();
+    for (secret_idx, _) in script.env.iter().filter(|var| var.secret).enumerate() {
+        secrets.push_str(&format!(
+            "IFS= read -r tf_s{secret_idx} || {{ rm -f {pid}; exit 125; }}; \
+             tf_s{secret_idx}=$(printf \"${{tf_s{secret_idx}}}x\"); tf_s{secret_idx}=${{tf_s{secret_idx}%x}}; "
+        ));
+    }
     let body = format!(
         "echo $$ > {pid} || exit 126; \
-         read -r tf_gate && [ \"$tf_gate\" = go ] || {{ rm -f {pid}; exit 125; }}; {}",
+         read -r tf_gate && [ \"$tf_gate\" = go ] || {{ rm -f {pid}; exit 125; }}; {secrets}{}",
         wrapper(script, true)
     );
     format!("exec sh -c {}", quote_posix(&body))
@@ -194,8 +252,37 @@ pub fn posix_exec_command(script: &RunScript<'_>) -> String {
     format!("exec sh -c {}", quote_posix(&body))
 }
 
+/// `NAME=VALUE` words for the entrypoint's variables (the user's, then testfleet's), and its
+/// arguments as words with a leading space each. A secret's value is `"$tf_sN"`, read from
+/// stdin, when `secrets_on_stdin`.
+fn invocation_words(script: &RunScript<'_>, secrets_on_stdin: bool) -> (String, String) {
+    let mut assignments = Vec::new();
+    let mut secret_idx = 0;
+    for var in script.env {
+        let value = if var.secret && secrets_on_stdin {
+            let value = format!("\"$tf_s{secret_idx}\"");
+            secret_idx += 1;
+            value
+        } else {
+            quote_posix(var.value)
+        };
+        assignments.push(format!("{}={value}", var.name));
+    }
+    let artifacts = super::join_remote(script.run_dir, "artifacts");
+    for (name, value) in testfleet_vars(script, artifacts) {
+        assignments.push(format!("{name}={}", quote_posix(&value)));
+    }
+    let args: String = script
+        .args
+        .iter()
+        .map(|arg| format!(" {}", quote_posix(arg)))
+        .collect();
+    (assignments.join(" "), args)
+}
+
 fn wrapper(script: &RunScript<'_>, guard_stdin: bool) -> String {
     let ep = quote_posix(script.entrypoint);
+    let (vars, args) = invocation_words(script, guard_stdin);
     // Without job control, a background list's stdin would be /dev/null: the session's stdin is
     // kept on fd 3 for the guard, and closed for the entrypoint.
     let guard = if guard_stdin {
@@ -217,8 +304,8 @@ fn wrapper(script: &RunScript<'_>, guard_stdin: bool) -> String {
          if [ -n \"$tf_cg\" ]; then \
            ( read -r tf_me _ < /proc/self/stat; \
              echo \"$tf_me\" > \"$tf_cg/cgroup.procs\" 2>/dev/null || rmdir \"$tf_cg\" 2>/dev/null; \
-             export TESTFLEET_RUN_ID={id}; exec ./{ep} ) </dev/null 3<&- & tf_child=$!; \
-         else TESTFLEET_RUN_ID={id} ./{ep} </dev/null 3<&- & tf_child=$!; fi; \
+             export {vars}; exec ./{ep}{args} ) </dev/null 3<&- & tf_child=$!; \
+         else {vars} ./{ep}{args} </dev/null 3<&- & tf_child=$!; fi; \
          {guard}\
          wait \"$tf_child\"; tf_status=$?; \
          [ -n \"$tf_guard\" ] && kill -KILL \"$tf_guard\" 2>/dev/null; \

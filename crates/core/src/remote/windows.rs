@@ -4,6 +4,7 @@
 use base64::Engine as _;
 
 use super::WindowsShell;
+use super::posix::{RunScript, testfleet_vars};
 use super::quote::quote_powershell;
 
 /// Converts an SFTP path of a Windows host (`/C:/Users/ci/x`) into a Windows path
@@ -47,33 +48,49 @@ pub fn decode_powershell_command(command: &str) -> Option<String> {
     String::from_utf16(&units).ok()
 }
 
-/// The PowerShell script that enters `run_dir`, writes its `$PID` to `pid_file` (both SFTP paths,
-/// converted with [`sftp_to_windows_path`]) and runs `./<entrypoint>`, exiting with its
-/// `$LASTEXITCODE`. Lines end with CRLF. A failure to enter the folder or write the pid file stops
-/// the script before the entrypoint runs.
-pub fn windows_exec_script(run_dir: &str, pid_file: &str, entrypoint: &str) -> String {
+/// The PowerShell script that enters the run folder, writes its `$PID` to the pid file (both
+/// SFTP paths, converted with [`sftp_to_windows_path`]), sets the entrypoint's variables (the
+/// user's, then `TESTFLEET_RUN_ID`, `TESTFLEET_MACHINE` and `TESTFLEET_ARTIFACTS`) and runs
+/// `./<entrypoint>` with its arguments, each one single-quoted literal, exiting with its
+/// `$LASTEXITCODE`. Lines end with CRLF. A failure to enter the folder or write the pid file
+/// stops the script before the entrypoint runs. There is no stdin to read secrets from: their
+/// values are in the script like the others.
+pub fn windows_exec_script(script: &RunScript<'_>) -> String {
+    let mut vars = String::new();
+    for var in script.env {
+        vars.push_str(&format!(
+            "$env:{} = {}\r\n",
+            var.name,
+            quote_powershell(var.value)
+        ));
+    }
+    let artifacts = sftp_to_windows_path(&super::join_remote(script.run_dir, "artifacts"));
+    for (name, value) in testfleet_vars(script, artifacts) {
+        vars.push_str(&format!("$env:{name} = {}\r\n", quote_powershell(&value)));
+    }
+    let args: String = script
+        .args
+        .iter()
+        .map(|arg| format!(" {}", quote_powershell(arg)))
+        .collect();
     format!(
         "$ErrorActionPreference = 'Stop'\r\n\
          Set-Location -LiteralPath {dir}\r\n\
          Set-Content -LiteralPath {pid} -Value $PID -Encoding ascii\r\n\
+         {vars}\
          $ErrorActionPreference = 'Continue'\r\n\
-         & {ep}\r\n\
+         & {ep}{args}\r\n\
          exit $LASTEXITCODE\r\n",
-        dir = quote_powershell(&sftp_to_windows_path(run_dir)),
-        pid = quote_powershell(&sftp_to_windows_path(pid_file)),
-        ep = quote_powershell(&format!("./{entrypoint}")),
+        dir = quote_powershell(&sftp_to_windows_path(script.run_dir)),
+        pid = quote_powershell(&sftp_to_windows_path(script.pid_file)),
+        ep = quote_powershell(&format!("./{}", script.entrypoint)),
     )
 }
 
 /// [`windows_exec_script`] as a [`powershell_command`] for `shell`. It has no gate: start it only
 /// once the upload is done.
-pub fn windows_exec_command(
-    shell: WindowsShell,
-    run_dir: &str,
-    pid_file: &str,
-    entrypoint: &str,
-) -> String {
-    powershell_command(shell, &windows_exec_script(run_dir, pid_file, entrypoint))
+pub fn windows_exec_command(shell: WindowsShell, script: &RunScript<'_>) -> String {
+    powershell_command(shell, &windows_exec_script(script))
 }
 
 /// The PowerShell script that reads the pid in `pid_file` (an SFTP path) and kills that process and

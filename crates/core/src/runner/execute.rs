@@ -5,7 +5,7 @@ use std::borrow::Cow;
 
 use crate::code::{ErrorCode, error_chain};
 use crate::error::DispatchError;
-use crate::hash::{DirManifest, hash_dir};
+use crate::hash::{DirManifest, hash_dir_excluding};
 use crate::ids::RunId;
 use crate::ports::{SshError, SshSession, StoreError};
 use crate::run::{Run, RunStatus, Transition};
@@ -37,6 +37,16 @@ impl Runner {
                         ErrorCode::TestDirChanged,
                         message,
                     )
+                    .await?;
+                observer.status(&ended);
+                return Ok(ended);
+            }
+        };
+        let env = match self.resolve_env(&run) {
+            Ok(env) => env,
+            Err(message) => {
+                let ended = self
+                    .end_owned_pending(lease, &run, RunStatus::Failed, ErrorCode::Internal, message)
                     .await?;
                 observer.status(&ended);
                 return Ok(ended);
@@ -80,6 +90,7 @@ impl Runner {
             shell: machine.shell(),
             signals,
             observer,
+            env: &env,
         };
         let (outcome, layout) = execution.drive(&manifest).await;
         close_quietly(session.as_ref()).await;
@@ -125,6 +136,32 @@ impl Runner {
             }
             _ => Ok(ended),
         }
+    }
+
+    /// The run's variables with their values: the recorded ones, and each secret's from the
+    /// runner's [`Secrets`](super::Secrets). On failure: why a secret has no value.
+    fn resolve_env(&self, run: &Run) -> Result<Vec<super::ResolvedVar>, String> {
+        run.invocation
+            .env
+            .iter()
+            .map(|var| {
+                let value = match var.value() {
+                    Some(value) => value.to_owned(),
+                    None => self.config.secrets.value(var.name()).ok_or_else(|| {
+                        format!(
+                            "the secret variable {} has no value here: it is read from the \
+                             environment of the process that executes the run, and is not set there",
+                            var.name()
+                        )
+                    })?,
+                };
+                Ok(super::ResolvedVar {
+                    name: var.name().to_owned(),
+                    value,
+                    secret: var.is_secret(),
+                })
+            })
+            .collect()
     }
 
     /// Dials the machine, unless the run is cancelled first. On failure: how the pending run
@@ -212,7 +249,7 @@ fn checked_manifest<'m>(
 ) -> Result<Cow<'m, DirManifest>, String> {
     let manifest = match manifest {
         Some(manifest) => Cow::Borrowed(manifest),
-        None => match hash_dir(&run.test_dir) {
+        None => match hash_dir_excluding(&run.test_dir, &run.invocation.excludes) {
             Ok(fresh) => Cow::Owned(fresh),
             Err(error) => {
                 return Err(format!(

@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::entrypoint::TargetOs;
 use crate::error::DispatchError;
-use crate::hash::hash_dir;
+use crate::hash::hash_dir_excluding;
 use crate::ids::{ControllerId, MachineName};
 use crate::ports::{
     Clock, OutputStream, RunIdGenerator, RunStore, SshConnector, SshError, SshTarget,
@@ -40,7 +40,7 @@ use crate::ports::{
 };
 use crate::queue::QueuePlace;
 use crate::remote::{RemoteShell, WindowsShell};
-use crate::run::{DispatchedRun, Run, RunOwner};
+use crate::run::{DispatchedRun, Invocation, Run, RunOwner};
 
 pub use lease::LeaseSettings;
 pub use reaper::{Liveness, OwnerProbe, reap_lost_runs};
@@ -65,6 +65,9 @@ pub struct RunnerConfig {
     /// Reads the test reports among a run's artifacts into [`Run::tests`]; none by default,
     /// and then no run records tests.
     pub reports: Option<Arc<dyn ReportReader>>,
+    /// Where the values of the runs' secret variables come from ([`NoSecrets`] by default:
+    /// a run with a secret then fails before it dials).
+    pub secrets: Arc<dyn Secrets>,
 }
 
 impl RunnerConfig {
@@ -81,7 +84,44 @@ impl RunnerConfig {
             lease: LeaseSettings::default(),
             controller: None,
             reports: None,
+            secrets: Arc::new(NoSecrets),
         }
+    }
+}
+
+/// Where the values of secret variables ([`EnvVar::secret`](crate::EnvVar::secret)) come from
+/// when a run executes: they are never recorded, so the process that executes the run reads
+/// them (an application reads its own environment).
+pub trait Secrets: Send + Sync + fmt::Debug {
+    /// The value of the secret `name`; `None` when there is none here.
+    fn value(&self, name: &str) -> Option<String>;
+}
+
+/// No secret has a value.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoSecrets;
+
+impl Secrets for NoSecrets {
+    fn value(&self, _name: &str) -> Option<String> {
+        None
+    }
+}
+
+/// A variable of a run with its value, only while the run executes.
+#[derive(Clone)]
+pub(crate) struct ResolvedVar {
+    pub(crate) name: String,
+    pub(crate) value: String,
+    pub(crate) secret: bool,
+}
+
+impl fmt::Debug for ResolvedVar {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // A secret's value never reaches a log.
+        f.debug_struct("ResolvedVar")
+            .field("name", &self.name)
+            .field("value", &if self.secret { "<secret>" } else { &self.value })
+            .finish()
     }
 }
 
@@ -142,6 +182,9 @@ pub struct DispatchRequest {
     pub keep_remote: bool,
     /// The process that will own the run while it is not terminal.
     pub owner: Option<RunOwner>,
+    /// The entrypoint's arguments and variables, and the hash's `--exclude` patterns. With the
+    /// hash, the arguments and the variables decide whether an active run is reused.
+    pub invocation: Invocation,
 }
 
 /// The result of [`Runner::prepare`].
@@ -252,7 +295,8 @@ impl Runner {
     }
 
     /// Hashes `test_dir`, prepares and executes the run on one machine: the whole dispatch.
-    /// Hashing blocks the calling thread; callers that fan out hash once with [`hash_dir`] and
+    /// Hashing blocks the calling thread; callers that fan out hash once with
+    /// [`hash_dir_excluding`] and
     /// use [`Runner::prepare`] and [`Runner::execute`] instead.
     ///
     /// # Errors
@@ -265,7 +309,7 @@ impl Runner {
         signals: &StopSignals,
         observer: &dyn RunObserver,
     ) -> Result<DispatchedRun, DispatchError> {
-        let manifest = hash_dir(test_dir)?;
+        let manifest = hash_dir_excluding(test_dir, &request.invocation.excludes)?;
         let prepared = self.prepare(&manifest, request).await?;
         if !prepared.needs_execution() {
             return Ok(DispatchedRun {

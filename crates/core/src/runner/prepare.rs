@@ -5,6 +5,7 @@ use std::fs::OpenOptions;
 use crate::code::ErrorCode;
 use crate::error::{BusyMachine, DispatchError};
 use crate::hash::DirManifest;
+use crate::ids::TestDirHash;
 use crate::ports::Claimed;
 use crate::queue::ClaimOn;
 use crate::run::{NewRun, Run, RunPaths, RunStatus, Transition};
@@ -13,12 +14,13 @@ use super::{DispatchRequest, Prepared, Runner};
 
 impl Runner {
     /// Takes the entrypoint from the manifest and claims the machine. Creates the pending run
-    /// and its local folder, or returns the active run with the same hash (`reused`). A machine
-    /// that live runs wait for is busy: a claim that does not wait never jumps the queue.
+    /// and its local folder, or returns the active run with the same hash, arguments and
+    /// variables (`reused`). A machine that live runs wait for is busy: a claim that does not
+    /// wait never jumps the queue.
     ///
     /// # Errors
-    /// [`DispatchError::MissingEntrypoint`]; [`DispatchError::MachineBusy`] when another hash
-    /// is active on the machine; [`DispatchError::Store`]. Nothing is persisted for these.
+    /// [`DispatchError::MissingEntrypoint`]; [`DispatchError::MachineBusy`] when another hash,
+    /// or the same hash with other arguments or variables, is active on the machine; [`DispatchError::Store`]. Nothing is persisted for these.
     pub async fn prepare(
         &self,
         manifest: &DirManifest,
@@ -55,6 +57,7 @@ impl Runner {
             test_dir: manifest.root.clone(),
             test_dir_hash: manifest.hash.clone(),
             entrypoint: entrypoint.to_owned(),
+            invocation: request.invocation.clone(),
             created_at: now,
             timeout_ms: request
                 .timeout
@@ -64,9 +67,10 @@ impl Runner {
             lease: self.config.lease.duration,
             controller: self.config.controller.clone(),
         };
+        let new_hash = new.test_dir_hash.clone();
         let run = match self.store.claim_in(new, on).await? {
             Claimed::Existing(run) => return Ok(Prepared { run, reused: true }),
-            Claimed::Busy(runs) => return Err(busy(on, runs)),
+            Claimed::Busy(runs) => return Err(busy(on, runs, &new_hash)),
             Claimed::Created(run) | Claimed::Queued(run) => run,
         };
         match create_local_files(&run.paths) {
@@ -87,11 +91,14 @@ impl Runner {
 }
 
 /// The error of a claim that found every candidate busy.
-fn busy(on: &ClaimOn, runs: Vec<Run>) -> DispatchError {
+/// What makes the candidates of `on` busy for a new run of the directory `hash`: the runs that
+/// hold them (or wait for them first), in candidate order.
+fn busy(on: &ClaimOn, runs: Vec<Run>, hash: &TestDirHash) -> DispatchError {
     if let [run] = runs.as_slice()
         && on.machines.len() == 1
     {
         return DispatchError::MachineBusy {
+            other_invocation: run.test_dir_hash == *hash,
             machine: on.machines[0].clone(),
             active_run: run.id.clone(),
             active_hash: run.test_dir_hash.clone(),

@@ -325,3 +325,146 @@ fn the_digest_cache_spares_only_unchanged_settled_files() {
         DigestCache::default()
     );
 }
+
+/// Hashes a tree of `files` (path → contents; a path ending in `/` is an empty folder) with
+/// `excludes`, and checks the files kept and the entries left out (`dir/` for a folder).
+fn check_excluding(files: &[(&str, &str)], excludes: &[&str], kept: &[&str], left_out: &[&str]) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for (path, text) in files {
+        let full = dir.path().join(path);
+        if path.ends_with('/') {
+            std::fs::create_dir_all(&full).expect("mkdir");
+        } else {
+            std::fs::create_dir_all(full.parent().expect("has a parent")).expect("mkdir");
+            std::fs::write(&full, text).expect("write");
+        }
+    }
+    let excludes: Vec<String> = excludes.iter().map(|p| (*p).to_owned()).collect();
+    let manifest = testfleet_core::hash::hash_dir_excluding(dir.path(), &excludes).expect("hashes");
+    let files: Vec<String> = manifest
+        .files
+        .iter()
+        .map(|f| f.rel_path.to_string())
+        .collect();
+    assert_eq!(files, kept, "kept, for {excludes:?}");
+    let excluded: Vec<String> = manifest
+        .excluded
+        .iter()
+        .map(|e| format!("{}{}", e.rel_path, if e.dir { "/" } else { "" }))
+        .collect();
+    assert_eq!(excluded, left_out, "left out, for {excludes:?}");
+
+    // What is hashed is what is uploaded: the same hash as a tree holding only what was kept.
+    let only_kept = tempfile::tempdir().expect("temp dir");
+    for file in &manifest.files {
+        let from = dir.path().join(file.rel_path.to_string());
+        let to = only_kept.path().join(file.rel_path.to_string());
+        std::fs::create_dir_all(to.parent().expect("has a parent")).expect("mkdir");
+        std::fs::copy(&from, &to).expect("copy");
+    }
+    let bare =
+        testfleet_core::hash::hash_dir_excluding(only_kept.path(), &excludes).expect("hashes");
+    assert_eq!(
+        bare.files.len(),
+        manifest.files.len(),
+        "the copy keeps every file"
+    );
+    assert_eq!(
+        bare.hash, manifest.hash,
+        "the hash covers exactly the kept files"
+    );
+}
+
+#[test]
+fn excludes_leave_files_out_of_the_hash_and_the_upload() {
+    let tree = [
+        ("run.sh", "echo\n"),
+        (".git/HEAD", "ref\n"),
+        (".git/objects/ab", "x"),
+        ("node_modules/a/index.js", "1"),
+        ("src/main.log", "log"),
+        ("src/keep.log", "log"),
+        ("src/lib.rs", "fn f() {}"),
+    ];
+    // No ignore file: only .git/ is left out, and it is not looked into.
+    check_excluding(
+        &tree,
+        &[],
+        &[
+            "node_modules/a/index.js",
+            "run.sh",
+            "src/keep.log",
+            "src/lib.rs",
+            "src/main.log",
+        ],
+        &[".git/"],
+    );
+    check_excluding(
+        &tree,
+        &["node_modules/", "*.log", "!keep.log"],
+        &["run.sh", "src/keep.log", "src/lib.rs"],
+        &[".git/", "node_modules/", "src/main.log"],
+    );
+    // The ignore file, at the root: gitignore syntax, `!.git/` puts .git back.
+    let mut with_ignore_file = tree.to_vec();
+    with_ignore_file.push((
+        ".testfleetignore",
+        "# deps\nnode_modules/\n/src/*.log\n!.git/\n",
+    ));
+    check_excluding(
+        &with_ignore_file,
+        &[],
+        &[
+            ".git/HEAD",
+            ".git/objects/ab",
+            ".testfleetignore",
+            "run.sh",
+            "src/lib.rs",
+        ],
+        &["node_modules/", "src/keep.log", "src/main.log"],
+    );
+    // --exclude comes after the ignore file, so it can put back what the file left out.
+    check_excluding(
+        &with_ignore_file,
+        &["!src/keep.log", "run.sh"],
+        &[
+            ".git/HEAD",
+            ".git/objects/ab",
+            ".testfleetignore",
+            "src/keep.log",
+            "src/lib.rs",
+        ],
+        &["node_modules/", "run.sh", "src/main.log"],
+    );
+}
+
+#[test]
+fn an_ignore_file_changes_the_hash_and_the_upload_together() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("run.sh"), "echo\n").expect("write");
+    std::fs::create_dir(dir.path().join("big")).expect("mkdir");
+    std::fs::write(dir.path().join("big/blob"), "x".repeat(1000)).expect("write");
+    let before = hash_dir(dir.path()).expect("hashes");
+    std::fs::write(dir.path().join(".testfleetignore"), "big/\n").expect("write");
+    let after = hash_dir(dir.path()).expect("hashes");
+    assert_ne!(before.hash, after.hash);
+    assert!(after.ignore_file && !before.ignore_file);
+    let files: Vec<String> = after.files.iter().map(|f| f.rel_path.to_string()).collect();
+    assert_eq!(files, [".testfleetignore", "run.sh"]);
+    assert_eq!(after.total_bytes(), "big/\n".len() as u64 + 5);
+}
+
+#[test]
+fn bad_ignore_files_and_patterns_are_refused() {
+    use testfleet_core::{ErrorCode, HashError};
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("run.sh"), "echo\n").expect("write");
+    let bad = testfleet_core::hash::hash_dir_excluding(dir.path(), &["[z-a]".to_owned()])
+        .expect_err("an unclosed class is not a gitignore line");
+    assert_eq!(bad.code(), ErrorCode::InvalidArgument, "{bad}");
+    assert!(matches!(bad, HashError::Exclude(_)), "{bad:?}");
+    std::fs::create_dir(dir.path().join(".testfleetignore")).expect("mkdir");
+    let error = hash_dir(dir.path()).expect_err("a folder is no ignore file");
+    assert_eq!(error.code(), ErrorCode::TestDirUnreadable, "{error}");
+    assert!(error.to_string().contains(".testfleetignore"), "{error}");
+}

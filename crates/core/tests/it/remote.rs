@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use proptest::prelude::*;
 use testfleet_core::ports::ExecGate;
 use testfleet_core::remote::{
-    KILL_ALREADY_GONE, KILL_NO_PID_FILE, RemoteShell, RunScript, WindowsShell,
+    KILL_ALREADY_GONE, KILL_NO_PID_FILE, RemoteShell, RunScript, ScriptVar, WindowsShell,
     decode_powershell_command, posix_exec_command, posix_kill_command, posix_probe_command,
     quote_posix, windows_exec_command, windows_kill_command,
 };
@@ -55,6 +55,9 @@ fn check_exec(shell: &str, name: &str) -> Result<(), TestCaseError> {
         pid_file: pid_file.to_str().expect("utf-8"),
         entrypoint: "run.sh",
         run_id: &fresh_id(),
+        machine: "m1",
+        args: &[],
+        env: &[],
         grace: Duration::from_millis(200),
     });
     let status = run_as_login_shell(shell, &command, out.path());
@@ -92,6 +95,131 @@ proptest! {
             .output()
             .expect("sh starts");
         prop_assert_eq!(String::from_utf8_lossy(&output.stdout), text);
+    }
+}
+
+/// Writes each argument and the variables `run.sh` was given into files of `TF_OUT`, one
+/// file each, byte for byte.
+const ARGS_SCRIPT: &str = "#!/bin/sh\n\
+    i=0; for a in \"$@\"; do i=$((i+1)); printf %s \"$a\" > \"$TF_OUT/arg$i\"; done\n\
+    printf %s \"$#\" > \"$TF_OUT/argc\"\n\
+    printf %s \"$MODE\" > \"$TF_OUT/MODE\"\n\
+    printf %s \"$TOKEN\" > \"$TF_OUT/TOKEN\"\n\
+    printf %s \"$TESTFLEET_RUN_ID\" > \"$TF_OUT/TESTFLEET_RUN_ID\"\n\
+    printf %s \"$TESTFLEET_MACHINE\" > \"$TF_OUT/TESTFLEET_MACHINE\"\n\
+    printf %s \"$TESTFLEET_ARTIFACTS\" > \"$TF_OUT/TESTFLEET_ARTIFACTS\"\n";
+
+/// Runs `run.sh` with `args`, `MODE=mode` and the secret `TOKEN=token`, gated (the secret on
+/// stdin, as the runner sends it) or not, and checks that everything arrived exactly.
+fn check_invocation(
+    args: &[String],
+    mode: &str,
+    token: &str,
+    gated: bool,
+) -> Result<(), TestCaseError> {
+    let parent = tempfile::tempdir().expect("temp dir");
+    let out = tempfile::tempdir().expect("temp dir");
+    let (run_dir, pid_file) = run_folder(parent.path(), "r", &ARGS_SCRIPT["#!/bin/sh\n".len()..]);
+    let run_id = fresh_id();
+    let env = [
+        ScriptVar {
+            name: "MODE",
+            value: mode,
+            secret: false,
+        },
+        ScriptVar {
+            name: "TOKEN",
+            value: token,
+            secret: true,
+        },
+    ];
+    let script = RunScript {
+        run_dir: run_dir.to_str().expect("utf-8"),
+        pid_file: pid_file.to_str().expect("utf-8"),
+        entrypoint: "run.sh",
+        run_id: &run_id,
+        machine: "m-1",
+        args,
+        env: &env,
+        grace: Duration::from_millis(200),
+    };
+    let status = if gated {
+        let command = RemoteShell::Posix
+            .gated_exec_command(&script)
+            .expect("POSIX is gated");
+        if token.len() >= 8 && !args.iter().any(|arg| arg.contains(token)) && !mode.contains(token)
+        {
+            prop_assert!(!command.contains(token), "the secret is on no command line");
+        }
+        let mut run = GatedRun::start(&command, out.path());
+        {
+            use std::io::Write as _;
+            let pipe = run.stdin.as_mut().expect("stdin is open");
+            let mut bytes = ExecGate::OPEN_LINE.to_vec();
+            bytes.extend_from_slice(&RemoteShell::Posix.gate_payload(&script));
+            pipe.write_all(&bytes)
+                .expect("write the gate and the secrets");
+            pipe.flush().expect("flush");
+        }
+        run.wait().code()
+    } else {
+        run_as_login_shell("/bin/sh", &posix_exec_command(&script), out.path()).code()
+    };
+    prop_assert_eq!(status, Some(0));
+    let read = |name: &str| std::fs::read(out.path().join(name)).unwrap_or_default();
+    prop_assert_eq!(read("argc"), args.len().to_string().into_bytes());
+    for (arg_idx, arg) in args.iter().enumerate() {
+        prop_assert_eq!(
+            read(&format!("arg{}", arg_idx + 1)),
+            arg.as_bytes().to_vec()
+        );
+    }
+    prop_assert_eq!(read("MODE"), mode.as_bytes().to_vec());
+    prop_assert_eq!(read("TOKEN"), token.as_bytes().to_vec());
+    prop_assert_eq!(read("TESTFLEET_RUN_ID"), run_id.as_bytes().to_vec());
+    prop_assert_eq!(read("TESTFLEET_MACHINE"), b"m-1".to_vec());
+    prop_assert_eq!(
+        read("TESTFLEET_ARTIFACTS"),
+        format!("{}/artifacts", run_dir.display()).into_bytes()
+    );
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    #[test]
+    fn args_and_env_arrive_exactly_through_sh(
+        args in proptest::collection::vec("[^\u{0}]{0,16}", 0..5),
+        mode in "[^\u{0}]{0,24}",
+        token in "[^\u{0}]{0,24}",
+        gated in any::<bool>(),
+    ) {
+        check_invocation(&args, &mode, &token, gated)?;
+    }
+}
+
+#[test]
+fn args_and_env_with_quotes_newlines_and_dollars_arrive_exactly() {
+    let hostile = [
+        "it's \"quoted\" $HOME `id` $(id)\nline 2\\".to_owned(),
+        String::new(),
+        "-e".to_owned(),
+        "--".to_owned(),
+        "*".to_owned(),
+        "\n".to_owned(),
+        "日本語 %s %n \\101".to_owned(),
+    ];
+    for gated in [false, true] {
+        check_invocation(
+            &hostile,
+            "a'b\"c\n$d\\e\n",
+            "t0k'en\"\n$X\\101%s\n\n",
+            gated,
+        )
+        .unwrap_or_else(|error| panic!("gated={gated}: {error}"));
+        check_invocation(&hostile, "plain", "SECRET-VALUE-1234", gated)
+            .unwrap_or_else(|error| panic!("gated={gated}: {error}"));
     }
 }
 
@@ -207,6 +335,9 @@ fn gated_command(run_dir: &Path, pid_file: &Path, run_id: &str, grace: Duration)
             pid_file: pid_file.to_str().expect("utf-8"),
             entrypoint: "run.sh",
             run_id,
+            machine: "m1",
+            args: &[],
+            env: &[],
             grace,
         })
         .expect("POSIX has a gated form")
@@ -471,6 +602,9 @@ fn start_ungated(run_dir: &Path, pid_file: &Path, run_id: &str, out: &Path) -> s
         pid_file: pid_file.to_str().expect("utf-8"),
         entrypoint: "run.sh",
         run_id,
+        machine: "m1",
+        args: &[],
+        env: &[],
         grace: Duration::from_millis(300),
     });
     Command::new("/bin/sh")
@@ -617,6 +751,9 @@ fn gated_cleanup_removes_the_run_folder_and_pid_file_only_when_opened() {
         pid_file: "/C:/r.pid",
         entrypoint: "run.ps1",
         run_id: "01JD0000000000000000000000",
+        machine: "m1",
+        args: &[],
+        env: &[],
         grace: Duration::ZERO,
     };
     assert_eq!(windows.gated_exec_command(&script), None);
@@ -626,11 +763,35 @@ fn gated_cleanup_removes_the_run_folder_and_pid_file_only_when_opened() {
 
 #[test]
 fn windows_exec_payload() {
+    let args = [
+        "--filter".to_owned(),
+        "it's \u{2019}q\u{2019} \"x\" $env:HOME\nline 2".to_owned(),
+        String::new(),
+    ];
+    let env = [
+        ScriptVar {
+            name: "MODE",
+            value: "fast 'n' $loud\n",
+            secret: false,
+        },
+        ScriptVar {
+            name: "TOKEN",
+            value: "s3cr3t",
+            secret: true,
+        },
+    ];
     let command = windows_exec_command(
         WindowsShell::Powershell,
-        "/C:/Users/ci/.testfleet/runs/it's \u{2019}here\u{2019}",
-        "/C:/Users/ci/.testfleet/runs/it's \u{2019}here\u{2019}.pid",
-        "run.ps1",
+        &RunScript {
+            run_dir: "/C:/Users/ci/.testfleet/runs/it's \u{2019}here\u{2019}",
+            pid_file: "/C:/Users/ci/.testfleet/runs/it's \u{2019}here\u{2019}.pid",
+            entrypoint: "run.ps1",
+            run_id: "01JD0000000000000000000000",
+            machine: "win-1",
+            args: &args,
+            env: &env,
+            grace: Duration::ZERO,
+        },
     );
     assert!(command.starts_with(
         "powershell.exe -NoProfile -NonInteractive -ExecutionPolicy Bypass -EncodedCommand "

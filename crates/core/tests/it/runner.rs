@@ -122,6 +122,8 @@ pub(crate) fn machine(name: &str, os: &str) -> MachineSpec {
             connect_timeout: SshTarget::DEFAULT_CONNECT_TIMEOUT,
             keepalive_interval: SshTarget::DEFAULT_KEEPALIVE_INTERVAL,
             keepalive_max: SshTarget::DEFAULT_KEEPALIVE_MAX,
+            jumps: Vec::new(),
+            identities_only: false,
         },
     }
 }
@@ -132,6 +134,7 @@ pub(crate) fn request(machine: MachineSpec) -> DispatchRequest {
         timeout: None,
         keep_remote: false,
         owner: None,
+        invocation: testfleet_core::Invocation::default(),
     }
 }
 
@@ -309,6 +312,9 @@ async fn a_successful_run_goes_pending_running_completed() {
                         pid_file: &format!("{dir}.pid"),
                         entrypoint: "run.sh",
                         run_id: run.id.as_str(),
+                        machine: "linux-1",
+                        args: &[],
+                        env: &[],
                         grace: Duration::from_millis(50),
                     })
                     .expect("POSIX is gated")

@@ -43,6 +43,7 @@ fn run_with(state: &Path, machine: &str, serial: u128, xml: &str) -> Run {
             test_dir: "/t".into(),
             test_dir_hash: TestDirHash::parse(&"ab".repeat(32)).expect("valid"),
             entrypoint: "run.sh".into(),
+            invocation: testfleet_core::Invocation::default(),
             created_at: Timestamp::from_unix_ms(1_795_000_000_000),
             timeout_ms: None,
             keep_remote: false,

@@ -109,6 +109,9 @@ async fn windows_emulation_records_commands_and_answers_as_scripted() {
         pid_file: &format!("{root}/runs/x.pid"),
         entrypoint: "run.ps1",
         run_id: "01JD0000000000000000000000",
+        machine: "m1",
+        args: &[],
+        env: &[],
         grace: Duration::from_secs(1),
     });
     let mut output = Captured::default();

@@ -59,6 +59,9 @@ async fn a_kill_leaves_no_process_of_the_run() {
         pid_file: &pid_file,
         entrypoint: "run.sh",
         run_id,
+        machine: "m1",
+        args: &[],
+        env: &[],
         grace: Duration::from_secs(2),
     });
     let mut output = Captured::default();

@@ -91,6 +91,7 @@ impl Setup {
             timeout,
             keep_remote: false,
             owner: None,
+            invocation: testfleet_core::Invocation::default(),
         };
         self.runner
             .dispatch(self.test_dir.path(), &request, signals, &NoObserver)
@@ -361,6 +362,7 @@ async fn a_changed_test_directory_is_test_dir_changed() {
         timeout: None,
         keep_remote: false,
         owner: None,
+        invocation: testfleet_core::Invocation::default(),
     };
     let prepared = s.runner.prepare(&manifest, &request).await.expect("claims");
     crate::write_file(
@@ -571,6 +573,7 @@ async fn a_windows_host_gets_an_encoded_powershell_command() {
         timeout: None,
         keep_remote: false,
         owner: None,
+        invocation: testfleet_core::Invocation::default(),
     };
     let run = s
         .runner
@@ -853,6 +856,7 @@ async fn ended_run(s: &Setup) -> Run {
         timeout: None,
         keep_remote: false,
         owner: None,
+        invocation: testfleet_core::Invocation::default(),
     };
     let prepared = s
         .runner

@@ -50,6 +50,7 @@ pub fn new_run(machine: &str, serial: u128) -> NewRun {
         test_dir: PathBuf::from("/home/ci/tests"),
         test_dir_hash: TestDirHash::parse(&"ab".repeat(32)).expect("a hash"),
         entrypoint: "run.sh".to_owned(),
+        invocation: testfleet_core::Invocation::default(),
         created_at: Timestamp::from_unix_ms(1_795_885_723_000),
         timeout_ms: None,
         keep_remote: false,

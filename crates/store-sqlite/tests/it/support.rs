@@ -18,6 +18,7 @@ pub fn new_run(machine: &str, hash_byte: u8, unix_ms: u64, serial: u128) -> NewR
         test_dir_hash: TestDirHash::parse(&format!("{hash_byte:02x}").repeat(32))
             .expect("64 hex digits form a hash"),
         entrypoint: "run.sh".to_owned(),
+        invocation: testfleet_core::Invocation::default(),
         created_at: Timestamp::from_unix_ms(i64::try_from(unix_ms).expect("test times fit in i64")),
         timeout_ms: Some(60_000),
         keep_remote: false,

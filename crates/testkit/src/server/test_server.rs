@@ -169,6 +169,8 @@ impl TestServer {
             connect_timeout: Duration::from_secs(10),
             keepalive_interval: SshTarget::DEFAULT_KEEPALIVE_INTERVAL,
             keepalive_max: SshTarget::DEFAULT_KEEPALIVE_MAX,
+            jumps: Vec::new(),
+            identities_only: false,
         }
     }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::code::error_chain;
 use crate::ports::{ExecGate, GateKeeper, KillOutcome, KillRequest, RemoteExit, SshError};
-use crate::remote::{RemoteLayout, RunScript};
+use crate::remote::{RemoteLayout, RunScript, ScriptVar};
 use crate::run::{RemoteCleanup, Run};
 
 use super::Execution;
@@ -25,6 +25,8 @@ pub(super) struct Started<'f> {
     pub(super) gated: bool,
     /// The future has completed and must not be polled again.
     pub(super) done: bool,
+    /// What the gate writes after its line when it opens: the secrets (POSIX).
+    pub(super) gate_payload: Vec<u8>,
 }
 
 impl Execution<'_> {
@@ -35,13 +37,26 @@ impl Execution<'_> {
         layout: &RemoteLayout,
         logs: &'f mut LogSink<'_>,
     ) -> (GateKeeper, Started<'f>) {
+        let env: Vec<ScriptVar<'_>> = self
+            .env
+            .iter()
+            .map(|var| ScriptVar {
+                name: &var.name,
+                value: &var.value,
+                secret: var.secret,
+            })
+            .collect();
         let script = RunScript {
             run_dir: layout.run_dir(),
             pid_file: layout.pid_file(),
             entrypoint: &self.run.entrypoint,
             run_id: self.run.id.as_str(),
+            machine: self.run.machine.as_str(),
+            args: &self.run.invocation.args,
+            env: &env,
             grace: self.runner.config.kill_grace,
         };
+        let gate_payload = self.shell.gate_payload(&script);
         let gated_command = self.shell.gated_exec_command(&script);
         let (keeper, gate) = ExecGate::new();
         let started = match gated_command {
@@ -51,6 +66,7 @@ impl Execution<'_> {
                 ),
                 gated: true,
                 done: false,
+                gate_payload,
             },
             None => {
                 let command = self.shell.exec_command(&script);
@@ -58,6 +74,7 @@ impl Execution<'_> {
                     future: Box::pin(async move { self.session.exec(&command, logs).await }),
                     gated: false,
                     done: false,
+                    gate_payload,
                 }
             }
         };

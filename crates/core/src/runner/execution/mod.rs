@@ -36,6 +36,8 @@ pub(super) struct Execution<'a> {
     pub(super) shell: RemoteShell,
     pub(super) signals: &'a StopSignals,
     pub(super) observer: &'a dyn RunObserver,
+    /// The entrypoint's variables, secrets' values included.
+    pub(super) env: &'a [super::ResolvedVar],
 }
 
 impl Execution<'_> {
@@ -89,7 +91,7 @@ impl Execution<'_> {
         let finished = match ended_at_gate {
             Some(ended) => Err(exec::ended_at_gate(self.run, ended)),
             None => {
-                keeper.open();
+                keeper.open_with(&exec.gate_payload);
                 outcome.script_started = true;
                 self.wait_or_stop(layout, &mut exec, &mut outcome).await
             }

@@ -70,8 +70,9 @@ fn dial_failed(
 }
 
 /// Connects, verifies the host key and logs in; through the target's jump hosts, in order,
-/// when it has some. Each hop has its own deadline (its `connect_timeout`), and a failure at a
-/// hop names it; a failure of the target reached through hops says through which.
+/// when it has some. Each hop has its own deadline (its `connect_timeout`), and the whole chain
+/// one more: the target's `connect_timeout`, counted from the start, bounds every hop too. A
+/// failure at a hop names it; a failure of the target reached through hops says through which.
 ///
 /// # Errors
 /// See [`testfleet_core::ports::SshConnector::connect`].
@@ -83,9 +84,10 @@ pub(crate) async fn connect(
 ) -> Result<RusshSession, SshError> {
     let mut hops: Vec<client::Handle<ClientHandler>> = Vec::with_capacity(target.jumps.len());
     let mut previous: Option<&SshTarget> = None;
+    let overall = tokio::time::Instant::now() + target.connect_timeout;
     for hop in target.jumps.iter().chain(std::iter::once(target)) {
         let is_target = std::ptr::eq(hop, target);
-        let deadline = tokio::time::Instant::now() + hop.connect_timeout;
+        let deadline = (tokio::time::Instant::now() + hop.connect_timeout).min(overall);
         let logged_in = match (hops.last(), previous) {
             (Some(through), Some(via)) => {
                 let channel = tokio::time::timeout_at(

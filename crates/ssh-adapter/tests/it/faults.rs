@@ -64,6 +64,36 @@ async fn a_server_that_never_speaks_is_a_dial_timeout() {
     held.abort();
 }
 
+/// A jump host that accepts TCP and never speaks, with a generous connect timeout of its own:
+/// the machine's connect timeout bounds the whole chain, and the failure names the hop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_jump_host_is_bounded_by_the_machines_connect_timeout() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let server = TestServer::start(ServerConfig::default()).await;
+    let mut hop = server.target();
+    hop.port = port;
+    hop.connect_timeout = Duration::from_secs(120);
+    let mut target = server.target();
+    target.connect_timeout = Duration::from_millis(500);
+    target.jumps = vec![hop];
+    let held = tokio::spawn(async move { listener.accept().await.map(|(socket, _)| socket) });
+    // Far below the hop's own 120 s: only the chain's deadline can end it this soon.
+    let error = tokio::time::timeout(Duration::from_secs(30), crate::connect_err(&target))
+        .await
+        .expect("the chain's deadline ends the dial, not the hop's");
+    assert_eq!(error.code(), ErrorCode::DialFailed, "{error}");
+    let message = error.to_string();
+    assert!(message.contains("timed out"), "{message}");
+    assert!(
+        message.contains(&format!("jump host 127.0.0.1:{port}")),
+        "names the hop: {message}"
+    );
+    held.abort();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_dropped_during_upload_is_connection_lost() {
     let server = TestServer::start(with_faults(Faults {

@@ -204,18 +204,7 @@ fn e2e(only: Option<&str>) -> Result<()> {
     let bin = build_binary(Profile::Release)?;
     match only {
         None => e2e::run(&bin),
-        Some("shared") => {
-            let (total, failures) = e2e::shared::run(&bin)?;
-            println!(
-                "e2e: {} passed, {} failed",
-                total - failures.len(),
-                failures.len()
-            );
-            if !failures.is_empty() {
-                bail!("e2e scenarios failed:\n  {}", failures.join("\n  "));
-            }
-            Ok(())
-        }
+        Some("shared") => group_outcome(e2e::shared::run(&bin)?),
         Some("reports") => {
             let (_, failures) = e2e::reports::run_and_print(&bin)?;
             if !failures.is_empty() {
@@ -223,18 +212,7 @@ fn e2e(only: Option<&str>) -> Result<()> {
             }
             Ok(())
         }
-        Some("jump") => {
-            let (total, failures) = e2e::jump::run(&bin)?;
-            println!(
-                "e2e: {} passed, {} failed",
-                total - failures.len(),
-                failures.len()
-            );
-            if !failures.is_empty() {
-                bail!("e2e scenarios failed:\n  {}", failures.join("\n  "));
-            }
-            Ok(())
-        }
+        Some("jump") => group_outcome(e2e::jump::run(&bin)?),
         Some(other) => {
             bail!("unknown e2e group {other:?}: give none, `shared`, `reports` or `jump`")
         }
@@ -266,6 +244,20 @@ fn build_binary(profile: Profile) -> Result<PathBuf> {
         bail!("the build did not produce {}", bin.display());
     }
     Ok(bin)
+}
+
+/// Prints how one e2e group went (`total` scenarios, the names of those that failed) and fails
+/// when one did.
+fn group_outcome((total, failures): (usize, Vec<String>)) -> Result<()> {
+    println!(
+        "e2e: {} passed, {} failed",
+        total - failures.len(),
+        failures.len()
+    );
+    if !failures.is_empty() {
+        bail!("e2e scenarios failed:\n  {}", failures.join("\n  "));
+    }
+    Ok(())
 }
 
 fn bench(which: &str) -> Result<()> {

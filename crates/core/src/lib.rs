@@ -10,6 +10,8 @@ pub mod entrypoint;
 pub mod error;
 pub mod hash;
 pub mod ids;
+mod invocation;
+mod lifecycle;
 pub mod lookup;
 pub mod ports;
 pub mod queue;

@@ -279,15 +279,7 @@ impl Session<'_> {
         work: impl FnOnce(&mut postgres::Transaction<'_>, &QueueSql) -> Result<T, OpError>,
     ) -> Result<T, OpError> {
         let queries = self.queries;
-        // READ COMMITTED whatever the database's default: every statement after the locks sees
-        // what the previous holder of a lock committed (a snapshot taken at the first statement,
-        // as REPEATABLE READ takes it, could miss it).
-        let mut tx = self
-            .conn
-            .client
-            .build_transaction()
-            .isolation_level(postgres::IsolationLevel::ReadCommitted)
-            .start()?;
+        let mut tx = read_committed(&mut self.conn.client, false)?;
         let keys: Vec<String> = machines
             .iter()
             .map(|machine| format!("testfleet queue {} {machine}", queries.schema))
@@ -309,13 +301,7 @@ impl Session<'_> {
     /// again under the machines' locks.
     fn grant_looks_due(&mut self, run: &Run) -> Result<bool, OpError> {
         let queries = self.queries;
-        let mut tx = self
-            .conn
-            .client
-            .build_transaction()
-            .isolation_level(postgres::IsolationLevel::ReadCommitted)
-            .read_only(true)
-            .start()?;
+        let mut tx = read_committed(&mut self.conn.client, true)?;
         let now = time_from_sql(tx.query_one("SELECT now()", &[])?.try_get(0)?);
         let states = run
             .waiting_for
@@ -333,6 +319,20 @@ impl Session<'_> {
         let params: [&(dyn ToSql + Sync); 7] = [v[0], &version, v[23], v[17], v[18], v[24], v[26]];
         Ok(self.execute(Query::UpdateOwnership, &params)? == 1)
     }
+}
+
+/// A READ COMMITTED transaction whatever the database's default: every statement of a claim or
+/// grant after its locks sees what the previous holder of a lock committed (a snapshot taken at
+/// the first statement, as REPEATABLE READ and SERIALIZABLE take it, could miss it).
+fn read_committed(
+    client: &mut Client,
+    read_only: bool,
+) -> Result<postgres::Transaction<'_>, postgres::Error> {
+    client
+        .build_transaction()
+        .isolation_level(postgres::IsolationLevel::ReadCommitted)
+        .read_only(read_only)
+        .start()
 }
 
 /// The runs a queue statement selects (`now()` first, then the run's columns).

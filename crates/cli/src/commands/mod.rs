@@ -8,4 +8,5 @@ pub mod report;
 pub mod run;
 pub mod runs;
 pub mod signals;
+mod terminal;
 pub mod worker;

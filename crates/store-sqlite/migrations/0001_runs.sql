@@ -33,7 +33,8 @@ CREATE TABLE runs (
     CHECK ((artifact_files IS NULL) = (artifact_bytes IS NULL))
 ) STRICT;
 
--- The machine lock: at most one pending-or-running run per machine (DESIGN §2).
+-- The machine lock: at most one pending-or-running run per machine
+-- (docs/contract.md#machine-lock-and-idempotency).
 CREATE UNIQUE INDEX runs_one_active_per_machine
     ON runs (machine) WHERE status IN ('pending', 'running');
 

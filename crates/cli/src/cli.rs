@@ -41,7 +41,9 @@ pub enum Command {
     )]
     Run(RunArgs),
     /// Run a run's directory again on its machine, with its arguments and variables
-    #[command(after_help = "Examples:\n  testfleet rerun last\n  testfleet rerun 01M8RF --detach")]
+    #[command(
+        after_help = "Examples:\n  testfleet rerun last\n  testfleet rerun 01M8RF --detach\n  testfleet rerun last --wait 30m"
+    )]
     Rerun {
         #[arg(value_name = "RUN_ID", help = RUN_ID_HELP, add = clap_complete::ArgValueCompleter::new(crate::complete::run_ids))]
         run_id: String,

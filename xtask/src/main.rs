@@ -265,62 +265,18 @@ fn bench(which: &str) -> Result<()> {
         "hash" => cargo(&["bench", "-p", "testfleet-core", "--bench", "hash"], &[]),
         // SQLite and PostgreSQL side by side, from several processes: xtask re-runs itself in
         // the release profile, and its children are that binary too.
-        "store" => cargo(
-            &[
-                "run",
-                "--release",
-                "-q",
-                "-p",
-                "xtask",
-                "--",
-                "_bench-store",
-            ],
-            &[],
-        ),
+        "store" => release_xtask("_bench-store"),
         // Transfers and whole runs are measured in-process by xtask itself, so it re-runs
         // itself in the release profile: a debug build would handicap the russh rows.
         "transfer" => {
             build_binary(Profile::Release)?;
-            cargo(
-                &[
-                    "run",
-                    "--release",
-                    "-q",
-                    "-p",
-                    "xtask",
-                    "--",
-                    "_bench-transfer",
-                ],
-                &[],
-            )
+            release_xtask("_bench-transfer")
         }
-        "results" => cargo(
-            &[
-                "run",
-                "--release",
-                "-q",
-                "-p",
-                "xtask",
-                "--",
-                "_bench-results",
-            ],
-            &[],
-        ),
+        "results" => release_xtask("_bench-results"),
         // The queue end to end: grant latency on both stores, a 500-machine fan-out.
         "queue" => {
             build_binary(Profile::Release)?;
-            cargo(
-                &[
-                    "run",
-                    "--release",
-                    "-q",
-                    "-p",
-                    "xtask",
-                    "--",
-                    "_bench-queue",
-                ],
-                &[],
-            )
+            release_xtask("_bench-queue")
         }
         "all" => {
             bench("hash")?;
@@ -335,4 +291,9 @@ fn bench(which: &str) -> Result<()> {
             )
         }
     }
+}
+
+/// Runs this xtask again in the release profile with the hidden command `sub`.
+fn release_xtask(sub: &str) -> Result<()> {
+    cargo(&["run", "--release", "-q", "-p", "xtask", "--", sub], &[])
 }

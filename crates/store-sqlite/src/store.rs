@@ -88,23 +88,7 @@ impl SqliteStore {
             .with_init(|conn| configure(conn));
         // No connection is opened here: the file was just checked, and r2d2 would hide a
         // failure behind its connection timeout.
-        let pool = Pool::builder()
-            .max_size(POOL_SIZE)
-            .min_idle(Some(0))
-            .connection_timeout(POOL_TIMEOUT)
-            .build(manager)
-            .map_err(|source| Error::Pool {
-                path: path.to_owned(),
-                source,
-            })?;
-        Ok(Self {
-            shared: Arc::new(Shared {
-                path: path.to_owned(),
-                read_only: false,
-                pool,
-                write_turn: std::sync::Mutex::new(()),
-            }),
-        })
+        Self::pooled(path, manager, false)
     }
 
     /// Opens an existing run database for reading only, where nothing can be written (a
@@ -119,6 +103,15 @@ impl SqliteStore {
             .with_flags(read_only_flags())
             .with_init(|conn| conn.busy_timeout(crate::schema::BUSY_TIMEOUT));
         crate::schema::check_read_only(path, &read_only_uri(path))?;
+        Self::pooled(path, manager, true)
+    }
+
+    /// The store over a pool of `manager`'s connections to `path`; no connection is opened yet.
+    fn pooled(
+        path: &Path,
+        manager: SqliteConnectionManager,
+        read_only: bool,
+    ) -> Result<Self, StoreError> {
         let pool = Pool::builder()
             .max_size(POOL_SIZE)
             .min_idle(Some(0))
@@ -131,7 +124,7 @@ impl SqliteStore {
         Ok(Self {
             shared: Arc::new(Shared {
                 path: path.to_owned(),
-                read_only: true,
+                read_only,
                 pool,
                 write_turn: std::sync::Mutex::new(()),
             }),

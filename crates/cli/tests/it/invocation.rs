@@ -3,17 +3,7 @@
 
 use std::path::Path;
 
-use serde_json::Value;
-
-use crate::support::{Env, Out, Servers};
-
-fn str(path: &Path) -> &str {
-    path.to_str().expect("utf-8 path")
-}
-
-fn run_of(out: &Out) -> Value {
-    out.data()["runs"][0].clone()
-}
+use crate::support::{Env, Out, Servers, run_of, str};
 
 const SECRET: &str = "s3cr3t-VALUE-that-must-not-leak";
 

@@ -7,15 +7,7 @@ use std::process::Stdio;
 
 use serde_json::Value;
 
-use crate::support::{Servers, poll};
-
-fn str(path: &Path) -> &str {
-    path.to_str().expect("utf-8 path")
-}
-
-fn run_of(out: &crate::support::Out) -> Value {
-    out.data()["runs"][0].clone()
-}
+use crate::support::{Servers, poll, run_of, str};
 
 fn sigint(child: &std::process::Child) {
     let pid = i32::try_from(child.id()).expect("pid");

@@ -5,33 +5,14 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::support::{Env, Servers, poll};
-
-fn gated_script(marker: &Path, tag: &str) -> String {
-    format!(
-        "echo started {tag}\nwhile [ ! -e '{}' ]; do sleep 0.05; done\necho finished\n",
-        marker.display()
-    )
-}
-
-fn str(path: &Path) -> &str {
-    path.to_str().expect("utf-8 path")
-}
-
-fn first_run(out: &crate::support::Out) -> Value {
-    out.data()["runs"][0].clone()
-}
-
-fn id(run: &Value) -> String {
-    run["id"].as_str().expect("id").to_owned()
-}
+use crate::support::{Env, Servers, gated_script, id_of, poll, run_of, str};
 
 /// A detached run on `machine` that holds it until `marker` exists.
 fn blocker(env: &Env, machine: &str, marker: &Path) -> String {
-    let dir = env.test_dir(&format!("gate-{machine}"), &gated_script(marker, machine));
+    let dir = env.test_dir(&format!("gate-{machine}"), &gated_script(marker));
     let out = env.json(&["run", str(&dir), "-m", machine, "--detach"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
-    let run = id(&first_run(&out));
+    let run = id_of(&run_of(&out));
     env.poll_status(&run, "running", |run| run["status"] == "running");
     run
 }
@@ -73,14 +54,14 @@ fn a_waiting_run_is_queued_shown_and_granted_when_the_machine_frees() {
     // --detach --wait returns at once with the queued run; its worker waits.
     let out = env.json(&["run", str(&dir), "-m", "m1", "--wait", "--detach"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
-    let queued = first_run(&out);
+    let queued = run_of(&out);
     assert_eq!(queued["status"], "queued", "{queued}");
     assert_eq!(queued["waiting_for"], serde_json::json!(["m1"]));
-    let waiter = id(&queued);
+    let waiter = id_of(&queued);
 
     // The same directory again: the queued run is returned, not a second one.
     let again = env.json(&["run", str(&dir), "-m", "m1", "--wait", "--detach"]);
-    assert_eq!(id(&first_run(&again)), waiter, "{}", again.stdout);
+    assert_eq!(id_of(&run_of(&again)), waiter, "{}", again.stdout);
 
     let status = env.json(&["status", &waiter]).data();
     assert_eq!(status["queue"][0]["machine"], "m1", "{status}");
@@ -91,7 +72,7 @@ fn a_waiting_run_is_queued_shown_and_granted_when_the_machine_frees() {
         .as_array()
         .expect("runs")
         .iter()
-        .map(id)
+        .map(id_of)
         .collect();
     assert_eq!(listed, vec![waiter.clone()]);
     let machines = env.json(&["machines", "status"]).data();
@@ -105,7 +86,7 @@ fn a_waiting_run_is_queued_shown_and_granted_when_the_machine_frees() {
     let impatient = env.test_dir("impatient", "echo never\n");
     let out = env.json(&["run", str(&impatient), "-m", "m1", "--wait", "1s"]);
     assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
-    let gave_up = first_run(&out);
+    let gave_up = run_of(&out);
     assert_eq!(gave_up["status"], "interrupted", "{gave_up}");
     assert_eq!(gave_up["error"]["code"], "QUEUE_TIMEOUT");
     assert_eq!(gave_up["waiting_for"], serde_json::json!([]));
@@ -113,7 +94,7 @@ fn a_waiting_run_is_queued_shown_and_granted_when_the_machine_frees() {
     // A third, cancelled while it waits: out of the queue at once.
     let cancelled_dir = env.test_dir("cancelled", "echo never\n");
     let out = env.json(&["run", str(&cancelled_dir), "-m", "m1", "--wait", "--detach"]);
-    let cancelled = id(&first_run(&out));
+    let cancelled = id_of(&run_of(&out));
     let status = env.json(&["status", &cancelled]).data();
     assert_eq!(
         status["queue"][0]["ahead"], 1,
@@ -158,7 +139,7 @@ fn any_runs_once_on_a_free_machine_or_names_every_busy_one() {
         "{}",
         out.stdout
     );
-    let first_machine = first_run(&out)["machine"]
+    let first_machine = run_of(&out)["machine"]
         .as_str()
         .expect("machine")
         .to_owned();
@@ -166,7 +147,7 @@ fn any_runs_once_on_a_free_machine_or_names_every_busy_one() {
     let out = env.json(&["run", str(&dir), "-m", "m1", "-m", "m2", "--any"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_ne!(
-        first_run(&out)["machine"],
+        run_of(&out)["machine"],
         first_machine.as_str(),
         "load spreads"
     );
@@ -194,11 +175,8 @@ fn any_runs_once_on_a_free_machine_or_names_every_busy_one() {
     );
 
     let out = env.json(&["run", str(&dir), "-l", "all", "--any", "--wait", "--detach"]);
-    let waiter = id(&first_run(&out));
-    assert_eq!(
-        first_run(&out)["waiting_for"],
-        serde_json::json!(["m1", "m2"])
-    );
+    let waiter = id_of(&run_of(&out));
+    assert_eq!(run_of(&out)["waiting_for"], serde_json::json!(["m1", "m2"]));
     std::fs::write(&marker, "").expect("release");
     assert_eq!(env.json(&["wait", &waiter]).code, 0);
     let run = env.json(&["status", &waiter]).data()["run"].clone();

@@ -8,27 +8,11 @@ use serde_json::Value;
 
 use testfleet_testkit::process::is_alive;
 
-use crate::support::{Servers, poll, regex_escape, snapshot, snapshot_with};
+use crate::support::{
+    Servers, gated_script, id_of, poll, regex_escape, run_of, snapshot, snapshot_with, str,
+};
 
 /// A script that prints, then waits for `marker` to exist (so tests decide when it ends).
-fn gated_script(marker: &Path) -> String {
-    format!(
-        "echo started\nwhile [ ! -e '{}' ]; do sleep 0.05; done\necho finished\n",
-        marker.display()
-    )
-}
-
-fn str(path: &Path) -> &str {
-    path.to_str().expect("utf-8 path")
-}
-
-fn run_of(out: &crate::support::Out) -> Value {
-    out.data()["runs"][0].clone()
-}
-
-fn id_of(run: &Value) -> String {
-    run["id"].as_str().expect("id").to_owned()
-}
 
 #[test]
 fn a_run_completes_with_its_logs_and_artifacts_where_the_json_says() {

@@ -1,11 +1,9 @@
 //! Test reports: runs whose script writes JUnit XML, summarized in the run (`tests`), shown
 //! in the summary line, chosen by `results` and `--results`, and merged by `report`.
 
-use std::path::Path;
-
 use serde_json::{Value, json};
 
-use crate::support::{Env, Servers, snapshot};
+use crate::support::{Env, Servers, snapshot, str};
 
 /// A fan-out whose `test_locale` fails on m2 only, and whose m3 also leaves a broken report.
 /// Each machine has its own remote root, which is how the script knows where it runs.
@@ -45,10 +43,6 @@ pub fn env_with_reports(servers: &Servers) -> Env {
     }
     env.write_fleet(&fleet);
     env
-}
-
-fn str(path: &Path) -> &str {
-    path.to_str().expect("utf-8 path")
 }
 
 /// `machine`, `status` and `tests` of each run.

@@ -269,3 +269,26 @@ pub fn snapshot_with(env: &Env, name: &str, text: &str, extra: &[(String, String
     settings.set_prepend_module_to_snapshot(false);
     settings.bind(|| insta::assert_snapshot!(name, text));
 }
+
+/// A path as a command-line argument (scratch paths are UTF-8).
+pub fn str(path: &Path) -> &str {
+    path.to_str().expect("utf-8 path")
+}
+
+/// The first run of a `run`/`wait` result.
+pub fn run_of(out: &Out) -> Value {
+    out.data()["runs"][0].clone()
+}
+
+/// A run's id.
+pub fn id_of(run: &Value) -> String {
+    run["id"].as_str().expect("id").to_owned()
+}
+
+/// A script that prints `started`, then holds its machine until `marker` exists.
+pub fn gated_script(marker: &Path) -> String {
+    format!(
+        "echo started\nwhile [ ! -e '{}' ]; do sleep 0.05; done\necho finished\n",
+        marker.display()
+    )
+}

@@ -221,3 +221,17 @@ pub fn current_user() -> String {
         })
         .unwrap_or_else(|| "root".to_owned())
 }
+
+/// A fresh test directory at `dir` (an old one is removed first) holding only an executable
+/// `run.sh` of `#!/bin/sh` and `script`.
+pub fn fresh_test_dir(dir: &Path, script: &str) -> Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
+    if dir.exists() {
+        std::fs::remove_dir_all(dir)?;
+    }
+    std::fs::create_dir_all(dir)?;
+    let run_sh = dir.join("run.sh");
+    std::fs::write(&run_sh, format!("#!/bin/sh\n{script}"))?;
+    std::fs::set_permissions(&run_sh, std::fs::Permissions::from_mode(0o755))?;
+    Ok(dir.to_path_buf())
+}

@@ -21,7 +21,7 @@ use anyhow::{Context as _, Result, bail, ensure};
 use testfleet_testkit::postgres::PrivateCluster;
 
 use super::process::under_time;
-use crate::targets::Target;
+use crate::targets::{Target, fresh_test_dir};
 use crate::tf::Tf;
 
 const SAMPLES: usize = 20;
@@ -84,7 +84,7 @@ fn grant_latency(bin: &Path, target: &Target, fleet: &Path, store: &str) -> Resu
         let marker = work.join(format!("release-{sample}"));
         let held_until = work.join(format!("holder-{sample}"));
         let started_at = work.join(format!("waiter-{sample}"));
-        let holder = test_dir(
+        let holder = fresh_test_dir(
             &work.join(format!("holder-dir-{sample}")),
             &format!(
                 "while [ ! -e '{m}' ]; do sleep 0.005; done\ndate +%s%N > '{h}'\n",
@@ -92,7 +92,7 @@ fn grant_latency(bin: &Path, target: &Target, fleet: &Path, store: &str) -> Resu
                 h = held_until.display()
             ),
         )?;
-        let waiter = test_dir(
+        let waiter = fresh_test_dir(
             &work.join(format!("waiter-dir-{sample}")),
             &format!("date +%s%N > '{}'\n", started_at.display()),
         )?;
@@ -237,15 +237,6 @@ fn fan_out(
             "—"
         }
     ))
-}
-
-fn test_dir(dir: &Path, script: &str) -> Result<PathBuf> {
-    std::fs::create_dir_all(dir)?;
-    let run_sh = dir.join("run.sh");
-    std::fs::write(&run_sh, format!("#!/bin/sh\n{script}"))?;
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(&run_sh, std::fs::Permissions::from_mode(0o755))?;
-    Ok(dir.to_path_buf())
 }
 
 fn path(dir: &Path) -> Result<&str> {

@@ -70,13 +70,8 @@ fn scenarios(bin: &Path) -> Result<()> {
         use std::os::unix::fs::PermissionsExt as _;
         std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755))?;
     }
-    let dir = root.join("suite");
-    std::fs::create_dir_all(&dir)?;
-    super::write_file(
-        &dir.join("run.sh"),
-        b"#!/bin/sh\necho \"on $TESTFLEET_MACHINE\"\n",
-        0o755,
-    )?;
+    let dir =
+        crate::targets::fresh_test_dir(&root.join("suite"), "echo \"on $TESTFLEET_MACHINE\"\n")?;
     let dir_text = dir.to_str().context("scratch paths are UTF-8")?;
 
     let fleet = root.join("fleet.toml");

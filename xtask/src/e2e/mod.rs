@@ -174,16 +174,7 @@ impl Ctx<'_> {
 
     /// Creates a fresh test directory `work/<name>` with `run.sh` and extra files.
     fn test_dir(&self, name: &str, script: &str, files: &[(&str, &[u8], u32)]) -> Result<PathBuf> {
-        let dir = self.work.join(name);
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir)?;
-        }
-        std::fs::create_dir_all(&dir)?;
-        write_file(
-            &dir.join("run.sh"),
-            format!("#!/bin/sh\n{script}").as_bytes(),
-            0o755,
-        )?;
+        let dir = crate::targets::fresh_test_dir(&self.work.join(name), script)?;
         for (rel, contents, mode) in files {
             let path = dir.join(rel);
             if let Some(parent) = path.parent() {

@@ -218,16 +218,7 @@ fn with_store(fleet: &Path, url: &str, lease: &str, heartbeat: &str) -> Result<P
 
 impl Shared<'_> {
     fn test_dir(&self, name: &str, script: &str) -> Result<PathBuf> {
-        let dir = self.work.join(name);
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir)?;
-        }
-        std::fs::create_dir_all(&dir)?;
-        let run_sh = dir.join("run.sh");
-        std::fs::write(&run_sh, format!("#!/bin/sh\n{script}"))?;
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&run_sh, std::fs::Permissions::from_mode(0o755))?;
-        Ok(dir)
+        crate::targets::fresh_test_dir(&self.work.join(name), script)
     }
 
     fn pid_record(&self, name: &str) -> PathBuf {

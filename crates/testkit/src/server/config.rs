@@ -86,6 +86,9 @@ pub struct ServerConfig {
     pub exit_order: ExitOrder,
     pub faults: Faults,
     pub windows: Option<WindowsEmulation>,
+    /// Advertise and serve `hardlink@openssh.com`, as OpenSSH's sftp-server does, so that
+    /// runs use the machine's file cache; without it the client sends every file.
+    pub hardlink: bool,
 }
 
 /// One request the server saw, for assertions.

@@ -8,6 +8,7 @@ use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use russh_sftp::protocol::{
     Attrs, Data, File as NameEntry, FileAttributes, Handle, Name, OpenFlags, Status, StatusCode,
@@ -228,6 +229,22 @@ impl SftpHandler {
     }
 }
 
+impl SftpHandler {
+    /// `hardlink@openssh.com`: two SSH strings, the existing path and the new one.
+    async fn hardlink(&mut self, id: u32, data: &[u8]) -> Reply<russh_sftp::protocol::Packet> {
+        fn string(data: &[u8]) -> Option<(String, &[u8])> {
+            let len = u32::from_be_bytes(data.get(..4)?.try_into().ok()?) as usize;
+            let text = std::str::from_utf8(data.get(4..4 + len)?).ok()?.to_owned();
+            Some((text, &data[4 + len..]))
+        }
+        let (old, rest) = string(data).ok_or(StatusCode::BadMessage)?;
+        let (new, _) = string(rest).ok_or(StatusCode::BadMessage)?;
+        self.begin("hardlink", &new).await;
+        fs::hard_link(self.local(&old)?, self.local(&new)?).map_err(|error| io_status(&error))?;
+        Ok(russh_sftp::protocol::Packet::Status(ok(id)))
+    }
+}
+
 impl russh_sftp::server::Handler for SftpHandler {
     type Error = StatusCode;
 
@@ -244,6 +261,11 @@ impl russh_sftp::server::Handler for SftpHandler {
         version
             .extensions
             .insert(russh_sftp::extensions::STATVFS.to_owned(), "2".to_owned());
+        if self.inner.config.hardlink {
+            version
+                .extensions
+                .insert(russh_sftp::extensions::HARDLINK.to_owned(), "1".to_owned());
+        }
         Ok(version)
     }
 
@@ -251,8 +273,11 @@ impl russh_sftp::server::Handler for SftpHandler {
         &mut self,
         id: u32,
         request: String,
-        _data: Vec<u8>,
+        data: Vec<u8>,
     ) -> Reply<russh_sftp::protocol::Packet> {
+        if request == russh_sftp::extensions::HARDLINK && self.inner.config.hardlink {
+            return self.hardlink(id, &data).await;
+        }
         if request != russh_sftp::extensions::STATVFS {
             return Err(StatusCode::OpUnsupported);
         }
@@ -427,12 +452,19 @@ impl russh_sftp::server::Handler for SftpHandler {
 
     async fn setstat(&mut self, id: u32, path: String, attrs: FileAttributes) -> Reply<Status> {
         self.begin("setstat", &path).await;
+        let local = self.local(&path)?;
         if let Some(mode) = attrs.permissions {
-            fs::set_permissions(
-                self.local(&path)?,
-                fs::Permissions::from_mode(mode & 0o7777),
-            )
-            .map_err(|error| io_status(&error))?;
+            fs::set_permissions(&local, fs::Permissions::from_mode(mode & 0o7777))
+                .map_err(|error| io_status(&error))?;
+        }
+        if let (Some(atime), Some(mtime)) = (attrs.atime, attrs.mtime) {
+            let at = |secs: u32| std::time::UNIX_EPOCH + Duration::from_secs(u64::from(secs));
+            let times = fs::FileTimes::new()
+                .set_accessed(at(atime))
+                .set_modified(at(mtime));
+            fs::File::open(&local)
+                .and_then(|file| file.set_times(times))
+                .map_err(|error| io_status(&error))?;
         }
         Ok(ok(id))
     }

@@ -55,6 +55,9 @@ pub enum Command {
         /// Wait in line for the machine if it is busy, as `run --wait [DUR]`
         #[arg(long, value_name = "DUR", num_args = 0..=1, default_missing_value = "forever", value_parser = wait_limit)]
         wait: Option<WaitLimit>,
+        /// Send every file, not only what the machine's file cache lacks
+        #[arg(long)]
+        no_cache: bool,
     },
     /// Show one run (and its event history with --events)
     #[command(
@@ -146,15 +149,28 @@ pub enum Command {
         #[arg(long = "exclude", value_name = "GLOB")]
         excludes: Vec<String>,
     },
-    /// Delete the local folders (logs, artifacts) of old finished runs
-    #[command(after_help = "Examples:\n  testfleet gc --dry-run\n  testfleet gc --older-than 30d")]
+    /// Delete the local folders (logs, artifacts) of old finished runs (--remote: also prune
+    /// the machines)
+    ///
+    /// With --remote, each machine's file cache is evicted down to its cache_max, and the
+    /// remote folders of finished runs that were kept or lost their owner are removed.
+    #[command(
+        after_help = "Examples:\n  testfleet gc --dry-run\n  testfleet gc --older-than 30d\n  testfleet gc --remote -m linux-1 --dry-run"
+    )]
     Gc {
         /// Only runs finished longer ago than this
         #[arg(long, value_parser = duration, default_value = "7d", value_name = "DUR")]
         older_than: Duration,
-        /// Only list the runs whose folders would be removed
+        /// Only list what would be removed
         #[arg(long)]
         dry_run: bool,
+        /// Also on the machines: evict their file caches down to cache_max, and remove the
+        /// remote folders of finished runs that were kept (--keep-remote) or lost their owner
+        #[arg(long)]
+        remote: bool,
+        /// With --remote: only these machines (repeatable) [default: every machine]
+        #[arg(short, long = "machine", value_name = "NAME", requires = "remote", add = clap_complete::ArgValueCompleter::new(crate::complete::machine_names))]
+        machines: Vec<String>,
     },
     /// Print a shell completion script
     #[command(
@@ -173,6 +189,9 @@ pub enum Command {
         /// The run's `--results` patterns, as `run --detach` was given them
         #[arg(long = "results", value_name = "GLOB")]
         results: Vec<String>,
+        /// Send every file, as `run --no-cache` asked
+        #[arg(long)]
+        no_cache: bool,
     },
     /// Finish a run whose owner died: kill what is left of it, fetch its artifacts, remove its
     /// remote folder (started by the reaper)
@@ -199,6 +218,9 @@ pub struct RunArgs {
     /// Keep the remote run folder afterwards
     #[arg(long)]
     pub keep_remote: bool,
+    /// Send every file, not only what the machine's file cache lacks
+    #[arg(long)]
+    pub no_cache: bool,
     /// Record an unknown host key in known_hosts (like OpenSSH's accept-new)
     #[arg(long)]
     pub accept_new_host_key: bool,
@@ -346,6 +368,14 @@ pub enum MachinesCommand {
         /// Only these machines [default: every machine of the fleet file]
         #[arg(add = clap_complete::ArgValueCompleter::new(crate::complete::machine_names))]
         names: Vec<String>,
+    },
+    /// Show how many files the machine's file cache holds, and how large it is
+    #[command(
+        after_help = "Examples:\n  testfleet machines cache linux-1\n  testfleet machines cache linux-1 --json"
+    )]
+    Cache {
+        #[arg(add = clap_complete::ArgValueCompleter::new(crate::complete::machine_names))]
+        name: String,
     },
 }
 

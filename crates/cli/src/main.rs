@@ -133,7 +133,8 @@ async fn execute(ctx: &Context, command: Command) -> Result<Report, CliError> {
             machine,
             detach,
             wait,
-        } => commands::run::rerun(ctx, &run_id, machine.as_deref(), detach, wait).await,
+            no_cache,
+        } => commands::run::rerun(ctx, &run_id, machine.as_deref(), detach, wait, no_cache).await,
         Command::Status {
             run_id,
             machine,
@@ -184,12 +185,24 @@ async fn execute(ctx: &Context, command: Command) -> Result<Report, CliError> {
             MachinesCommand::Status { names } => {
                 commands::queue::machines_status(ctx, &names).await
             }
+            MachinesCommand::Cache { name } => commands::remote::cache(ctx, &name).await,
         },
         Command::Hash { dir, excludes } => commands::hash::hash(ctx, dir, excludes).await,
         Command::Gc {
             older_than,
             dry_run,
-        } => commands::runs::gc(ctx, older_than, dry_run).await,
+            remote,
+            machines,
+        } => {
+            let local = commands::runs::gc(ctx, older_than, dry_run).await?;
+            if remote {
+                let pruned =
+                    commands::remote::gc_remote(ctx, &machines, older_than, dry_run).await?;
+                Ok(commands::remote::merge(local, pruned))
+            } else {
+                Ok(local)
+            }
+        }
         Command::Completions { shell } => {
             let mut out = Vec::new();
             clap_complete::generate(shell, &mut visible_command(), "testfleet", &mut out);
@@ -203,9 +216,16 @@ async fn execute(ctx: &Context, command: Command) -> Result<Report, CliError> {
             accept_new_host_key,
             wait,
             results,
+            no_cache,
         } => {
             let wait = wait.and_then(cli::WaitLimit::limit);
-            commands::worker::worker(ctx, &run_id, accept_new_host_key, wait, &results).await
+            let worker = commands::worker::WorkerArgs {
+                accept_new_host_key,
+                wait,
+                results,
+                no_cache,
+            };
+            commands::worker::worker(ctx, &run_id, &worker).await
         }
         Command::Cleanup { run_id } => commands::worker::cleanup(ctx, &run_id).await,
     }

@@ -257,6 +257,10 @@ pub fn run_summary(style: Style, run: &Run, reused: bool) -> String {
     if let Some(tests) = &run.tests {
         let _ = write!(line, " tests: {}", test_counts(tests));
     }
+    // Only when the cache helped: otherwise everything was sent, as before the cache.
+    if let Some(upload) = run.upload.filter(|upload| upload.cached_files > 0) {
+        let _ = write!(line, " {}", upload_counts(&upload));
+    }
     match &run.artifacts {
         Some(artifacts) if artifacts.files > 0 || !artifacts.skipped.is_empty() => {
             let _ = write!(
@@ -411,6 +415,12 @@ pub fn run_detail(style: Style, run: &Run) -> String {
     field("stdout", run.paths.stdout.display().to_string());
     field("stderr", run.paths.stderr.display().to_string());
     field(
+        "upload",
+        run.upload
+            .as_ref()
+            .map_or_else(|| "-".to_owned(), upload_counts),
+    );
+    field(
         "artifacts",
         match &run.artifacts {
             Some(a) if a.files > 0 => {
@@ -438,6 +448,25 @@ pub fn run_detail(style: Style, run: &Run) -> String {
         text.push_str(&test_failures(style, tests, &" ".repeat(14)));
     }
     text
+}
+
+/// `sent 3 files (2.0 MiB), 997 from the cache (628.1 MiB)`.
+pub fn upload_counts(upload: &testfleet_core::UploadSummary) -> String {
+    let files = usize::try_from(upload.files).unwrap_or(usize::MAX);
+    let mut counts = format!(
+        "sent {} ({})",
+        counted(files, "file", "files"),
+        human_size(upload.bytes)
+    );
+    if upload.cached_files > 0 {
+        let _ = write!(
+            counts,
+            ", {} from the cache ({})",
+            upload.cached_files,
+            human_size(upload.cached_bytes)
+        );
+    }
+    counts
 }
 
 /// `3 files, 4.1 KiB` (and `, 1 skipped` when some were).

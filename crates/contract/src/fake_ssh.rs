@@ -437,6 +437,7 @@ impl SshSession for FakeSession {
         Ok(TransferStats {
             files: done.files_done,
             bytes: done.bytes_done,
+            ..TransferStats::default()
         })
     }
 

@@ -29,7 +29,7 @@ pub use ids::{ControllerId, IdError, MachineName, RunId, RunIdPrefix, RunRef, Te
 pub use run::{
     Amendment, ArtifactSummary, DispatchedRun, EnvVar, Invocation, InvocationError, LifecycleEvent,
     NewRun, RemoteCleanup, Run, RunEventRecord, RunOwner, RunPaths, RunStatus, SkippedArtifact,
-    Transition, transition,
+    Transition, UploadSummary, transition,
 };
 pub use summary::{FailedCase, FailureKind, TestSummary, UnreadableReport};
 pub use time::Timestamp;

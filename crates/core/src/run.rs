@@ -75,6 +75,20 @@ impl ArtifactSummary {
     pub const MAX_SKIPPED: usize = 100;
 }
 
+/// What the upload of a run's test directory sent, and what the machine's file cache
+/// (`docs/contract.md#remote-file-cache`) supplied instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct UploadSummary {
+    /// Files whose contents were sent over the connection.
+    pub files: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Files linked from the machine's cache, nothing sent.
+    pub cached_files: u64,
+    /// Their bytes.
+    pub cached_bytes: u64,
+}
+
 /// An entry of the remote `artifacts/` folder that was not downloaded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SkippedArtifact {
@@ -224,6 +238,10 @@ pub struct Run {
     /// What the test reports among the downloaded artifacts said; `None` when no report was
     /// found (or none was looked for: the download did not happen).
     pub tests: Option<TestSummary>,
+    /// What the upload sent and what came from the machine's cache; `None` when no upload
+    /// finished (the run ended before or during it).
+    #[serde(default)]
+    pub upload: Option<UploadSummary>,
     /// While the run is queued: the machines it waits for (one, or the set of `run --any`), the
     /// first of which is [`machine`](Run::machine) until it is granted one; empty otherwise.
     #[serde(default)]
@@ -268,6 +286,7 @@ impl Run {
             lease_expires_at,
             cancel_requested_at: None,
             tests: None,
+            upload: None,
             waiting_for: Vec::new(),
             queue_seq: None,
         }
@@ -467,6 +486,9 @@ impl Run {
             if change.tests.is_some() {
                 self.tests.clone_from(&change.tests);
             }
+            if change.upload.is_some() {
+                self.upload = change.upload;
+            }
             self.worker_pid = None;
             self.worker_start_time = None;
             self.worker_host = None;
@@ -650,6 +672,9 @@ pub struct Transition {
     /// What the test reports said. On a terminal status `Some` replaces [`Run::tests`], and
     /// `None` leaves it as it is.
     pub tests: Option<TestSummary>,
+    /// What the upload sent. On a terminal status `Some` replaces [`Run::upload`], and `None`
+    /// leaves it as it is.
+    pub upload: Option<UploadSummary>,
     /// Extra words for the event history; the error message when absent.
     pub detail: Option<String>,
     /// The owner the run must still have for the change to apply.
@@ -669,6 +694,7 @@ impl Transition {
             artifacts: None,
             remote_cleanup: None,
             tests: None,
+            upload: None,
             detail: None,
             owner_guard: OwnerGuard::Any,
         }

@@ -9,8 +9,8 @@ use russh::{ChannelMsg, Disconnect, Sig, client};
 use russh_sftp::client::SftpSession;
 use testfleet_core::hash::DirManifest;
 use testfleet_core::ports::{
-    DownloadReport, ExecGate, ExecOutput, OutputStream, ProgressSink, RemoteExit, SshError,
-    SshSession, TransferStats,
+    CacheUsage, DownloadReport, ExecGate, ExecOutput, FileCache, OutputStream, ProgressSink,
+    RemoteExit, SshError, SshSession, TransferStats,
 };
 
 use crate::TransferTuning;
@@ -270,6 +270,30 @@ impl SshSession for RusshSession {
         progress: &dyn ProgressSink,
     ) -> Result<TransferStats, SshError> {
         crate::sftp::upload(self, manifest, remote_dir, progress)
+            .await
+            .map_err(|error| self.lost_if_closed(error))
+    }
+
+    async fn upload_cached(
+        &self,
+        manifest: &DirManifest,
+        remote_dir: &str,
+        cache: &FileCache,
+        progress: &dyn ProgressSink,
+    ) -> Result<TransferStats, SshError> {
+        crate::sftp::upload_cached(self, manifest, remote_dir, cache, progress)
+            .await
+            .map_err(|error| self.lost_if_closed(error))
+    }
+
+    async fn cache_usage(&self, cache_dir: &str) -> Result<CacheUsage, SshError> {
+        crate::sftp::cache_usage(self, cache_dir)
+            .await
+            .map_err(|error| self.lost_if_closed(error))
+    }
+
+    async fn prune_cache(&self, cache: &FileCache, dry_run: bool) -> Result<CacheUsage, SshError> {
+        crate::sftp::prune_cache(self, cache, dry_run)
             .await
             .map_err(|error| self.lost_if_closed(error))
     }

@@ -25,10 +25,10 @@ pub(crate) const RUN_COLUMNS: &str = "id, machine, os, test_dir, test_dir_hash, 
      status, error_code, error_message, exit_code, signal, created_at, started_at, finished_at, \
      duration_ms, timeout_ms, remote_dir, owner_pid, owner_start_time, keep_remote, local_dir, \
      artifact_files, artifact_bytes, owner_host, lease_expires_at, controller, cancel_requested_at, \
-     remote_cleanup, artifacts_skipped, tests, waiting_for, queue_seq, invocation";
+     remote_cleanup, artifacts_skipped, tests, waiting_for, queue_seq, invocation, upload";
 
 /// How many columns [`RUN_COLUMNS`] names.
-pub(crate) const RUN_COLUMN_COUNT: usize = 33;
+pub(crate) const RUN_COLUMN_COUNT: usize = 34;
 
 /// The columns of `run_events`, in the order [`event_from_row`] reads them.
 pub(crate) const EVENT_COLUMNS: &str = "at, from_status, to_status, code, detail";
@@ -205,6 +205,11 @@ pub(crate) fn run_from_row(row: &Row, first: usize) -> Result<(Run, i64), RowErr
             .transpose()?,
         waiting_for: machines(opt_text(30)?)?,
         queue_seq: opt_u64(31)?,
+        upload: opt_text(33)?
+            .map(|text| {
+                serde_json::from_str(&text).map_err(|_| bad("upload", &text, "upload summary"))
+            })
+            .transpose()?,
     };
     let version = get(row, col(RUN_COLUMN_COUNT))?;
     Ok((run, version))
@@ -287,6 +292,7 @@ pub(crate) struct RunValues {
     waiting_for: Option<String>,
     queue_seq: Option<i64>,
     invocation: Option<String>,
+    upload: Option<String>,
 }
 
 impl RunValues {
@@ -343,6 +349,10 @@ impl RunValues {
             invocation: (run.invocation != Invocation::default())
                 .then(|| serde_json::to_string(&run.invocation).ok())
                 .flatten(),
+            upload: run
+                .upload
+                .as_ref()
+                .and_then(|upload| serde_json::to_string(upload).ok()),
         }
     }
 
@@ -382,6 +392,7 @@ impl RunValues {
             &self.waiting_for,
             &self.queue_seq,
             &self.invocation,
+            &self.upload,
         ]
     }
 }

@@ -17,6 +17,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "invocation",
         include_str!("../migrations/0003_invocation.sql"),
     ),
+    ("upload", include_str!("../migrations/0004_upload.sql")),
 ];
 
 /// The schema version this build writes.

@@ -146,7 +146,7 @@ impl Queries {
                  finished_at = $9, duration_ms = $10, artifact_files = $11, artifact_bytes = $12, \
                  owner_host = $13, owner_pid = $14, owner_start_time = $15, \
                  lease_expires_at = $16, remote_cleanup = $23, artifacts_skipped = $24, \
-                 tests = $25, waiting_for = $26, version = version + 1 \
+                 tests = $25, waiting_for = $26, upload = $27, version = version + 1 \
                  WHERE id = $1 AND status = $17 AND version = $2 RETURNING id) \
                  INSERT INTO {events} (run_id, seq, at, from_status, to_status, code, detail) \
                  SELECT id, (SELECT COALESCE(max(seq) + 1, 0) FROM {events} WHERE run_id = $1), \
@@ -777,10 +777,10 @@ impl RunStore for PostgresStore {
                 let event_values = EventValues::of(&event);
                 let e = event_values.params();
                 let from = change.from.as_str();
-                let params: [&(dyn ToSql + Sync); 26] = [
+                let params: [&(dyn ToSql + Sync); 27] = [
                     v[0], &version, v[6], v[7], v[8], v[9], v[10], v[12], v[13], v[14], v[21],
                     v[22], v[23], v[17], v[18], v[24], &from, e[0], e[1], e[2], e[3], e[4], v[27],
-                    v[28], v[29], v[30],
+                    v[28], v[29], v[30], v[33],
                 ];
                 if !session.query(Query::Transition, &params)?.is_empty() {
                     return Ok(run);

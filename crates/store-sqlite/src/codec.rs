@@ -9,7 +9,7 @@ use rusqlite::types::Type;
 use rusqlite::{Row, Transaction, params};
 use testfleet_core::run::{
     ArtifactSummary, Invocation, RemoteCleanup, Run, RunEventRecord, RunPaths, RunStatus,
-    SkippedArtifact,
+    SkippedArtifact, UploadSummary,
 };
 use testfleet_core::{
     ControllerId, ErrorCode, MachineName, RunError, RunId, TargetOs, TestDirHash, TestSummary,
@@ -24,7 +24,8 @@ pub(crate) const RUN_COLUMNS: &str = "id, machine, os, test_dir, test_dir_hash, 
      status, error_code, error_message, exit_code, signal, created_at, started_at, finished_at, \
      duration_ms, timeout_ms, remote_dir, owner_pid, owner_start_time, keep_remote, local_dir, \
      artifact_files, artifact_bytes, remote_cleanup, artifacts_skipped, owner_host, \
-     lease_expires_at, controller, cancel_requested_at, tests, waiting_for, queue_seq, invocation";
+     lease_expires_at, controller, cancel_requested_at, tests, waiting_for, queue_seq, invocation, \
+     upload";
 
 /// The columns of `run_events`, in the order [`event_from_row`] reads them.
 pub(crate) const EVENT_COLUMNS: &str = "at, from_status, to_status, code, detail";
@@ -139,6 +140,21 @@ fn tests_at(row: &Row<'_>, column_idx: usize) -> rusqlite::Result<Option<TestSum
     .transpose()
 }
 
+/// The `upload` column: the run record's `upload` object as JSON text, or NULL.
+fn upload_at(row: &Row<'_>, column_idx: usize) -> rusqlite::Result<Option<UploadSummary>> {
+    let text: Option<String> = row.get(column_idx)?;
+    text.map(|text| {
+        serde_json::from_str(&text)
+            .map_err(|_| bad_value(column_idx, "upload", &text, "upload summary"))
+    })
+    .transpose()
+}
+
+fn upload_to_sql(upload: Option<&UploadSummary>) -> Option<String> {
+    // Serializing integers cannot fail.
+    upload.and_then(|upload| serde_json::to_string(upload).ok())
+}
+
 fn tests_to_sql(tests: Option<&TestSummary>) -> Option<String> {
     // Serializing plain strings and integers cannot fail.
     tests.and_then(|tests| serde_json::to_string(tests).ok())
@@ -214,6 +230,7 @@ pub(crate) fn run_from_row(row: &Row<'_>) -> rusqlite::Result<Run> {
         )?,
         entrypoint: row.get(5)?,
         invocation: invocation_at(row, 32)?,
+        upload: upload_at(row, 33)?,
         status: status_at(row, 6, "status")?,
         error: match (error_code, error_message) {
             (Some(code), Some(message)) => Some(RunError::new(code, message)),
@@ -300,7 +317,7 @@ pub(crate) fn insert_run(tx: &Transaction<'_>, run: &Run) -> rusqlite::Result<()
     let sql = format!(
         "INSERT INTO runs ({RUN_COLUMNS}) VALUES \
          (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, \
-          ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33)"
+          ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34)"
     );
     tx.prepare_cached(&sql)?.execute(params![
         run.id.as_str(),
@@ -340,6 +357,7 @@ pub(crate) fn insert_run(tx: &Transaction<'_>, run: &Run) -> rusqlite::Result<()
         machines_to_sql(&run.waiting_for),
         run.queue_seq.map(u64_to_sql),
         invocation_to_sql(&run.invocation),
+        upload_to_sql(run.upload.as_ref()),
     ])?;
     Ok(())
 }
@@ -358,7 +376,7 @@ pub(crate) fn update_run(
              owner_pid = ?10, owner_start_time = ?11, artifact_files = ?12, artifact_bytes = ?13, \
              remote_cleanup = ?14, artifacts_skipped = ?15, owner_host = ?18, \
              lease_expires_at = ?19, cancel_requested_at = ?20, tests = ?21, machine = ?22, \
-             waiting_for = ?23 \
+             waiting_for = ?23, upload = ?24 \
              WHERE id = ?16 AND status = ?17",
         )?
         .execute(params![
@@ -389,6 +407,7 @@ pub(crate) fn update_run(
             tests_to_sql(run.tests.as_ref()),
             run.machine.as_str(),
             machines_to_sql(&run.waiting_for),
+            upload_to_sql(run.upload.as_ref()),
         ])?;
     Ok(updated == 1)
 }

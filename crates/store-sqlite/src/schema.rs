@@ -22,6 +22,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0004_tests.sql"),
     include_str!("../migrations/0005_queue.sql"),
     include_str!("../migrations/0006_invocation.sql"),
+    include_str!("../migrations/0007_upload.sql"),
 ];
 
 /// The schema version this build writes.

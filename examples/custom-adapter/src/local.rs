@@ -42,6 +42,7 @@ pub fn local_machine(name: &str) -> MachineSpec {
         windows_shell: WindowsShell::default(),
         remote_root: MachineSpec::DEFAULT_REMOTE_ROOT.to_owned(),
         results: Vec::new(),
+        cache_max: None,
         ssh: SshTarget {
             host: "localhost".into(),
             port: 22,
@@ -201,7 +202,11 @@ impl SshSession for LocalSession {
                 .map_err(|e| failed(&path, e, true))?;
         }
         let (files, bytes) = (manifest.files.len() as u64, manifest.total_bytes());
-        Ok(TransferStats { files, bytes })
+        Ok(TransferStats {
+            files,
+            bytes,
+            ..TransferStats::default()
+        })
     }
 
     async fn exec(

@@ -4,6 +4,7 @@
 pub mod hash;
 pub mod machines;
 pub mod queue;
+pub mod remote;
 pub mod report;
 pub mod run;
 pub mod runs;

@@ -77,6 +77,7 @@ pub async fn rerun(
     machine: Option<&str>,
     detach: bool,
     wait: Option<crate::cli::WaitLimit>,
+    no_cache: bool,
 ) -> Result<Report, CliError> {
     let store = ctx.open_for_reading().await?;
     let old = crate::context::find_run(store.as_ref(), run_id, machine).await?;
@@ -88,6 +89,7 @@ pub async fn rerun(
         timeout: old.timeout_ms.map(std::time::Duration::from_millis),
         detach,
         keep_remote: old.keep_remote,
+        no_cache,
         accept_new_host_key: false,
         results: Vec::new(),
         report: None,
@@ -156,6 +158,9 @@ fn run_spec(machine: &FleetMachine, args: &RunArgs) -> MachineSpec {
     }
     if !args.results.is_empty() {
         spec.results.clone_from(&args.results);
+    }
+    if args.no_cache {
+        spec.cache_max = None;
     }
     spec
 }
@@ -571,6 +576,9 @@ fn spawn_worker(ctx: &Context, run: &Run, args: &RunArgs) -> Result<u32, CliErro
     for pattern in &args.results {
         argv.push("--results".to_owned());
         argv.push(pattern.clone());
+    }
+    if args.no_cache {
+        argv.push("--no-cache".to_owned());
     }
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
     crate::detach::spawn(ctx, run, &argv)

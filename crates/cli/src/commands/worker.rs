@@ -13,18 +13,31 @@ use crate::error::CliError;
 use crate::output::Report;
 use crate::owner;
 
+/// What `run --detach` hands its worker.
+#[derive(Debug, Default)]
+pub struct WorkerArgs {
+    /// `--accept-new-host-key`.
+    pub accept_new_host_key: bool,
+    /// How long a queued run may wait for its machine; `None`: as long as it takes.
+    pub wait: Option<std::time::Duration>,
+    /// The run's `--results` patterns.
+    pub results: Vec<String>,
+    /// `--no-cache`.
+    pub no_cache: bool,
+}
+
 /// Executes the run `run_id`.
 ///
 /// # Errors
 /// `INVALID_ARGUMENT`, `RUN_NOT_FOUND`, `STORE_ERROR`; problems with the machine are recorded
 /// in the run instead.
-pub async fn worker(
-    ctx: &Context,
-    run_id: &str,
-    accept_new_host_key: bool,
-    wait: Option<std::time::Duration>,
-    results: &[String],
-) -> Result<Report, CliError> {
+pub async fn worker(ctx: &Context, run_id: &str, args: &WorkerArgs) -> Result<Report, CliError> {
+    let WorkerArgs {
+        accept_new_host_key,
+        wait,
+        ref results,
+        no_cache,
+    } = *args;
     // A session of our own: the terminal's Ctrl-C and hangup no longer reach us.
     if let Err(error) = nix::unistd::setsid() {
         tracing::warn!(%error, "setsid failed; the worker stays in its parent's session");
@@ -73,7 +86,10 @@ pub async fn worker(
         spec.ssh.host_key_policy = HostKeyPolicy::AcceptNew;
     }
     if !results.is_empty() {
-        spec.results = results.to_vec();
+        spec.results.clone_from(results);
+    }
+    if no_cache {
+        spec.cache_max = None;
     }
     // Hashed again (with the digest cache) to check that the directory is still the one
     // claimed; when that fails, the runner hashes once more and records why.

@@ -12,7 +12,7 @@ use serde::{Deserialize, Deserializer};
 use ssh2_config::{ParseRule, SshConfig};
 use testfleet_core::MachineName;
 use testfleet_core::TargetOs;
-use testfleet_core::ports::{HostKeyPolicy, SshTarget};
+use testfleet_core::ports::{FileCache, HostKeyPolicy, SshTarget};
 use testfleet_core::remote::WindowsShell;
 use testfleet_core::runner::{LeaseSettings, MachineSpec};
 use testfleet_results::ResultGlobs;
@@ -47,6 +47,9 @@ macro_rules! fleet_table {
             keepalive_max: Option<u32>,
             proxy_jump: Option<String>,
             results: Option<Vec<String>>,
+            cache: Option<bool>,
+            #[serde(default, deserialize_with = "byte_size")]
+            cache_max: Option<u64>,
         }
     };
 }
@@ -119,6 +122,35 @@ fn positive_count<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u
         )),
         count => Ok(Some(count)),
     }
+}
+
+/// A size: a number of bytes, or text such as `10GiB`, `500 MB`, `1.5 GiB`.
+fn byte_size<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Bytes(u64),
+        Text(String),
+    }
+    match Size::deserialize(deserializer)? {
+        Size::Bytes(bytes) => Ok(Some(bytes)),
+        Size::Text(text) => parse_size(&text)
+            .map(Some)
+            .map_err(serde::de::Error::custom),
+    }
+}
+
+/// Parses a size such as `10GiB`, `500MB` or `4096` (bytes).
+///
+/// # Errors
+/// A message naming the text and the expected form.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    text.trim()
+        .parse::<bytesize::ByteSize>()
+        .map(|size| size.as_u64())
+        .map_err(|error| {
+            format!("invalid size {text:?} ({error}); expected a size such as 500MiB or 10GiB")
+        })
 }
 
 fn ssh_port<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u16>, D::Error> {
@@ -535,6 +567,12 @@ fn resolve(
         .or_else(|| defaults.results.clone())
         .unwrap_or_default();
     ResultGlobs::new(&results).map_err(|error| error.to_string())?;
+    let cache_max = entry.cache.or(defaults.cache).unwrap_or(true).then(|| {
+        entry
+            .cache_max
+            .or(defaults.cache_max)
+            .unwrap_or(FileCache::DEFAULT_MAX_BYTES)
+    });
     Ok((
         FleetMachine {
             spec: MachineSpec {
@@ -543,6 +581,7 @@ fn resolve(
                 windows_shell: entry.shell.or(defaults.shell).unwrap_or_default(),
                 remote_root,
                 results,
+                cache_max,
                 ssh: SshTarget {
                     host,
                     port,

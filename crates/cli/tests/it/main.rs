@@ -2,6 +2,7 @@
 //! in-process SSH servers, with insta snapshots of human and JSON output.
 
 mod bad_input;
+mod cache;
 mod faults;
 mod invocation;
 mod messages;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use testfleet_core::ports::{RunFilter, RunStore, StoreError};
 use testfleet_core::run::{
     Amendment, ArtifactSummary, RemoteCleanup, RunEventRecord, RunStatus, SkippedArtifact,
-    Transition,
+    Transition, UploadSummary,
 };
 use testfleet_core::{
     ErrorCode, FailedCase, FailureKind, RunId, RunIdPrefix, TestSummary, UnreadableReport,
@@ -397,8 +397,17 @@ pub(super) async fn tests_round_trip(store: &Arc<dyn RunStore>) {
         .with_error(ErrorCode::NonzeroExit, "run.sh exited with status 1");
     done.exit_code = Some(1);
     done.tests = Some(summary.clone());
+    // What the upload sent and what the file cache supplied goes with it.
+    let upload = UploadSummary {
+        files: 3,
+        bytes: 2 * 1024 * 1024,
+        cached_files: 997,
+        cached_bytes: u64::from(u32::MAX) + 7,
+    };
+    done.upload = Some(upload);
     apply_and_check(store, &mut run, &mut events, done).await;
     assert_eq!(run.tests.as_ref(), Some(&summary));
+    assert_eq!(run.upload, Some(upload));
 
     // An empty summary (reports found, no case in them) is not the same as none.
     let mut other = claim_new(store, new_run("linux-2", 1, 10, 2)).await;

@@ -12,9 +12,9 @@ use std::sync::Arc;
 
 pub use clock::{Clock, RunIdGenerator, SystemClock, UlidGenerator};
 pub use ssh::{
-    DownloadReport, ExecGate, ExecOutput, GateKeeper, HostKeyPolicy, KillOutcome, KillRequest,
-    NoProgress, OutputStream, OutputTail, ProgressSink, RemoteExit, SshConnector, SshError,
-    SshSession, SshTarget, TransferProgress, TransferStats,
+    CacheUsage, DownloadReport, ExecGate, ExecOutput, FileCache, GateKeeper, HostKeyPolicy,
+    KillOutcome, KillRequest, NoProgress, OutputStream, OutputTail, ProgressSink, RemoteExit,
+    SshConnector, SshError, SshSession, SshTarget, TransferProgress, TransferStats,
 };
 pub use store::{Claim, Claimed, RunFilter, RunStore, StoreError};
 

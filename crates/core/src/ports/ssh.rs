@@ -281,6 +281,48 @@ pub struct TransferStats {
     pub files: u64,
     /// Bytes of file contents transferred.
     pub bytes: u64,
+    /// Files of an upload taken from the machine's file cache instead (nothing sent).
+    pub cached_files: u64,
+    /// Their bytes.
+    pub cached_bytes: u64,
+}
+
+impl From<TransferStats> for crate::run::UploadSummary {
+    fn from(stats: TransferStats) -> Self {
+        Self {
+            files: stats.files,
+            bytes: stats.bytes,
+            cached_files: stats.cached_files,
+            cached_bytes: stats.cached_bytes,
+        }
+    }
+}
+
+/// A machine's content-addressed file cache (`docs/contract.md#remote-file-cache`): where it
+/// is and how large it may grow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileCache {
+    /// The cache folder, `<root>/cache` (SFTP path form).
+    pub dir: String,
+    /// The size above which the least recently used files are evicted.
+    pub max_bytes: u64,
+}
+
+impl FileCache {
+    /// The size limit unless the fleet file says otherwise: 10 GiB.
+    pub const DEFAULT_MAX_BYTES: u64 = 10 * 1024 * 1024 * 1024;
+    /// A cached file used more recently than this is never evicted: a run may be about to
+    /// link it.
+    pub const PROTECTED_FOR: Duration = Duration::from_secs(10 * 60);
+}
+
+/// How much a file cache holds, or what a prune removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CacheUsage {
+    /// Cached files.
+    pub files: u64,
+    /// Their bytes.
+    pub bytes: u64,
 }
 
 /// Which output stream bytes came from.
@@ -467,6 +509,46 @@ pub trait SshSession: Send + Sync {
         remote_dir: &str,
         progress: &dyn ProgressSink,
     ) -> Result<TransferStats, SshError>;
+
+    /// Like [`SshSession::upload`], but through the machine's file cache `cache`: a file the
+    /// cache holds intact is linked into `remote_dir` instead of sent, a file sent is added to
+    /// the cache, and the stats say which was which. The run folder holds exactly the manifest
+    /// either way. The default sends everything, as a transport without a cache does.
+    ///
+    /// # Errors
+    /// As [`SshSession::upload`].
+    async fn upload_cached(
+        &self,
+        manifest: &DirManifest,
+        remote_dir: &str,
+        cache: &FileCache,
+        progress: &dyn ProgressSink,
+    ) -> Result<TransferStats, SshError> {
+        let _ = cache;
+        self.upload(manifest, remote_dir, progress).await
+    }
+
+    /// What the file cache in `cache_dir` holds; nothing when it does not exist. The default
+    /// knows no cache.
+    ///
+    /// # Errors
+    /// [`SshError::Other`] naming the folder; [`SshError::ConnectionLost`].
+    async fn cache_usage(&self, cache_dir: &str) -> Result<CacheUsage, SshError> {
+        let _ = cache_dir;
+        Ok(CacheUsage::default())
+    }
+
+    /// Evicts the least recently used files of `cache` until it holds at most
+    /// `cache.max_bytes`, never a file used within [`FileCache::PROTECTED_FOR`], and removes
+    /// what interrupted uploads left in it; with `dry_run` only says what would go. Returns what
+    /// was (or would be) removed. The default knows no cache.
+    ///
+    /// # Errors
+    /// [`SshError::Other`] naming the path; [`SshError::ConnectionLost`].
+    async fn prune_cache(&self, cache: &FileCache, dry_run: bool) -> Result<CacheUsage, SshError> {
+        let _ = (cache, dry_run);
+        Ok(CacheUsage::default())
+    }
 
     /// Runs `command` with an empty stdin, streaming its stdout and stderr to `output` as they
     /// arrive, until the channel closes. Dropping the future abandons the command (it is not killed: use

@@ -83,6 +83,11 @@ impl RemoteLayout {
         &self.root
     }
 
+    /// `<root>/cache`: the machine's file cache (`docs/contract.md#remote-file-cache`).
+    pub fn cache_dir(&self) -> String {
+        join_remote(&self.root, "cache")
+    }
+
     /// `<root>/runs`: the parent of every run folder and of the control files.
     pub fn runs_dir(&self) -> &str {
         &self.runs_dir

@@ -157,6 +157,9 @@ pub struct MachineSpec {
     /// Where the test reports of its runs are: `/`-separated glob patterns relative to the
     /// run's artifacts folder, handed to the [`ReportReader`]; empty: the reader's default.
     pub results: Vec<String>,
+    /// The size limit of its file cache (`docs/contract.md#remote-file-cache`); `None`: no
+    /// cache, every run sends its whole test directory (`cache = false`, `--no-cache`).
+    pub cache_max: Option<u64>,
     /// How to reach it.
     pub ssh: SshTarget,
 }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::code::{ErrorCode, RunError, error_chain};
 use crate::ports::{KillOutcome, RemoteExit, SshError};
-use crate::run::{ArtifactSummary, RemoteCleanup, Run, RunStatus, Transition};
+use crate::run::{ArtifactSummary, RemoteCleanup, Run, RunStatus, Transition, UploadSummary};
 use crate::time::Timestamp;
 
 /// Why the runner stopped a running script.
@@ -30,6 +30,8 @@ pub(super) struct Outcome {
     pub(super) script_started: bool,
     /// What is known of the run's processes on the machine.
     pub(super) remote_cleanup: Option<RemoteCleanup>,
+    /// What the upload sent; `None` when it did not finish.
+    pub(super) upload: Option<UploadSummary>,
     /// Things worth recording that do not decide the status (a failed kill, a refused artifact
     /// name); they go into the final event's detail.
     pub(super) notes: Vec<String>,
@@ -47,6 +49,7 @@ impl Default for Outcome {
             link_down: false,
             script_started: false,
             remote_cleanup: None,
+            upload: None,
             notes: Vec::new(),
         }
     }
@@ -211,6 +214,7 @@ impl Outcome {
         change.signal = self.signal;
         change.artifacts = self.artifacts;
         change.remote_cleanup = self.remote_cleanup;
+        change.upload = self.upload;
         change
     }
 }

@@ -112,6 +112,7 @@ pub(crate) fn machine(name: &str, os: &str) -> MachineSpec {
         windows_shell: WindowsShell::Powershell,
         remote_root: ".testfleet".to_owned(),
         results: Vec::new(),
+        cache_max: None,
         ssh: SshTarget {
             host: "10.0.0.5".to_owned(),
             port: 22,

@@ -2,6 +2,7 @@
 //! sends against the manifest, the [`download`] that trusts no remote name, and recursive
 //! [`remove`]al; here, what they share (directories, file kinds, error mapping).
 
+mod cache;
 mod download;
 mod remove;
 mod upload;
@@ -15,6 +16,7 @@ use testfleet_core::ports::SshError;
 
 use crate::session::RusshSession;
 
+pub(crate) use cache::{prune as prune_cache, upload_cached, usage as cache_usage};
 pub(crate) use download::download_dir;
 pub(crate) use remove::remove;
 pub(crate) use upload::upload;

@@ -16,7 +16,7 @@ use super::{CHUNK_BYTES, Op, create_dir, op_failed, settle};
 use crate::session::RusshSession;
 
 /// Shared counters of an upload, reported after every chunk.
-struct Progress<'a> {
+pub(super) struct Progress<'a> {
     sink: &'a dyn ProgressSink,
     files_total: u64,
     bytes_total: u64,
@@ -24,7 +24,36 @@ struct Progress<'a> {
     bytes_done: AtomicU64,
 }
 
-impl Progress<'_> {
+impl<'a> Progress<'a> {
+    /// Counters for sending `files`, reported to `sink` (once now).
+    pub(super) fn new(sink: &'a dyn ProgressSink, files: &[Outgoing<'_>]) -> Self {
+        let progress = Self {
+            sink,
+            files_total: files.len() as u64,
+            bytes_total: files.iter().map(|(file, _)| file.size).sum(),
+            files_done: AtomicU64::new(0),
+            bytes_done: AtomicU64::new(0),
+        };
+        progress.report();
+        progress
+    }
+
+    /// Counts `bytes` more sent, and `files` more complete.
+    pub(super) fn add(&self, files: u64, bytes: u64) {
+        self.files_done.fetch_add(files, Ordering::Relaxed);
+        self.bytes_done.fetch_add(bytes, Ordering::Relaxed);
+        self.report();
+    }
+
+    /// What was sent so far.
+    pub(super) fn stats(&self) -> TransferStats {
+        TransferStats {
+            files: self.files_done.load(Ordering::Relaxed),
+            bytes: self.bytes_done.load(Ordering::Relaxed),
+            ..TransferStats::default()
+        }
+    }
+
     fn report(&self) {
         self.sink.progress(TransferProgress {
             files_done: self.files_done.load(Ordering::Relaxed),
@@ -35,13 +64,15 @@ impl Progress<'_> {
     }
 }
 
-async fn upload_inner(
-    session: &RusshSession,
-    manifest: &DirManifest,
+/// A file of the manifest and its remote path.
+pub(super) type Outgoing<'m> = (&'m ManifestFile, String);
+
+/// The remote paths of the manifest's folders and files under `remote_dir`. Every remote path
+/// must be valid UTF-8: a name that is not is refused before anything is sent.
+pub(super) fn remote_paths<'m>(
+    manifest: &'m DirManifest,
     remote_dir: &str,
-    sink: &dyn ProgressSink,
-) -> Result<TransferStats, SshError> {
-    // Every remote path must be valid UTF-8; refuse before anything is sent.
+) -> Result<(Vec<String>, Vec<Outgoing<'m>>), SshError> {
     let remote_path = |rel: &testfleet_core::RelPath| match rel.to_str() {
         Some(text) => Ok(join_remote(remote_dir, text)),
         None => Err(SshError::UploadFailed {
@@ -60,24 +91,58 @@ async fn upload_inner(
         .iter()
         .map(|file| Ok((file, remote_path(&file.rel_path)?)))
         .collect::<Result<Vec<_>, SshError>>()?;
+    Ok((dirs, files))
+}
 
-    let sftp = session.sftp().await?;
-    create_dir(session, &sftp, remote_dir).await?;
+/// Creates `remote_dir` and the manifest's folders in it.
+pub(super) async fn create_dirs(
+    session: &RusshSession,
+    sftp: &SftpSession,
+    remote_dir: &str,
+    dirs: &[String],
+) -> Result<(), SshError> {
+    create_dir(session, sftp, remote_dir).await?;
     // Parents come before children in the manifest, so one pass creates them all.
-    for dir in &dirs {
-        create_dir(session, &sftp, dir).await?;
+    for dir in dirs {
+        create_dir(session, sftp, dir).await?;
     }
+    Ok(())
+}
 
-    let progress = Progress {
-        sink,
-        files_total: files.len() as u64,
-        bytes_total: manifest.total_bytes(),
-        files_done: AtomicU64::new(0),
-        bytes_done: AtomicU64::new(0),
-    };
-    progress.report();
+async fn upload_inner(
+    session: &RusshSession,
+    manifest: &DirManifest,
+    remote_dir: &str,
+    sink: &dyn ProgressSink,
+) -> Result<TransferStats, SshError> {
+    let (dirs, files) = remote_paths(manifest, remote_dir)?;
+    let sftp = session.sftp().await?;
+    create_dirs(session, &sftp, remote_dir, &dirs).await?;
+    let progress = Progress::new(sink, &files);
+    send(
+        session,
+        &sftp,
+        remote_dir,
+        &manifest.root,
+        &files,
+        &progress,
+    )
+    .await?;
+    Ok(progress.stats())
+}
+
+/// Sends `files` (manifest entries with their remote paths), many at once, counting them in
+/// `progress`; `remote_dir` is the folder whose disk a failure is checked against.
+pub(super) async fn send(
+    session: &RusshSession,
+    sftp: &SftpSession,
+    remote_dir: &str,
+    root: &Path,
+    files: &[Outgoing<'_>],
+    progress: &Progress<'_>,
+) -> Result<(), SshError> {
     let n_in_flight = session.tuning.files_in_flight.max(1);
-    let mut prefetched = prefetch(manifest, 2 * n_in_flight);
+    let mut prefetched = prefetch(root, files, 2 * n_in_flight);
     // A hand-rolled window rather than `buffer_unordered`: a closure held across the await
     // trips the `Send` check of the async-trait future.
     let mut in_flight = futures::stream::FuturesUnordered::new();
@@ -87,10 +152,9 @@ async fn upload_inner(
             biased;
             Some(result) = in_flight.next(), if !in_flight.is_empty() => {
                 if let Err(error) = result {
-                    return Err(remote_disk_full(session, &sftp, remote_dir, error).await);
+                    return Err(remote_disk_full(session, sftp, remote_dir, error).await);
                 }
-                progress.files_done.fetch_add(1, Ordering::Relaxed);
-                progress.report();
+                progress.add(1, 0);
             }
             next = prefetched.recv(), if !all_read && in_flight.len() < n_in_flight => {
                 match next {
@@ -98,12 +162,12 @@ async fn upload_inner(
                         let (file, remote) = &files[idx];
                         in_flight.push(upload_file(
                             session,
-                            &sftp,
-                            &manifest.root,
+                            sftp,
+                            root,
                             file,
                             remote,
                             read,
-                            &progress,
+                            progress,
                         ));
                     }
                     None => all_read = true,
@@ -112,10 +176,7 @@ async fn upload_inner(
             else => break,
         }
     }
-    Ok(TransferStats {
-        files: progress.files_done.load(Ordering::Relaxed),
-        bytes: progress.bytes_done.load(Ordering::Relaxed),
-    })
+    Ok(())
 }
 
 /// Files up to this size are read whole, ahead of their upload, by one reader thread: one
@@ -133,19 +194,19 @@ enum Prefetched {
     Failed(std::io::Error),
 }
 
-/// Starts a thread that reads the manifest's small files in order, `capacity` files ahead
-/// at most (so memory stays bounded by `capacity × WHOLE_FILE_MAX`), and hands them over with
+/// Starts a thread that reads the small ones of `files` in order, `capacity` files ahead at
+/// most (so memory stays bounded by `capacity × WHOLE_FILE_MAX`), and hands them over with
 /// their index. It stops early when the receiver is dropped.
 fn prefetch(
-    manifest: &DirManifest,
+    root: &Path,
+    files: &[Outgoing<'_>],
     capacity: usize,
 ) -> tokio::sync::mpsc::Receiver<(usize, Prefetched)> {
     let (sender, receiver) = tokio::sync::mpsc::channel(capacity.max(1));
-    let root = manifest.root.clone();
-    let jobs: Vec<Option<ManifestFile>> = manifest
-        .files
+    let root = root.to_path_buf();
+    let jobs: Vec<Option<ManifestFile>> = files
         .iter()
-        .map(|file| (file.size <= WHOLE_FILE_MAX).then(|| file.clone()))
+        .map(|(file, _)| (file.size <= WHOLE_FILE_MAX).then(|| (*file).clone()))
         .collect();
     tokio::task::spawn_blocking(move || {
         for (idx, job) in jobs.into_iter().enumerate() {
@@ -174,14 +235,15 @@ async fn upload_file(
     prefetched: Prefetched,
     progress: &Progress<'_>,
 ) -> Result<(), SshError> {
-    match prefetched {
+    let sent = match prefetched {
         Prefetched::Whole(bytes) => {
-            upload_whole(session, sftp, file, remote, &bytes, progress).await?;
+            upload_whole(session, sftp, file, remote, &bytes, progress).await
         }
-        Prefetched::Stream => stream_file(session, sftp, root, file, remote, progress).await?,
-        Prefetched::Changed => return Err(changed(file)),
-        Prefetched::Failed(error) => return Err(op_failed(session, Op::Upload, remote, error)),
-    }
+        Prefetched::Stream => stream_file(session, sftp, root, file, remote, progress).await,
+        Prefetched::Changed => Err(changed(file)),
+        Prefetched::Failed(error) => Err(op_failed(session, Op::Upload, remote, error)),
+    };
+    sent?;
     set_unusual_mode(session, sftp, file, remote).await
 }
 
@@ -235,10 +297,7 @@ async fn stream_file(
             outcome = Err(op_failed(session, Op::Upload, remote, error));
             break;
         }
-        progress
-            .bytes_done
-            .fetch_add(n_read as u64, Ordering::Relaxed);
-        progress.report();
+        progress.add(0, n_read as u64);
     }
     // Always close: dropping a russh-sftp file loses its write errors.
     let closed = remote_file.shutdown().await;
@@ -263,10 +322,7 @@ async fn upload_whole(
     let closed = remote_file.shutdown().await;
     written.map_err(|error| op_failed(session, Op::Upload, remote, error))?;
     closed.map_err(|error| op_failed(session, Op::Upload, remote, error))?;
-    progress
-        .bytes_done
-        .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-    progress.report();
+    progress.add(0, bytes.len() as u64);
     Ok(())
 }
 

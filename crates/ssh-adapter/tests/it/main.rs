@@ -2,6 +2,7 @@
 
 mod artifacts;
 mod auth;
+mod cache;
 mod contract;
 mod exec;
 mod faults;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use testfleet_contract::fake_store::FakeStore;
-use testfleet_core::ports::{RunStore, SshError, SshTarget, SystemClock, UlidGenerator};
+use testfleet_core::ports::{FileCache, RunStore, SshError, SshTarget, SystemClock, UlidGenerator};
 use testfleet_core::remote::WindowsShell;
 use testfleet_core::runner::{
     DispatchRequest, MachineSpec, NoObserver, Remedies, Runner, RunnerConfig, StopSignals,
@@ -75,6 +75,7 @@ fn machine(target: SshTarget, os: &str) -> MachineSpec {
         windows_shell: WindowsShell::Powershell,
         remote_root: ".testfleet".into(),
         results: Vec::new(),
+        cache_max: Some(FileCache::DEFAULT_MAX_BYTES),
         ssh: target,
     }
 }

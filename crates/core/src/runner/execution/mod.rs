@@ -72,13 +72,14 @@ impl Execution<'_> {
             }
         };
         let (keeper, mut exec) = self.start_exec(layout, &mut logs);
+        let cache = self.file_cache(layout);
         let (uploaded, cleared) = tokio::join!(
-            self.upload(layout, manifest, &mut exec),
+            self.upload(layout, manifest, cache.as_ref(), &mut exec),
             self.clear_leftovers(layout)
         );
         let mut notes = cleared.notes;
-        let ended_at_gate = match (uploaded, cleared.busy) {
-            (Ok(ended_at_gate), None) => ended_at_gate,
+        let (ended_at_gate, stats) = match (uploaded, cleared.busy) {
+            (Ok(uploaded), None) => uploaded,
             (Ok(_), Some(busy)) => {
                 let failed = Outcome::failed_with(ErrorCode::MachineBusy, busy);
                 return self.end_before_start(failed, keeper, exec, notes).await;
@@ -86,14 +87,23 @@ impl Execution<'_> {
             (Err(failed), _) => return self.end_before_start(failed, keeper, exec, notes).await,
         };
         tracing::debug!(run = %self.run.id, "upload ended");
-        let mut outcome = Outcome::default();
+        let mut outcome = Outcome {
+            upload: Some(stats.into()),
+            ..Outcome::default()
+        };
         outcome.notes.append(&mut notes);
         let finished = match ended_at_gate {
             Some(ended) => Err(exec::ended_at_gate(self.run, ended)),
             None => {
                 keeper.open_with(&exec.gate_payload);
                 outcome.script_started = true;
-                self.wait_or_stop(layout, &mut exec, &mut outcome).await
+                // The cache is pruned while the script runs, on the connection's SFTP session.
+                let (finished, pruned) = tokio::join!(
+                    self.wait_or_stop(layout, &mut exec, &mut outcome),
+                    self.prune_cache(cache.as_ref(), stats.files > 0)
+                );
+                outcome.notes.extend(pruned);
+                finished
             }
         };
         drop(exec);

@@ -6,6 +6,7 @@
 //! the host.
 
 mod basics;
+mod cache;
 pub mod jump;
 mod queue;
 pub mod reports;
@@ -13,15 +14,16 @@ pub mod shared;
 mod survive;
 
 use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
 use serde_json::Value;
 
-use testfleet_testkit::process::{is_alive, processes_of, read_pids, survivors_after};
+use testfleet_testkit::process::{is_alive, kill_pid, processes_of, read_pids, survivors_after};
 
 use crate::targets::{Backend, Target};
-use crate::tf::Tf;
+use crate::tf::{Call, Tf};
 
 /// Everything a scenario needs.
 struct Ctx<'a> {
@@ -96,6 +98,7 @@ pub fn run(bin: &Path) -> Result<()> {
             .iter()
             .chain(survive::SCENARIOS)
             .chain(queue::SCENARIOS)
+            .chain(cache::SCENARIOS)
             .filter(|s| s.only.is_none_or(|only| only == backend))
             .filter(|s| only.as_deref().is_none_or(|only| s.name.contains(only)));
         for scenario in scenarios {
@@ -161,7 +164,7 @@ impl Ctx<'_> {
             }
             if Instant::now() > deadline {
                 for (pid, _) in &left {
-                    testfleet_testkit::process::kill_pid(*pid);
+                    kill_pid(*pid);
                 }
                 bail!(
                     "processes of the login were still running {LEFTOVER_LIMIT:?} after the \
@@ -190,11 +193,8 @@ impl Ctx<'_> {
     }
 
     /// `run DIR -m MACHINE --json [extra]`, returning the call.
-    fn run(&self, dir: &Path, machine: &str, extra: &[&str]) -> Result<crate::tf::Call> {
-        let dir = dir.to_str().context("scratch paths are UTF-8")?;
-        let mut args = vec!["run", dir, "-m", machine, "--json"];
-        args.extend_from_slice(extra);
-        self.tf.call(&args)
+    fn run(&self, dir: &Path, machine: &str, extra: &[&str]) -> Result<Call> {
+        self.tf.call(&run_args(dir, machine, extra)?)
     }
 
     /// Polls `status` until `done` holds for the run, or fails after `limit`.
@@ -215,6 +215,45 @@ impl Ctx<'_> {
         }
         Ok(path)
     }
+}
+
+/// The arguments of `run DIR -m MACHINE --json [extra]`.
+fn run_args<'a>(dir: &'a Path, machine: &'a str, extra: &[&'a str]) -> Result<Vec<&'a str>> {
+    let dir = dir.to_str().context("scratch paths are UTF-8")?;
+    let mut args = vec!["run", dir, "-m", machine, "--json"];
+    args.extend_from_slice(extra);
+    Ok(args)
+}
+
+/// `run DIR -m MACHINE --json [extra]` in the background, its output captured.
+fn spawn_run(tf: &Tf, dir: &Path, machine: &str, extra: &[&str]) -> Result<Child> {
+    tf.command(&run_args(dir, machine, extra)?)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("failed to start testfleet run")
+}
+
+/// Waits up to `limit` for a spawned `run` to exit; kills it and fails after that.
+fn finish(mut child: Child, limit: Duration) -> Result<Call> {
+    let deadline = Instant::now() + limit;
+    while child.try_wait()?.is_none() {
+        if Instant::now() > deadline {
+            kill_pid(child.id());
+            let output = child.wait_with_output()?;
+            bail!(
+                "testfleet run did not end within {limit:?}; stderr:\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let output = child.wait_with_output()?;
+    Ok(Call {
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    })
 }
 
 /// `status ID` through `tf` (whose fleet file a reaping `status` hands to `_cleanup`).
@@ -286,7 +325,7 @@ pub(crate) fn all_dead(record: &Path, limit: Duration) -> Result<()> {
 /// Kills processes a scenario started and left behind on purpose (by pid, never by name).
 pub(crate) fn kill_recorded(record: &Path) {
     for pid in read_pids(record).into_iter().filter(|pid| is_alive(*pid)) {
-        testfleet_testkit::process::kill_pid(pid);
+        kill_pid(pid);
     }
 }
 

@@ -10,7 +10,7 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
@@ -19,7 +19,8 @@ use testfleet_testkit::process::{ESCAPE_SCRIPT_PIDS, children_of, escape_script,
 use testfleet_testkit::proxy::FaultProxy;
 
 use super::{
-    Ctx, Scenario, all_dead, kill_recorded, only_run, path_of, text, wait_for_pids, wait_with,
+    Ctx, Scenario, all_dead, finish, kill_recorded, only_run, path_of, spawn_run, text,
+    wait_for_pids, wait_with,
 };
 use crate::tf::{Call, Tf};
 
@@ -118,40 +119,6 @@ impl Proxied {
     fn spawn_run(&self, dir: &Path, extra: &[&str]) -> Result<Child> {
         spawn_run(&self.tf, dir, &self.name, extra)
     }
-}
-
-/// `run DIR -m MACHINE --json [extra]` in the background, its output captured.
-fn spawn_run(tf: &Tf, dir: &Path, machine: &str, extra: &[&str]) -> Result<Child> {
-    let dir = dir.to_str().context("scratch paths are UTF-8")?;
-    let mut args = vec!["run", dir, "-m", machine, "--json"];
-    args.extend_from_slice(extra);
-    tf.command(&args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("failed to start testfleet run")
-}
-
-/// Waits up to `limit` for a spawned `run` to exit; kills it and fails after that.
-fn finish(mut child: Child, limit: Duration) -> Result<Call> {
-    let deadline = Instant::now() + limit;
-    while child.try_wait()?.is_none() {
-        if Instant::now() > deadline {
-            kill_pid(child.id());
-            let output = child.wait_with_output()?;
-            bail!(
-                "testfleet run did not end within {limit:?}; stderr:\n{}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let output = child.wait_with_output()?;
-    Ok(Call {
-        code: output.status.code(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    })
 }
 
 /// The id of the one active run of `machine`.

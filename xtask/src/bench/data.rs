@@ -14,7 +14,8 @@ fn fill(buffer: &mut [u8], seed: &mut u64) {
     }
 }
 
-fn write_random(path: &Path, len: usize, seed: &mut u64) -> Result<()> {
+/// Writes `len` random bytes to `path`; `seed` moves on, so the next call writes other bytes.
+pub(super) fn write_random(path: &Path, len: usize, seed: &mut u64) -> Result<()> {
     let mut data = vec![0u8; len];
     fill(&mut data, seed);
     std::fs::write(path, data).with_context(|| format!("failed to write {}", path.display()))

@@ -9,6 +9,7 @@
 //! ext4 makes re-created small files slow, which would measure the disk, not the transport.
 
 mod adapter;
+mod cache;
 mod data;
 mod fan_out;
 mod openssh;
@@ -73,6 +74,7 @@ pub fn run(bin: &Path) -> Result<()> {
     let tf = runs::sshd_tf(&ctx)?;
     runs::trivial_dispatch(&mut ctx, &tf)?;
     runs::whole_runs(&mut ctx, &tf)?;
+    cache::re_runs(&mut ctx, &tf)?;
     runs::big_file(&mut ctx, &tf)?;
     runs::loud_stdout(&mut ctx, &tf)?;
     let fan_out_cpu = fan_out::fan_outs(&mut ctx)?;
@@ -176,27 +178,69 @@ const RATIOS: &[(&str, &str, &str, &str)] = &[
     ),
     (
         "whole run 5,000 x 4 KiB",
-        "testfleet run",
+        "testfleet run --no-cache",
         "tar | ssh 'tar x && sh run.sh && tar c artifacts' | tar x",
         ">= 1x",
     ),
     (
         "whole run 5,000 x 4 KiB",
-        "testfleet run, cold digest cache",
+        "testfleet run --no-cache, cold digest cache",
+        "tar | ssh 'tar x && sh run.sh && tar c artifacts' | tar x",
+        ">= 1x",
+    ),
+    (
+        "whole run 5,000 x 4 KiB",
+        "testfleet run, empty remote cache",
+        "testfleet run --no-cache",
+        "within 5% (>= 0.95x)",
+    ),
+    (
+        "whole run 5,000 x 4 KiB",
+        "testfleet run, files entering an existing cache",
+        "testfleet run --no-cache",
+        "— (the second run on a machine)",
+    ),
+    (
+        "whole run mixed tree",
+        "testfleet run --no-cache",
         "tar | ssh 'tar x && sh run.sh && tar c artifacts' | tar x",
         ">= 1x",
     ),
     (
         "whole run mixed tree",
-        "testfleet run",
+        "testfleet run --no-cache, cold digest cache",
         "tar | ssh 'tar x && sh run.sh && tar c artifacts' | tar x",
         ">= 1x",
     ),
     (
         "whole run mixed tree",
-        "testfleet run, cold digest cache",
-        "tar | ssh 'tar x && sh run.sh && tar c artifacts' | tar x",
-        ">= 1x",
+        "testfleet run, empty remote cache",
+        "testfleet run --no-cache",
+        "within 5% (>= 0.95x)",
+    ),
+    (
+        "whole run mixed tree",
+        "testfleet run, files entering an existing cache",
+        "testfleet run --no-cache",
+        "— (the second run on a machine)",
+    ),
+    (
+        "re-run mixed tree",
+        "testfleet run (warm cache)",
+        "rsync -a --delete into a kept folder + ssh run + rsync artifacts",
+        ">= 2x",
+    ),
+    (
+        "re-run 5,000 x 4 KiB",
+        "testfleet run (warm cache)",
+        "rsync -a --delete into a kept folder + ssh run + rsync artifacts",
+        ">= 2x",
+    ),
+    (
+        "re-run mixed tree, one 2 MiB file changed",
+        "testfleet run (warm cache)",
+        "rsync -a --delete into a kept folder + ssh run + rsync artifacts",
+        ">= 2x",
     ),
     (
         "fan-out (testkit servers)",

@@ -1,5 +1,5 @@
-//! The reference tools a user would otherwise script (`sftp`, `scp`, `ssh`), pointed at the
-//! private sshd, and the adapter's target for the same sshd.
+//! The reference tools a user would otherwise script (`sftp`, `scp`, `ssh`, `rsync`), pointed at
+//! the private sshd, and the adapter's target for the same sshd.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -13,7 +13,8 @@ pub(super) struct Openssh<'a> {
 }
 
 impl Openssh<'_> {
-    fn login(&self) -> String {
+    /// `user@127.0.0.1`.
+    pub(super) fn login(&self) -> String {
         format!("{}@127.0.0.1", self.sshd.user())
     }
 
@@ -47,8 +48,10 @@ impl Openssh<'_> {
         Ok(())
     }
 
-    /// `ssh host REMOTE_COMMAND` as one shell word list, for pipelines.
-    pub(super) fn ssh_words(&self, remote_command: &str) -> String {
+    /// `ssh` with the sshd's client options and port, without the login or a command, as one
+    /// string of words: the `-e` of `rsync` (which splits it at spaces and honours the quotes),
+    /// or the start of a pipeline's `ssh`.
+    pub(super) fn ssh_command(&self) -> String {
         let mut words: Vec<String> = vec!["ssh".into()];
         words.extend(
             self.sshd
@@ -57,9 +60,12 @@ impl Openssh<'_> {
                 .map(|w| format!("'{w}'")),
         );
         words.push(format!("-p {}", self.sshd.port()));
-        words.push(self.login());
-        words.push(format!("'{remote_command}'"));
         words.join(" ")
+    }
+
+    /// `ssh host REMOTE_COMMAND` as one shell word list, for pipelines.
+    pub(super) fn ssh_words(&self, remote_command: &str) -> String {
+        format!("{} {} '{remote_command}'", self.ssh_command(), self.login())
     }
 }
 

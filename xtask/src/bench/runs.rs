@@ -1,12 +1,22 @@
 //! Whole runs of the binary against the sshd, against the shell pipelines that do the same:
 //! a trivial dispatch, each small tree with a warm and a cold digest cache, and the peak memory
-//! of a big upload and of a loud script.
+//! of a big upload and of a loud script. The whole runs of the trees and the big upload pass
+//! `--no-cache`, so they measure the full upload; what the remote cache changes is measured in
+//! `cache.rs` (one row here: each tree into an empty remote cache).
+
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
 
 use super::process::{sh, with_peak_rss};
-use super::{Context, clear};
+use super::{Context, cache, clear};
 use crate::tf::Tf;
+
+/// The machine's `remote_root` in the fleet file of `sshd_tf`: its `cache/` is the remote
+/// cache.
+pub(super) fn remote_root(remote: &Path) -> PathBuf {
+    remote.join("tf")
+}
 
 /// `testfleet` with a fleet file that reaches the sshd as the machine `bench`.
 pub(super) fn sshd_tf(ctx: &Context<'_>) -> Result<Tf> {
@@ -26,7 +36,7 @@ pub(super) fn sshd_tf(ctx: &Context<'_>) -> Result<Tf> {
             sshd.user(),
             sshd.client_key_path().display().to_string(),
             sshd.known_hosts_path().display().to_string(),
-            remote.join("tf").display().to_string(),
+            remote_root(remote).display().to_string(),
         ),
     )?;
     Ok(Tf {
@@ -65,12 +75,14 @@ pub(super) fn trivial_dispatch(ctx: &mut Context<'_>, tf: &Tf) -> Result<()> {
     Ok(())
 }
 
-/// The small and the mixed tree run by testfleet (with a cold, then a warm digest cache) and
-/// by a tar pipeline that uploads, runs and brings the artifacts back.
+/// The small and the mixed tree run by testfleet without the remote cache (with a cold, then a
+/// warm digest cache), by testfleet into an empty remote cache, and by a tar pipeline that
+/// uploads, runs and brings the artifacts back.
 pub(super) fn whole_runs(ctx: &mut Context<'_>, tf: &Tf) -> Result<()> {
     let Context {
         ref openssh,
         data,
+        ref remote,
         ref dest,
         ref trees,
         ref mut bench,
@@ -84,14 +96,23 @@ pub(super) fn whole_runs(ctx: &mut Context<'_>, tf: &Tf) -> Result<()> {
             "whole run mixed tree"
         };
         let tree_text = tree.to_str().context("utf-8")?.to_owned();
+        let no_cache = [
+            "run",
+            tree_text.as_str(),
+            "-m",
+            "bench",
+            "--json",
+            "--no-cache",
+        ];
         // Without the digest cache of earlier runs: every file is read and hashed.
-        bench.measure(group, "testfleet run, cold digest cache", || {
+        bench.measure(group, "testfleet run --no-cache, cold digest cache", || {
             clear(&digest_cache);
-            with_peak_rss(tf.command(&["run", &tree_text, "-m", "bench", "--json"]))
+            with_peak_rss(tf.command(&no_cache))
         })?;
-        bench.measure(group, "testfleet run", || {
-            with_peak_rss(tf.command(&["run", &tree_text, "-m", "bench", "--json"]))
+        bench.measure(group, "testfleet run --no-cache", || {
+            with_peak_rss(tf.command(&no_cache))
         })?;
+        cache::empty_cache_run(bench, tf, remote, group, &tree_text)?;
         let back = data.join("back");
         bench.measure(group, "tar | ssh 'tar x && sh run.sh && tar c artifacts' | tar x", || {
             clear(dest);
@@ -112,12 +133,13 @@ pub(super) fn whole_runs(ctx: &mut Context<'_>, tf: &Tf) -> Result<()> {
     Ok(())
 }
 
-/// Peak memory of the big upload through the whole binary.
+/// Peak memory of the big upload through the whole binary (every sample uploads: `--no-cache`).
 pub(super) fn big_file(ctx: &mut Context<'_>, tf: &Tf) -> Result<()> {
     let big_text = ctx.trees[2].1.to_str().context("utf-8")?.to_owned();
-    ctx.bench.measure("whole run 256 MiB", "testfleet run", || {
-        with_peak_rss(tf.command(&["run", &big_text, "-m", "bench", "--json"]))
-    })
+    ctx.bench
+        .measure("whole run 256 MiB", "testfleet run --no-cache", || {
+            with_peak_rss(tf.command(&["run", &big_text, "-m", "bench", "--json", "--no-cache"]))
+        })
 }
 
 /// Peak memory of a foreground run whose script prints 1 GiB (human output, to /dev/null).

@@ -44,6 +44,17 @@ impl Bench {
         &mut self,
         group: &'static str,
         name: impl Into<String>,
+        work: impl FnMut() -> Result<Option<u64>>,
+    ) -> Result<()> {
+        self.measure_after(group, name, || Ok(()), work)
+    }
+
+    /// Like [`Bench::measure`], with `setup` run before every sample and not timed.
+    pub(super) fn measure_after(
+        &mut self,
+        group: &'static str,
+        name: impl Into<String>,
+        mut setup: impl FnMut() -> Result<()>,
         mut work: impl FnMut() -> Result<Option<u64>>,
     ) -> Result<()> {
         if !self.wants(group) {
@@ -54,6 +65,7 @@ impl Bench {
         let mut times = Vec::new();
         let mut peak = None;
         for _ in 0..self.samples {
+            setup().with_context(|| format!("{group}: {name}: setup"))?;
             let started = Instant::now();
             let rss = work().with_context(|| format!("{group}: {name}"))?;
             times.push(started.elapsed());

@@ -19,8 +19,8 @@ use anyhow::{Context as _, Result, bail, ensure};
 use serde_json::Value;
 
 use super::{
-    Ctx, Scenario, finish, only_run, path_of, read, run_args, spawn_run, status_with, text,
-    write_file,
+    Ctx, Scenario, finish, names_in, only_run, path_of, read, run_args, spawn_run, status_with,
+    text, write_file,
 };
 use crate::tf::{Call, Tf};
 
@@ -339,27 +339,62 @@ const AGED: Duration = Duration::from_secs(2 * 3600);
 /// Nothing reads a blob between the aging and B's eviction (a read may move the atime), which
 /// is why A waits at a gate and not for a fixed time.
 fn shared_eviction(ctx: &Ctx<'_>) -> Result<()> {
-    let started = fresh_flag(ctx, "cache-share.started")?;
-    let gate = fresh_flag(ctx, "cache-share.gate")?;
-    let outcome = evict_under_a_run(ctx, &started, &gate);
-    // A's script must not wait for a gate that a failure left shut.
+    with_gate(ctx, "cache-share", evict_under_a_run)
+}
+
+/// Runs `scenario` with fresh `NAME.started` and `NAME.gate` flag files, and opens the gate
+/// afterwards whatever happened: A's script must not wait for a gate a failure left shut.
+fn with_gate(
+    ctx: &Ctx<'_>,
+    name: &str,
+    scenario: fn(&Ctx<'_>, &Path, &Path) -> Result<()>,
+) -> Result<()> {
+    let started = fresh_flag(ctx, &format!("{name}.started"))?;
+    let gate = fresh_flag(ctx, &format!("{name}.gate"))?;
+    let outcome = scenario(ctx, &started, &gate);
     std::fs::write(&gate, "")?;
     outcome
 }
 
-fn evict_under_a_run(ctx: &Ctx<'_>, started: &Path, gate: &Path) -> Result<()> {
+/// A's run on m1 (whose cache is primed): T1, `n_files` random files of `size` bytes and their
+/// sums, checked behind the gate; started detached, returned once its script runs.
+struct GatedRun {
+    id: String,
+    dir: PathBuf,
+    files: Vec<TreeFile>,
+}
+
+fn start_gated(
+    ctx: &Ctx<'_>,
+    name: &str,
+    (n_files, size): (usize, usize),
+    started: &Path,
+    gate: &Path,
+) -> Result<GatedRun> {
     prime_cache(ctx, 0)?;
-    let idx = 0;
-    let machine = ctx.machine(idx);
-    let cache = cache_dir(ctx, idx);
-    let a_script = gated_check(started, gate);
-    let t1 = ctx.test_dir(
-        "cache-share-t1",
-        &a_script,
-        &as_inputs(&random_files("data/", 12, |_| 32 * 1024)?),
+    let dir = ctx.test_dir(
+        name,
+        &gated_check(started, gate),
+        &as_inputs(&random_files("data/", n_files, |_| size)?),
     )?;
-    write_sums(&t1)?;
-    let t1_files = tree_files(&t1)?;
+    write_sums(&dir)?;
+    let files = tree_files(&dir)?;
+    let run = only_run(
+        &ctx.run(&dir, ctx.machine(0), &["--detach"])?
+            .expect_code(0)?
+            .data()?,
+    )?;
+    let id = text(&run, "/id");
+    wait_for_file(started, Duration::from_secs(60))?;
+    ctx.wait_until(&id, Duration::from_secs(30), |run| {
+        run["status"] == "running"
+    })?;
+    Ok(GatedRun { id, dir, files })
+}
+
+fn evict_under_a_run(ctx: &Ctx<'_>, started: &Path, gate: &Path) -> Result<()> {
+    let machine = ctx.machine(0);
+    let cache = cache_dir(ctx, 0);
     let t2 = ctx.test_dir(
         "cache-share-t2",
         CHECK_SUMS,
@@ -367,17 +402,11 @@ fn evict_under_a_run(ctx: &Ctx<'_>, started: &Path, gate: &Path) -> Result<()> {
     )?;
     write_sums(&t2)?;
     let t2_files = tree_files(&t2)?;
-
-    let a_run = only_run(
-        &ctx.run(&t1, machine, &["--detach"])?
-            .expect_code(0)?
-            .data()?,
-    )?;
-    let a_id = text(&a_run, "/id");
-    wait_for_file(started, Duration::from_secs(60))?;
-    ctx.wait_until(&a_id, Duration::from_secs(30), |run| {
-        run["status"] == "running"
-    })?;
+    let GatedRun {
+        id: a_id,
+        dir: t1,
+        files: t1_files,
+    } = start_gated(ctx, "cache-share-t1", (12, 32 * 1024), started, gate)?;
     let missing = not_cached(&t1_files, &blob_names(&cache)?);
     ensure!(
         missing.is_empty(),
@@ -453,36 +482,20 @@ fn gated_check(started: &Path, gate: &Path) -> String {
 }
 
 fn gc_under_a_run(ctx: &Ctx<'_>) -> Result<()> {
-    let started = fresh_flag(ctx, "cache-gc.started")?;
-    let gate = fresh_flag(ctx, "cache-gc.gate")?;
-    let outcome = gc_while_gated(ctx, &started, &gate);
-    std::fs::write(&gate, "")?;
-    outcome
+    with_gate(ctx, "cache-gc", gc_while_gated)
 }
 
 /// A runs T1 behind a gate on m1; controller C, with a store of its own and the same remote
 /// root but `cache_max = 0`, runs `gc --remote` meanwhile and evicts every (aged) blob; A's
 /// run still checks out, and its re-run sends T1 again.
 fn gc_while_gated(ctx: &Ctx<'_>, started: &Path, gate: &Path) -> Result<()> {
-    prime_cache(ctx, 0)?;
-    let idx = 0;
-    let machine = ctx.machine(idx);
-    let cache = cache_dir(ctx, idx);
-    let script = gated_check(started, gate);
-    let t1 = ctx.test_dir(
-        "cache-gc-t1",
-        &script,
-        &as_inputs(&random_files("data/", 10, |_| 16 * 1024)?),
-    )?;
-    write_sums(&t1)?;
-    let t1_files = tree_files(&t1)?;
-    let a_run = only_run(
-        &ctx.run(&t1, machine, &["--detach"])?
-            .expect_code(0)?
-            .data()?,
-    )?;
-    let a_id = text(&a_run, "/id");
-    wait_for_file(started, Duration::from_secs(60))?;
+    let machine = ctx.machine(0);
+    let cache = cache_dir(ctx, 0);
+    let GatedRun {
+        id: a_id,
+        dir: t1,
+        files: t1_files,
+    } = start_gated(ctx, "cache-gc-t1", (10, 16 * 1024), started, gate)?;
     let aged = age_blobs(&cache)?;
 
     let fleet = ctx.target.write_fleet("fleet.cache-c.toml", |m| {
@@ -776,18 +789,6 @@ fn prime_cache(ctx: &Ctx<'_>, idx: usize) -> Result<()> {
 
 fn cache_dir(ctx: &Ctx<'_>, idx: usize) -> PathBuf {
     ctx.target.machines[idx].remote_root.join("cache")
-}
-
-/// The names in `dir`; none while it does not exist.
-fn names_in(dir: &Path) -> BTreeSet<String> {
-    std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .flatten()
-                .map(|entry| entry.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// The names in the cache folder, which must exist.

@@ -306,6 +306,18 @@ fn read(path: &Path) -> Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("failed to read {}", path.display()))
 }
 
+/// The names in `dir`, sorted; none while it does not exist.
+fn names_in(dir: &Path) -> std::collections::BTreeSet<String> {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|entry| entry.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Waits until every pid in the record is gone.
 pub(crate) fn all_dead(record: &Path, limit: Duration) -> Result<()> {
     let pids = read_pids(record);

@@ -159,14 +159,9 @@ fn cleanup_known(tf: &Tf, id: &str, allowed: &[&str]) -> Result<Value> {
 
 /// The run folders and pid files left under a remote root.
 fn remote_leftovers(remote_root: &Path) -> Vec<String> {
-    std::fs::read_dir(remote_root.join("runs"))
-        .map(|entries| {
-            entries
-                .flatten()
-                .map(|entry| entry.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
+    super::names_in(&remote_root.join("runs"))
+        .into_iter()
+        .collect()
 }
 
 fn no_remote_leftovers(remote_root: &Path) -> Result<()> {

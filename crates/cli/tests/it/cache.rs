@@ -180,3 +180,21 @@ fn a_bad_cache_max_is_a_fleet_error_naming_it() {
         out.stdout, out.stderr
     );
 }
+
+#[test]
+fn a_detached_run_hands_no_cache_to_its_worker() {
+    let servers = servers();
+    let env = servers.env();
+    let dir = test_dir(&env);
+    let run_args = ["run", str(&dir), "-m", "m1"];
+    run_ok(&env, &run_args);
+    run_ok(&env, &run_args);
+    let detach = |extra: &[&str]| {
+        let mut args = vec!["run", str(&dir), "-m", "m1", "--detach"];
+        args.extend_from_slice(extra);
+        let id = id_of(&run_ok(&env, &args));
+        env.poll_status(&id, "completed", |run| run["status"] == "completed")
+    };
+    assert_eq!(upload_of(&detach(&[])), (0, 0, 4, 45));
+    assert_eq!(upload_of(&detach(&["--no-cache"])), (4, 45, 0, 0));
+}

@@ -402,12 +402,8 @@ fn evict_under_a_run(ctx: &Ctx<'_>, started: &Path, gate: &Path) -> Result<()> {
     )?;
     write_sums(&t2)?;
     let t2_files = tree_files(&t2)?;
-    let GatedRun {
-        id: a_id,
-        dir: t1,
-        files: t1_files,
-    } = start_gated(ctx, "cache-share-t1", (12, 32 * 1024), started, gate)?;
-    let missing = not_cached(&t1_files, &blob_names(&cache)?);
+    let a = start_gated(ctx, "cache-share-t1", (12, 32 * 1024), started, gate)?;
+    let missing = not_cached(&a.files, &blob_names(&cache)?);
     ensure!(
         missing.is_empty(),
         "A's upload did not add {missing:?} to the cache"
@@ -419,7 +415,8 @@ fn evict_under_a_run(ctx: &Ctx<'_>, started: &Path, gate: &Path) -> Result<()> {
     let b_stdout = read(&path_of(&b_run, "stdout"))?;
     ensure!(b_stdout == SUMS_OK, "B's check printed {b_stdout:?}");
     let held = blob_names(&cache)?;
-    let kept: Vec<&str> = t1_files
+    let kept: Vec<&str> = a
+        .files
         .iter()
         .filter(|file| held.contains(&file.blob()))
         .map(|file| file.rel.as_str())
@@ -433,36 +430,35 @@ fn evict_under_a_run(ctx: &Ctx<'_>, started: &Path, gate: &Path) -> Result<()> {
         lost.is_empty(),
         "B's eviction removed files its own run had just used: {lost:?}"
     );
-    let a_now = status_with(&ctx.tf, &a_id)?;
+    let a_now = status_with(&ctx.tf, &a.id)?;
     ensure!(
         a_now["status"] == "running",
         "A's run did not run any more while B evicted: {a_now}"
     );
 
-    opened_then_checked(ctx, &a_id, gate)?;
-
-    let again = completed(&ctx.run(&t1, machine, &[])?)?;
-    let upload = upload_of(&again)?;
-    let n_files = t1_files.len() as u64;
-    ensure!(
-        upload.files == n_files && upload.cached_files == 0,
-        "A's re-run of the evicted T1 ({n_files} files) uploaded {upload:?}"
-    );
-    intact_blobs(&cache)?;
-    Ok(())
+    evicted_yet_checked(ctx, &a, gate, &cache)
 }
 
-/// Opens `gate` for A's run `a_id` and checks that it completed and its check passed,
-/// although its cached files were evicted while it ran.
-fn opened_then_checked(ctx: &Ctx<'_>, a_id: &str, gate: &Path) -> Result<()> {
+/// Opens `gate` for A's run and checks that it completed and its check passed although its
+/// cached files were evicted while it ran; then that A's re-run sends T1 again, and that the
+/// cache holds only intact blobs.
+fn evicted_yet_checked(ctx: &Ctx<'_>, a: &GatedRun, gate: &Path, cache: &Path) -> Result<()> {
     std::fs::write(gate, "")?;
-    let a_done = ctx.wait_until(a_id, Duration::from_secs(60), ended)?;
+    let a_done = ctx.wait_until(&a.id, Duration::from_secs(60), ended)?;
     ensure!(
         a_done["status"] == "completed" && a_done["exit_code"] == 0,
         "A's run, whose cached files were evicted while it ran, did not complete: {a_done}"
     );
     let a_stdout = read(&path_of(&a_done, "stdout"))?;
     ensure!(a_stdout == SUMS_OK, "A's check printed {a_stdout:?}");
+    let again = completed(&ctx.run(&a.dir, ctx.machine(0), &[])?)?;
+    let upload = upload_of(&again)?;
+    let n_files = a.files.len() as u64;
+    ensure!(
+        upload.files == n_files && upload.cached_files == 0,
+        "A's re-run of the evicted T1 ({n_files} files) uploaded {upload:?}"
+    );
+    intact_blobs(cache)?;
     Ok(())
 }
 
@@ -491,11 +487,7 @@ fn gc_under_a_run(ctx: &Ctx<'_>) -> Result<()> {
 fn gc_while_gated(ctx: &Ctx<'_>, started: &Path, gate: &Path) -> Result<()> {
     let machine = ctx.machine(0);
     let cache = cache_dir(ctx, 0);
-    let GatedRun {
-        id: a_id,
-        dir: t1,
-        files: t1_files,
-    } = start_gated(ctx, "cache-gc-t1", (10, 16 * 1024), started, gate)?;
+    let a = start_gated(ctx, "cache-gc-t1", (10, 16 * 1024), started, gate)?;
     let aged = age_blobs(&cache)?;
 
     let fleet = ctx.target.write_fleet("fleet.cache-c.toml", |m| {
@@ -517,22 +509,13 @@ fn gc_while_gated(ctx: &Ctx<'_>, started: &Path, gate: &Path) -> Result<()> {
     );
     let left = blob_names(&cache)?;
     ensure!(left.is_empty(), "gc --remote left {left:?}");
-    let a_now = status_with(&ctx.tf, &a_id)?;
+    let a_now = status_with(&ctx.tf, &a.id)?;
     ensure!(
         a_now["status"] == "running",
         "A's run stopped while C evicted: {a_now}"
     );
 
-    opened_then_checked(ctx, &a_id, gate)?;
-    let again = completed(&ctx.run(&t1, machine, &[])?)?;
-    let upload = upload_of(&again)?;
-    let n_files = t1_files.len() as u64;
-    ensure!(
-        upload.files == n_files && upload.cached_files == 0,
-        "A's re-run of the evicted T1 ({n_files} files) uploaded {upload:?}"
-    );
-    intact_blobs(&cache)?;
-    Ok(())
+    evicted_yet_checked(ctx, &a, gate, &cache)
 }
 
 /// Controller B: a state dir of its own, and a fleet file in which `machine` has a remote root

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use testfleet_core::ports::{CacheUsage, FileCache, RunFilter, SshConnector, SshError, SshSession};
-use testfleet_core::remote::join_remote;
+use testfleet_core::remote::{RemoteLayout, join_remote};
 use testfleet_core::{ErrorCode, Run, Timestamp};
 
 use crate::config::FleetMachine;
@@ -76,7 +76,7 @@ struct Pruned {
 
 /// `gc --remote`: on each machine, the cache pruned to its limit and the remote folders of
 /// finished runs older than `older_than` that were kept or whose owner was lost removed. One
-/// entry per machine; exit 1 when a machine could not be reached.
+/// entry per machine (`data` is their list); exit 1 when a machine could not be cleaned.
 ///
 /// # Errors
 /// `FLEET_CONFIG_INVALID`, `UNKNOWN_MACHINE`, `STORE_ERROR`.
@@ -85,7 +85,7 @@ pub async fn gc_remote(
     names: &[String],
     older_than: Duration,
     dry_run: bool,
-) -> Result<(Value, String, Exit), CliError> {
+) -> Result<Report, CliError> {
     let fleet = ctx.fleet()?;
     let machines: Vec<&FleetMachine> = if names.is_empty() {
         fleet.machines.iter().collect()
@@ -146,7 +146,7 @@ pub async fn gc_remote(
             }
         }
     }
-    Ok((Value::Array(entries), human, exit))
+    Ok(Report::new(Value::Array(entries), human).with_exit(exit))
 }
 
 /// Whether `run` is finished, older than `older_than`, and left a remote folder that nothing
@@ -205,19 +205,19 @@ async fn prune_on(
             continue;
         }
         if !dry_run {
-            session.remove(remote_dir).await?;
-            session.remove(&format!("{remote_dir}.pid")).await?;
+            let layout = RemoteLayout::of_run_dir(remote_dir, &run.id);
+            session.remove(layout.run_dir()).await?;
+            session.remove(layout.pid_file()).await?;
         }
         run_dirs.push(run.id.to_string());
     }
     Ok(Pruned { cache, run_dirs })
 }
 
-/// The human lines and data of `gc` with `--remote`, after the local part.
-pub fn merge(local: Report, remote: (Value, String, Exit)) -> Report {
-    let (entries, human, exit) = remote;
+/// `gc --remote`'s report: the local part's, with the machines' entries as `remote` and
+/// their lines after its own.
+pub fn merge(local: Report, remote: Report) -> Report {
     let mut data = local.data;
-    data["remote"] = entries;
-    let text = format!("{}{human}", local.human);
-    Report::new(data, text).with_exit(exit)
+    data["remote"] = remote.data;
+    Report::new(data, format!("{}{}", local.human, remote.human)).with_exit(remote.exit)
 }

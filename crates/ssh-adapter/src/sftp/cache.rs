@@ -25,7 +25,7 @@ use crate::session::RusshSession;
 
 /// The mtime of every cached file (2000-01-01T00:00:00Z): nothing but an explicit `utime`
 /// sets it, and every write through any link moves it.
-pub(crate) const STAMP: u32 = 946_684_800;
+const STAMP: u32 = 946_684_800;
 
 /// A cached file's last use is recorded again when it is older than this (seconds), which
 /// spares a request per file on a run repeated within the minute.
@@ -40,7 +40,7 @@ const LINKS_IN_FLIGHT: usize = 256;
 
 /// The name of `file` in the cache: its digest and its mode, since a link shares its inode's
 /// mode and two files with the same contents may have different ones.
-pub(crate) fn blob_name(file: &ManifestFile) -> String {
+fn blob_name(file: &ManifestFile) -> String {
     use std::fmt::Write as _;
     let mut name = String::with_capacity(64 + 5);
     for byte in file.digest {
@@ -328,7 +328,7 @@ async fn set_stamp(
 /// Gives a file just sent to `remote` its mode and the cache's stamp, then links it into the
 /// cache folder `dir`. A name already there (another run added the same file first) is left
 /// alone; a link the server refuses only costs the next run a send.
-pub(super) async fn insert(
+async fn insert(
     session: &RusshSession,
     sftp: &SftpSession,
     file: &ManifestFile,
